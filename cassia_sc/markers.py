@@ -1,0 +1,573 @@
+"""Marker genes: every input format read into one canonical table, and each cluster's top markers.
+
+The canonical table is a :class:`pandas.DataFrame` with one row per (cluster, gene):
+
+``cluster``
+    Categorical; its categories are the clusters in input order. Rows of a cluster are
+    contiguous and keep the source's own order (the source's ranking).
+``gene``
+    Categorical gene names (symbols when ``gene_symbols`` is given).
+``log2fc``, ``pval_adj``, ``pct_in``, ``pct_out``, ``score``
+    The statistics the source has; a column the source lacks is absent, not filled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .errors import MarkerError
+
+logger = logging.getLogger("cassia_sc")
+
+MarkerInput = AnnData | pd.DataFrame | str | os.PathLike
+RankingMethod = Literal["avg_log2FC", "p_val_adj", "pct_diff", "Score"]
+
+STAT_COLUMNS = ("log2fc", "pval_adj", "pct_in", "pct_out", "score")
+
+#: Column names of each table format, mapped to the canonical statistic they hold.
+_SEURAT_STATS = {
+    "avg_log2FC": "log2fc",
+    "p_val_adj": "pval_adj",
+    "pct.1": "pct_in",
+    "pct.2": "pct_out",
+}
+_SCANPY_STATS = {
+    "logfoldchanges": "log2fc",
+    "pvals_adj": "pval_adj",
+    "pct_nz_group": "pct_in",
+    "pct_nz_reference": "pct_out",
+    "scores": "score",
+}
+#: Seurat < 4 wrote natural-log fold changes under this name.
+_SEURAT_V3_LOGFC = "avg_logFC"
+
+#: The filters CASSIA documents; each applies only where its column exists.
+MAX_PVAL_ADJ = 0.05
+MIN_LOG2FC = 0.25
+MIN_PCT_IN = 0.1
+
+#: ranking_method -> (canonical columns it needs, ascending by default)
+RANKING_METHODS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "avg_log2FC": (("log2fc",), False),
+    "p_val_adj": (("pval_adj",), True),
+    "pct_diff": (("pct_in", "pct_out"), False),
+    "Score": (("score",), False),
+}
+
+# Tokens that stand for "no gene" in hand-made or exported lists.
+_EMPTY_TOKENS = frozenset({"", "nan", "none", "null", "na"})
+
+
+def top_markers(
+    marker: MarkerInput,
+    *,
+    n_genes: int = 50,
+    ranking_method: RankingMethod = "avg_log2FC",
+    ascending: bool | None = None,
+    celltype_column: str | None = None,
+    gene_column_name: str | None = None,
+    key: str = "rank_genes_groups",
+    groupby: str | None = None,
+    gene_symbols: str | None = None,
+) -> dict[str, list[str]]:
+    """Rank each cluster's marker genes and keep the top ``n_genes``.
+
+    Genes are kept when their adjusted p-value is below 0.05, their log2 fold change
+    above 0.25 and the fraction of cluster cells expressing them above 0.1, each filter
+    applied only when the source has that statistic. The survivors are ranked by
+    ``ranking_method``; a gene listed twice in a cluster counts once, at its best rank.
+    When no gene of a cluster passes, or the source lacks the ranking statistic (a
+    ``logreg`` result has neither p-values nor fold changes), the source's own order
+    is used and a warning is logged.
+
+    Parameters
+    ----------
+    marker
+        An :class:`~anndata.AnnData` with a :func:`scanpy.tl.rank_genes_groups` result in
+        ``uns[key]``; or a table, as a :class:`~pandas.DataFrame` or the path of a CSV/TSV
+        file, in one of three formats: Seurat ``FindAllMarkers`` output (``cluster``,
+        ``gene``, ``avg_log2FC``, ``p_val_adj``, ``pct.1``, ``pct.2``), Scanpy
+        :func:`scanpy.get.rank_genes_groups_df` output with ``group=None`` (``group``,
+        ``names``, ``scores``, ``logfoldchanges``, ``pvals_adj``, optionally
+        ``pct_nz_group`` and ``pct_nz_reference``), or the simplified two-column format
+        (cluster, comma-separated genes).
+    n_genes
+        How many genes to keep per cluster; fewer when fewer pass the filters.
+    ranking_method
+        ``"avg_log2FC"`` (descending), ``"p_val_adj"`` (ascending), ``"pct_diff"``
+        (fraction in the cluster minus fraction outside, descending) or ``"Score"``
+        (Scanpy's ``scores``, descending).
+    ascending
+        Override the ranking direction of ``ranking_method``.
+    celltype_column
+        Column of a table that names the cluster; overrides detection.
+    gene_column_name
+        Column of a table that names the gene (or lists the genes); overrides detection.
+    key
+        Key of the :func:`scanpy.tl.rank_genes_groups` result in ``adata.uns``.
+    groupby
+        The ``obs`` column the clusters come from; when given, it must be the one the
+        result in ``uns[key]`` was computed for.
+    gene_symbols
+        Column of ``adata.var`` (or ``adata.raw.var``) holding gene symbols, for when
+        ``var_names`` are IDs such as Ensembl's. IDs without a symbol are kept.
+
+    Returns
+    -------
+    dict[str, list[str]]
+        Cluster name to its ranked genes, clusters in input order.
+
+    Raises
+    ------
+    MarkerError
+        When the input cannot be read as markers; the message says what to change.
+    FileNotFoundError
+        When ``marker`` is a path that does not exist.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import cassia_sc
+    >>> adata = sc.datasets.pbmc68k_reduced()
+    >>> sc.tl.rank_genes_groups(adata, "louvain", method="wilcoxon", pts=True)
+    >>> markers = cassia_sc.top_markers(adata, n_genes=10)
+    >>> markers["0"][:3]
+    ['CD3D', 'LDHB', 'CD3E']
+    """
+    table = read_markers(
+        marker,
+        celltype_column=celltype_column,
+        gene_column_name=gene_column_name,
+        key=key,
+        groupby=groupby,
+        gene_symbols=gene_symbols,
+    )
+    chosen = select_markers(
+        table, n_genes=n_genes, ranking_method=ranking_method, ascending=ascending
+    )
+    genes = chosen["gene"].astype(str)
+    return {
+        str(cluster): genes[chosen["cluster"] == cluster].tolist()
+        for cluster in chosen["cluster"].cat.categories
+    }
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_markers(
+    marker: MarkerInput,
+    *,
+    celltype_column: str | None = None,
+    gene_column_name: str | None = None,
+    key: str = "rank_genes_groups",
+    groupby: str | None = None,
+    gene_symbols: str | None = None,
+) -> pd.DataFrame:
+    """Read markers from any supported input into the canonical table.
+
+    Parameters
+    ----------
+    marker, celltype_column, gene_column_name, key, groupby, gene_symbols
+        As in :func:`top_markers`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``cluster``, ``gene`` and whichever of ``log2fc``, ``pval_adj``,
+        ``pct_in``, ``pct_out`` and ``score`` the source has; see :mod:`cassia_sc.markers`.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> table = cassia_sc.read_markers(cassia_sc.loadmarker("unprocessed"))
+    >>> list(table.columns)
+    ['cluster', 'gene', 'log2fc', 'pval_adj', 'pct_in', 'pct_out']
+    """
+    if isinstance(marker, AnnData):
+        if celltype_column is not None or gene_column_name is not None:
+            raise MarkerError(
+                "celltype_column and gene_column_name apply to marker tables; for an AnnData, "
+                "pass groupby= and key= instead."
+            )
+        return _from_rank_genes_groups(marker, key=key, groupby=groupby, gene_symbols=gene_symbols)
+    if groupby is not None or gene_symbols is not None:
+        raise MarkerError(
+            "groupby and gene_symbols apply to an AnnData; for a marker table, "
+            "pass celltype_column= and gene_column_name= instead."
+        )
+    if isinstance(marker, str | os.PathLike):
+        frame = _read_table_file(Path(marker))
+    elif isinstance(marker, pd.DataFrame):
+        frame = marker
+    else:
+        raise MarkerError(
+            f"markers must be an AnnData, a DataFrame or the path of a CSV file, "
+            f"not {type(marker).__name__}."
+        )
+    return _from_table(frame, celltype_column=celltype_column, gene_column_name=gene_column_name)
+
+
+def _read_table_file(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"Marker file not found: {str(path)!r}.")
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in {".gz", ".bz2", ".zip", ".xz"}]
+    sep = "\t" if suffixes and suffixes[-1] in {".tsv", ".tab", ".txt"} else ","
+    # Everything as text: cluster names such as "01" stay as written; statistics are
+    # converted later, column by column, with errors that name the column.
+    return pd.read_csv(path, sep=sep, dtype=str, encoding="utf-8-sig")
+
+
+def _from_table(
+    frame: pd.DataFrame, *, celltype_column: str | None, gene_column_name: str | None
+) -> pd.DataFrame:
+    frame = frame.rename(columns=lambda c: str(c).strip().lstrip("\ufeff"))
+    columns = list(frame.columns)
+    if frame.empty:
+        raise MarkerError(f"The marker table is empty (columns: {columns}).")
+
+    detected_cluster, detected_gene = _detect_columns(columns)
+    cluster_column = celltype_column or detected_cluster
+    gene_column = gene_column_name or detected_gene
+    for given, name in (
+        (celltype_column, "celltype_column"),
+        (gene_column_name, "gene_column_name"),
+    ):
+        if given is not None and given not in frame.columns:
+            raise MarkerError(
+                f"{name}={given!r} is not a column of the marker table; it has {columns}."
+            )
+    if cluster_column is None or gene_column is None:
+        raise MarkerError(
+            f"Cannot tell which marker format this table is; it has the columns {columns}. "
+            "Expected Seurat FindAllMarkers (cluster, gene, avg_log2FC, p_val_adj, pct.1, pct.2), "
+            "Scanpy rank_genes_groups_df (group, names, scores, logfoldchanges, pvals_adj) or "
+            "two columns (cluster, comma-separated genes). Name the columns with "
+            "celltype_column= and gene_column_name=."
+        )
+
+    stats = _table_statistics(frame)
+    clusters = frame[cluster_column]
+    if clusters.isna().any():
+        rows = np.flatnonzero(clusters.isna().to_numpy())[:5].tolist()
+        raise MarkerError(f"Column {cluster_column!r} has empty cluster names (rows {rows}).")
+    cluster_order = pd.unique(clusters.astype(str).str.strip())
+    genes = frame[gene_column]
+    missing = genes.isna() | genes.astype(str).str.strip().str.lower().isin(_EMPTY_TOKENS)
+    if missing.any():
+        affected = pd.unique(clusters[missing].astype(str))[:10].tolist()
+        if clusters.is_unique:
+            raise MarkerError(
+                f"Clusters {affected} have no marker genes; give them genes or drop them."
+            )
+        raise MarkerError(
+            f"{int(missing.sum())} rows of column {gene_column!r} have no gene name "
+            f"(clusters {affected}); remove those rows or fix the table."
+        )
+    if stats.empty:  # the simplified format: comma-separated genes, in rank order
+        canonical = _explode_gene_lists(clusters, genes)
+    else:
+        canonical = pd.DataFrame(
+            {"cluster": clusters.astype(str).str.strip(), "gene": genes.astype(str).str.strip()}
+        )
+        canonical = pd.concat([canonical, stats.set_axis(canonical.index)], axis=1)
+    return _finish(canonical, cluster_order)
+
+
+def _detect_columns(columns: list[str]) -> tuple[str | None, str | None]:
+    if {"cluster", "gene"} <= set(columns):
+        return "cluster", "gene"
+    if {"group", "names"} <= set(columns):
+        return "group", "names"
+    named = [c for c in columns if c and not c.startswith("Unnamed:")]
+    if len(named) == 2:
+        return named[0], named[1]
+    return None, None
+
+
+def _table_statistics(frame: pd.DataFrame) -> pd.DataFrame:
+    """Canonical statistic columns from whichever Seurat or Scanpy columns the table has."""
+    stats = {}
+    for source, canonical in (_SEURAT_STATS | _SCANPY_STATS).items():
+        if source in frame.columns and canonical not in stats:
+            stats[canonical] = _numeric(frame[source], source)
+    if "log2fc" not in stats and _SEURAT_V3_LOGFC in frame.columns:
+        stats["log2fc"] = _numeric(frame[_SEURAT_V3_LOGFC], _SEURAT_V3_LOGFC) / math.log(2)
+    return pd.DataFrame(stats, index=frame.index)
+
+
+def _numeric(column: pd.Series, name: str) -> np.ndarray:
+    try:
+        return pd.to_numeric(column).to_numpy(dtype=float)
+    except (TypeError, ValueError) as err:
+        raise MarkerError(f"Column {name!r} of the marker table should be numeric: {err}") from None
+
+
+def _explode_gene_lists(clusters: pd.Series, genes: pd.Series) -> pd.DataFrame:
+    tokens = genes.fillna("").astype(str).str.split(",")
+    long = pd.DataFrame({"cluster": clusters.astype(str).str.strip(), "gene": tokens}).explode(
+        "gene"
+    )
+    long["gene"] = long["gene"].astype(str).str.strip()
+    return long[~long["gene"].str.lower().isin(_EMPTY_TOKENS)]
+
+
+def _from_rank_genes_groups(
+    adata: AnnData, *, key: str, groupby: str | None, gene_symbols: str | None
+) -> pd.DataFrame:
+    result = adata.uns.get(key)
+    run = (
+        f"sc.tl.rank_genes_groups(adata, {groupby!r})"
+        if groupby
+        else "sc.tl.rank_genes_groups(adata, groupby)"
+    )
+    if result is None:
+        raise MarkerError(
+            f"adata.uns[{key!r}] not found: run {run} first"
+            + (f" (with key_added={key!r})" if key != "rank_genes_groups" else "")
+            + ", or pass key= naming the result to use."
+        )
+    if not isinstance(result, Mapping) or "names" not in result:
+        raise MarkerError(
+            f"adata.uns[{key!r}] is not a sc.tl.rank_genes_groups result (it has no 'names'); "
+            f"run {run}."
+        )
+    computed_for = result.get("params", {}).get("groupby")
+    if groupby is not None and computed_for is not None and str(computed_for) != groupby:
+        raise MarkerError(
+            f"adata.uns[{key!r}] was computed for groupby={str(computed_for)!r}, not {groupby!r}: "
+            f"run sc.tl.rank_genes_groups(adata, {groupby!r}, key_added=...) and pass that key."
+        )
+
+    names = result["names"]
+    groups = list(names.dtype.names)
+    if not groups:
+        raise MarkerError(f"adata.uns[{key!r}] holds no groups.")
+    pts = result.get("pts")
+    pts_rest = result.get("pts_rest")
+    universe = _gene_universe(adata, result, pts)
+    per_group = [np.asarray(names[g]) for g in groups]
+    codes = [universe.get_indexer(n) for n in per_group]
+    unknown = np.concatenate([n[c < 0] for n, c in zip(per_group, codes, strict=True)])
+    if unknown.size:  # names no longer in var (e.g. genes removed since): keep them as they are
+        universe = universe.append(pd.Index(pd.unique(unknown)))
+        codes = [universe.get_indexer(n) for n in per_group]
+
+    labels = _gene_labels(adata, universe, gene_symbols, use_raw=_used_raw(adata, result))
+    label_values, label_codes = np.unique(labels, return_inverse=True)
+    gene_codes = np.concatenate(codes)
+    table = {
+        "cluster": pd.Categorical.from_codes(
+            np.repeat(np.arange(len(groups)), [len(n) for n in per_group]), categories=groups
+        ),
+        "gene": pd.Categorical.from_codes(label_codes[gene_codes], categories=label_values),
+    }
+    for field, canonical in (
+        ("logfoldchanges", "log2fc"),
+        ("pvals_adj", "pval_adj"),
+        ("scores", "score"),
+    ):
+        if field in result:
+            table[canonical] = np.concatenate(
+                [np.asarray(result[field][g], dtype=float) for g in groups]
+            )
+    for frame, canonical in ((pts, "pct_in"), (pts_rest, "pct_out")):
+        if frame is not None:
+            table[canonical] = _lookup_per_group(frame, groups, codes, universe)
+    return pd.DataFrame(table)
+
+
+def _used_raw(adata: AnnData, result: Mapping) -> bool:
+    use_raw = result.get("params", {}).get("use_raw", False)
+    return bool(np.asarray(use_raw).any()) and adata.raw is not None
+
+
+def _gene_universe(adata: AnnData, result: Mapping, pts: pd.DataFrame | None) -> pd.Index:
+    if pts is not None:
+        return pd.Index(pts.index.astype(str))
+    if _used_raw(adata, result):
+        return pd.Index(adata.raw.var_names.astype(str))
+    return pd.Index(adata.var_names.astype(str))
+
+
+def _gene_labels(
+    adata: AnnData, universe: pd.Index, gene_symbols: str | None, *, use_raw: bool
+) -> np.ndarray:
+    """Names to show for the genes of ``universe``: their symbols when asked for."""
+    ids = universe.to_numpy(dtype=object)
+    if gene_symbols is None:
+        return ids.astype(str)
+    sources = [adata.raw.var, adata.var] if use_raw else [adata.var]
+    columns = [var[gene_symbols] for var in sources if gene_symbols in var.columns]
+    if not columns:
+        raise MarkerError(
+            f"gene_symbols={gene_symbols!r} is not a column of adata.var; "
+            f"it has {list(adata.var.columns)}."
+        )
+    symbols = pd.concat(columns)
+    symbols = symbols[~symbols.index.duplicated()].reindex(universe)
+    symbols = symbols.astype(object).where(
+        symbols.notna() & (symbols.astype(str).str.strip() != "")
+    )
+    return np.where(symbols.isna().to_numpy(), ids, symbols.to_numpy(dtype=object)).astype(str)
+
+
+def _lookup_per_group(
+    frame: pd.DataFrame, groups: list[str], codes: list[np.ndarray], universe: pd.Index
+) -> np.ndarray:
+    """Values of a genes x groups frame (``pts``) aligned with each group's ranked names."""
+    rows = frame.index.astype(str).get_indexer(universe)
+    values = []
+    for group, group_codes in zip(groups, codes, strict=True):
+        column = frame[group].to_numpy(dtype=float) if group in frame.columns else None
+        if column is None:
+            values.append(np.full(len(group_codes), np.nan))
+            continue
+        where = rows[group_codes]
+        values.append(np.where(where >= 0, column[where], np.nan))
+    return np.concatenate(values)
+
+
+def _finish(table: pd.DataFrame, cluster_order: np.ndarray) -> pd.DataFrame:
+    """Order clusters as in the input, keep each cluster's rows together, check none is empty."""
+    table = table.reset_index(drop=True)
+    table["cluster"] = pd.Categorical(table["cluster"], categories=[str(c) for c in cluster_order])
+    counts = table["cluster"].value_counts(sort=False)
+    empty = counts.index[counts.to_numpy() == 0].tolist()
+    if empty:
+        raise MarkerError(f"Clusters {empty} have no marker genes; give them genes or drop them.")
+    table["gene"] = table["gene"].astype("category")
+    order = np.argsort(table["cluster"].cat.codes.to_numpy(), kind="stable")
+    return table.iloc[order].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- selecting
+
+
+def select_markers(
+    table: pd.DataFrame,
+    *,
+    n_genes: int = 50,
+    ranking_method: RankingMethod = "avg_log2FC",
+    ascending: bool | None = None,
+) -> pd.DataFrame:
+    """Filter, rank and cut the canonical table to each cluster's top markers.
+
+    Parameters
+    ----------
+    table
+        The canonical table from :func:`read_markers`.
+    n_genes, ranking_method, ascending
+        As in :func:`top_markers`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The chosen rows of ``table``, each cluster's in rank order, clusters in input order.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> table = cassia_sc.read_markers(cassia_sc.loadmarker("unprocessed"))
+    >>> top = cassia_sc.select_markers(table, n_genes=5, ranking_method="pct_diff")
+    >>> int(top.groupby("cluster", observed=True).size().max())
+    5
+    """
+    if ranking_method not in RANKING_METHODS:
+        raise MarkerError(
+            f"Unknown ranking_method {ranking_method!r}; choose one of {list(RANKING_METHODS)}."
+        )
+    if isinstance(n_genes, bool) or not isinstance(n_genes, int | np.integer) or n_genes < 1:
+        raise MarkerError(f"n_genes must be a positive integer, not {n_genes!r}.")
+    needs, default_ascending = RANKING_METHODS[ranking_method]
+    keys = _ranking_keys(table, needs, default_ascending if ascending is None else ascending)
+    if keys is None:
+        level = logging.WARNING if any(c in table.columns for c in STAT_COLUMNS) else logging.INFO
+        logger.log(
+            level,
+            "ranking_method=%r needs %s, which these markers lack; using the source's own order.",
+            ranking_method,
+            " and ".join(needs),
+        )
+
+    passing = _passing_filters(table)
+    genes = table["gene"].cat.codes.to_numpy()
+    bounds = np.searchsorted(
+        table["cluster"].cat.codes.to_numpy(), np.arange(len(table["cluster"].cat.categories) + 1)
+    )
+    chosen, unfiltered = [], []
+    for cluster, start, stop in zip(
+        table["cluster"].cat.categories, bounds[:-1], bounds[1:], strict=True
+    ):
+        rows = np.arange(start, stop)
+        keep = rows[passing[start:stop]]
+        if keep.size == 0:
+            unfiltered.append(cluster)
+            keep = rows
+        if keys is None:
+            ranked = _first_unique(genes, keep)[:n_genes]
+        else:
+            ranked = keep[_top_unique(genes[keep], keys[keep], n_genes)]
+        chosen.append(ranked)
+    if unfiltered:
+        logger.warning(
+            "No gene of clusters %s passes the filters (adjusted p < %s, log2FC > %s, "
+            "fraction in cluster > %s); using their top genes in the source's own order.",
+            unfiltered,
+            MAX_PVAL_ADJ,
+            MIN_LOG2FC,
+            MIN_PCT_IN,
+        )
+    return table.iloc[np.concatenate(chosen)].reset_index(drop=True)
+
+
+def _ranking_keys(
+    table: pd.DataFrame, needs: tuple[str, ...], ascending: bool
+) -> np.ndarray | None:
+    """Sort keys, smallest first, with missing values last; None when a statistic is absent."""
+    if not all(column in table.columns for column in needs):
+        return None
+    values = table[needs[0]].to_numpy(dtype=float)
+    if len(needs) == 2:
+        values = values - table[needs[1]].to_numpy(dtype=float)
+    keys = values if ascending else -values
+    return np.where(np.isnan(keys), np.inf, keys)
+
+
+def _passing_filters(table: pd.DataFrame) -> np.ndarray:
+    passing = np.ones(len(table), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        if "pval_adj" in table.columns:
+            passing &= table["pval_adj"].to_numpy(dtype=float) < MAX_PVAL_ADJ
+        if "log2fc" in table.columns:
+            passing &= table["log2fc"].to_numpy(dtype=float) > MIN_LOG2FC
+        if "pct_in" in table.columns:
+            passing &= table["pct_in"].to_numpy(dtype=float) > MIN_PCT_IN
+    return passing
+
+
+def _first_unique(genes: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``positions`` without those whose gene already appeared earlier in it."""
+    _, first = np.unique(genes[positions], return_index=True)
+    return positions[np.sort(first)]
+
+
+def _top_unique(genes: np.ndarray, keys: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the ``n`` smallest keys (ties by position) with one position per gene."""
+    if keys.size > 4 * n:
+        # Cheap path: only the keys up to the n-th smallest can make the cut.
+        cutoff = np.partition(keys, n - 1)[n - 1]
+        candidates = np.flatnonzero(keys <= cutoff)
+        ranked = _first_unique(genes, candidates[np.argsort(keys[candidates], kind="stable")])
+        if ranked.size >= n:
+            return ranked[:n]
+    return _first_unique(genes, np.argsort(keys, kind="stable"))[:n]

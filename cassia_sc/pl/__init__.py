@@ -1,0 +1,1 @@
+"""Plots of cassia_sc annotations, in the style of :mod:`scanpy.pl`."""

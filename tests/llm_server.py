@@ -1,0 +1,463 @@
+"""A scriptable OpenAI-compatible HTTP server for tests, built on the standard library only.
+
+Tests start it on 127.0.0.1 (random free port), point the real ``openai`` client at
+``server.base_url`` and decide per request what to answer through a handler::
+
+    def handler(request: RecordedRequest, index: int) -> Reply:
+        if "cluster 3" in text_of(request):
+            return Reply(status=429, headers={"Retry-After": "1"})
+        return Reply(content="T cell")
+
+    with LLMServer(handler) as server:
+        client = OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0)
+        ...
+        assert server.request_count == 1
+
+Routes: ``POST /v1/chat/completions`` (or ``/chat/completions``) and ``GET /v1/models``
+(or ``/models``); everything else is a 404 in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Handler",
+    "LLMServer",
+    "RecordedRequest",
+    "Reply",
+    "last_user_message",
+    "reply_always",
+    "reply_sequence",
+    "text_of",
+]
+
+DEFAULT_MODEL = "test-model"
+
+# Errors raised when the client went away before (or while) we answer.
+_DISCONNECT_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+
+# OpenAI's ``error.type`` for the statuses tests commonly script.
+_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    408: "timeout",
+    409: "conflict",
+    422: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    502: "server_error",
+    503: "server_error",
+    504: "server_error",
+}
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the server received it."""
+
+    path: str
+    headers: dict[str, str]  # keys lower-cased
+    body: dict[str, Any]  # parsed JSON ({} for an empty or non-JSON body)
+    time: float  # time.monotonic() at arrival
+    method: str = "POST"
+
+    @property
+    def model(self) -> str | None:
+        """The ``model`` field of the request body, if any."""
+        model = self.body.get("model")
+        return model if isinstance(model, str) else None
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The ``messages`` list of the request body (empty if missing)."""
+        messages = self.body.get("messages")
+        return messages if isinstance(messages, list) else []
+
+
+@dataclass
+class Reply:
+    """What the server answers to one chat-completion request.
+
+    A 200 with ``raw_body=None`` is a well-formed ``chat.completion``; any other status is
+    an OpenAI-shaped error with ``error_message``; ``raw_body`` overrides the body entirely.
+    """
+
+    content: str | None = ""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    raw_body: bytes | None = None
+    error_message: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+Handler = Callable[[RecordedRequest, int], Reply]
+
+
+def _message_text(content: Any) -> str:
+    """Flatten a message ``content`` (string or list of content parts) to text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, str):
+                parts.append(part)
+        return "\n".join(parts)
+    return str(content)
+
+
+def text_of(request: RecordedRequest) -> str:
+    """Join the contents of all messages of a recorded request, one per line."""
+    return "\n".join(
+        _message_text(m.get("content")) for m in request.messages if isinstance(m, dict)
+    )
+
+
+def last_user_message(request: RecordedRequest) -> str:
+    """Return the content of the last ``user`` message of a request ("" if there is none)."""
+    for message in reversed(request.messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _message_text(message.get("content"))
+    return ""
+
+
+def reply_always(content: str) -> Handler:
+    """Return a handler answering every request with ``content``."""
+
+    def handler(request: RecordedRequest, index: int) -> Reply:
+        return Reply(content=content)
+
+    return handler
+
+
+def reply_sequence(replies: Sequence[Reply | str]) -> Handler:
+    """Return a handler serving ``replies`` by arrival index, repeating the last one afterwards.
+
+    ``str`` items are shorthand for ``Reply(content=item)``.
+    """
+    if not replies:
+        raise ValueError("reply_sequence needs at least one reply")
+    items = [Reply(content=r) if isinstance(r, str) else r for r in replies]
+
+    def handler(request: RecordedRequest, index: int) -> Reply:
+        return items[min(index, len(items) - 1)]
+
+    return handler
+
+
+def _estimate_tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _error_body(message: str, status: int, code: str | None = None) -> bytes:
+    payload = {
+        "error": {
+            "message": message,
+            "type": _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error"),
+            "param": None,
+            "code": code if code is not None else _ERROR_TYPES.get(status, str(status)),
+        }
+    }
+    return json.dumps(payload).encode()
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    """Per-connection HTTP handler; all state lives on the owning :class:`LLMServer`."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive; every reply carries Content-Length
+    # Headers and body go out in two writes; without TCP_NODELAY, Nagle + delayed ACK
+    # add ~40 ms to every request on a keep-alive connection.
+    disable_nagle_algorithm = True
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    # -- routing ---------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def _dispatch(self, method: str) -> None:
+        owner = self.server.owner
+        owner._enter()
+        try:
+            raw = self._read_body()
+            path = self.path.split("?", 1)[0].rstrip("/")
+            if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
+                self._chat_completion(owner, path, raw)
+            elif method == "GET" and path in ("/v1/models", "/models"):
+                self._send(200, json.dumps(owner._models_payload()).encode())
+            else:
+                message = f"Unknown request URL: {method} {self.path}"
+                self._send(404, _error_body(message, 404, "unknown_url"))
+        except _DISCONNECT_ERRORS:
+            self.close_connection = True
+        finally:
+            owner._leave()
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    # -- chat completions ------------------------------------------------------------
+    def _chat_completion(self, owner: LLMServer, path: str, raw: bytes) -> None:
+        try:
+            body = json.loads(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError):
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        request = RecordedRequest(
+            path=path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            time=time.monotonic(),
+            method="POST",
+        )
+        index = owner._record(request)
+        try:
+            reply = owner.handler(request, index)
+            if not isinstance(reply, Reply):
+                raise TypeError(f"handler returned {type(reply).__name__}, expected Reply")
+        except Exception as exc:
+            message = f"test handler raised {type(exc).__name__}: {exc}"
+            self._send(500, _error_body(message, 500, "handler_error"))
+            return
+
+        if reply.delay > 0:
+            time.sleep(reply.delay)
+
+        if reply.raw_body is not None:
+            payload = reply.raw_body
+        elif reply.status == 200:
+            payload = json.dumps(_completion(request, reply)).encode()
+        else:
+            message = reply.error_message or _phrase(reply.status)
+            payload = _error_body(message, reply.status)
+        self._send(reply.status, payload, reply.headers)
+
+    # -- output ----------------------------------------------------------------------
+    def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        extra = dict(headers or {})
+        lowered = {k.lower() for k in extra}
+        if "content-type" not in lowered:
+            self.send_header("Content-Type", "application/json")
+        for name, value in extra.items():
+            if name.lower() != "content-length":
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        self.wfile.flush()
+
+
+def _completion(request: RecordedRequest, reply: Reply) -> dict[str, Any]:
+    text = reply.content or ""
+    prompt_tokens = (
+        reply.prompt_tokens
+        if reply.prompt_tokens is not None
+        else _estimate_tokens(text_of(request))
+    )
+    completion_tokens = (
+        reply.completion_tokens if reply.completion_tokens is not None else _estimate_tokens(text)
+    )
+    return {
+        "id": f"chatcmpl-test-{next(_ids)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.model or DEFAULT_MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+_ids = itertools.count(1)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Don't join connection threads on close: a keep-alive connection held open by a
+    # still-alive client would block forever. close() hangs those connections up instead.
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, owner: LLMServer) -> None:
+        self.owner = owner
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _RequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def hang_up_all(self) -> None:
+        """Shut down every open client connection (idle keep-alive ones included)."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-request is normal in timeout tests: stay quiet.
+        # Anything else is a bug in this module and should be visible.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _DISCONNECT_ERRORS):
+            return
+        super().handle_error(request, client_address)
+
+
+class LLMServer:
+    """A live OpenAI-compatible server on 127.0.0.1 answering with ``handler``.
+
+    Starts on construction in a daemon thread; use as a context manager or call
+    :meth:`close`. ``handler(request, index)`` receives the recorded request and its
+    0-based arrival number and returns a :class:`Reply`. It may be called concurrently.
+    """
+
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        *,
+        models: Iterable[str] = (DEFAULT_MODEL,),
+    ) -> None:
+        self.handler: Handler = handler if handler is not None else reply_always("")
+        self.models: list[str] = list(models)
+        self.requests: list[RecordedRequest] = []
+        self.max_concurrency = 0
+        self._active = 0
+        self._lock = threading.Lock()
+        self._httpd = _HTTPServer(self)
+        host, port = self._httpd.server_address[:2]
+        self.host: str = str(host)
+        self.port: int = int(port)
+        self.base_url = f"http://{self.host}:{self.port}/v1"
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name=f"LLMServer:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        self._closed = False
+
+    # -- bookkeeping (called from request threads) ----------------------------------
+    def _enter(self) -> None:
+        with self._lock:
+            self._active += 1
+            self.max_concurrency = max(self.max_concurrency, self._active)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def _record(self, request: RecordedRequest) -> int:
+        with self._lock:
+            self.requests.append(request)
+            return len(self.requests) - 1
+
+    def _models_payload(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "cassia-tests"}
+                for name in self.models
+            ],
+        }
+
+    # -- public API ------------------------------------------------------------------
+    @property
+    def request_count(self) -> int:
+        """Number of chat-completion requests received so far."""
+        with self._lock:
+            return len(self.requests)
+
+    @property
+    def active(self) -> int:
+        """Number of requests being handled right now."""
+        with self._lock:
+            return self._active
+
+    def reset(self) -> None:
+        """Forget recorded requests and the concurrency high-water mark."""
+        with self._lock:
+            self.requests.clear()
+            self.max_concurrency = self._active
+
+    def close(self) -> None:
+        """Stop serving and release the port (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._httpd.shutdown()  # stops accepting; returns once serve_forever has exited
+        self._httpd.server_close()
+        self._httpd.hang_up_all()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> LLMServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LLMServer(base_url={self.base_url!r}, requests={self.request_count})"
