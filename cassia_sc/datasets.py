@@ -56,7 +56,7 @@ def loadmarker(marker_type: Literal["processed", "unprocessed"] = "processed") -
 
 
 def example_truth() -> pd.DataFrame:
-    """The cell type of each example cluster: the majority ``bulk_labels`` of its cells.
+    """Return the cell type of each example cluster: the majority ``bulk_labels`` of its cells.
 
     Returns
     -------
@@ -68,7 +68,7 @@ def example_truth() -> pd.DataFrame:
     --------
     >>> from cassia_sc.datasets import example_truth
     >>> example_truth().set_index("cluster").loc["0", "cell_type"]
-    'CD4+/CD45RO+ Memory'
+    'CD4+/CD25 T Reg'
     """
     return _read_packaged(EXAMPLE_FILES["truth"])
 
@@ -112,7 +112,9 @@ def build_example_markers() -> dict[str, pd.DataFrame]:
     )
     seurat = seurat[kept].copy()
     # FindAllMarkers lists each cluster's genes by p-value, then by fold change.
-    seurat["_order"] = pd.Categorical(seurat["cluster"], categories=adata.obs["louvain"].cat.categories)
+    seurat["_order"] = pd.Categorical(
+        seurat["cluster"], categories=adata.obs["louvain"].cat.categories
+    )
     seurat["_neg_lfc"] = -seurat["avg_log2FC"]
     seurat = seurat.sort_values(["_order", "p_val", "_neg_lfc"], kind="stable")
     seurat = seurat.drop(columns=["_order", "_neg_lfc"]).reset_index(drop=True)
@@ -120,7 +122,9 @@ def build_example_markers() -> dict[str, pd.DataFrame]:
     seurat[["avg_log2FC", "pct.1", "pct.2"]] = seurat[["avg_log2FC", "pct.1", "pct.2"]].round(6)
 
     genes = top_markers(seurat, n_genes=_SIMPLIFIED_N_GENES)
-    processed = pd.DataFrame({"cluster": list(genes), "markers": [", ".join(g) for g in genes.values()]})
+    processed = pd.DataFrame(
+        {"cluster": list(genes), "markers": [", ".join(g) for g in genes.values()]}
+    )
 
     counts = pd.crosstab(adata.obs["louvain"], adata.obs["bulk_labels"])
     truth = pd.DataFrame(

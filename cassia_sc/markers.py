@@ -141,7 +141,7 @@ def top_markers(
     >>> sc.tl.rank_genes_groups(adata, "louvain", method="wilcoxon", pts=True)
     >>> markers = cassia_sc.top_markers(adata, n_genes=10)
     >>> markers["0"][:3]
-    ['CD3D', 'LDHB', 'CD3E']
+    ['CD3D', 'IL32', 'CD40LG']
     """
     table = read_markers(
         marker,
@@ -274,6 +274,9 @@ def _from_table(
             f"(clusters {affected}); remove those rows or fix the table."
         )
     if stats.empty:  # the simplified format: comma-separated genes, in rank order
+        if genes.astype(str).str.contains(",").any():
+            clusters = _unique_row_names(clusters.astype(str).str.strip())
+            cluster_order = clusters.to_numpy()
         canonical = _explode_gene_lists(clusters, genes)
     else:
         canonical = pd.DataFrame(
@@ -310,6 +313,19 @@ def _numeric(column: pd.Series, name: str) -> np.ndarray:
         return pd.to_numeric(column).to_numpy(dtype=float)
     except (TypeError, ValueError) as err:
         raise MarkerError(f"Column {name!r} of the marker table should be numeric: {err}") from None
+
+
+def _unique_row_names(clusters: pd.Series) -> pd.Series:
+    """Each row of a gene-list table is its own cluster: number repeated names " (2)", " (3)"."""
+    repeat = clusters.groupby(clusters, sort=False).cumcount()
+    if not repeat.any():
+        return clusters
+    renamed = clusters.where(repeat == 0, clusters + " (" + (repeat + 1).astype(str) + ")")
+    logger.warning(
+        "Cluster names repeated on several rows were numbered to keep every row: %s.",
+        renamed[repeat > 0].tolist(),
+    )
+    return renamed
 
 
 def _explode_gene_lists(clusters: pd.Series, genes: pd.Series) -> pd.DataFrame:
@@ -512,12 +528,11 @@ def select_markers(
         keep = rows[passing[start:stop]]
         if keep.size == 0:
             unfiltered.append(cluster)
-            keep = rows
-        if keys is None:
-            ranked = _first_unique(genes, keep)[:n_genes]
+            chosen.append(_first_unique(genes, rows)[:n_genes])
+        elif keys is None:
+            chosen.append(_first_unique(genes, keep)[:n_genes])
         else:
-            ranked = keep[_top_unique(genes[keep], keys[keep], n_genes)]
-        chosen.append(ranked)
+            chosen.append(keep[_top_unique(genes[keep], keys[keep], n_genes)])
     if unfiltered:
         logger.warning(
             "No gene of clusters %s passes the filters (adjusted p < %s, log2FC > %s, "

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import pytest
+import scanpy as sc
+
+DATA = Path(__file__).parent / "data"
+MARKER100 = DATA / "marker100.csv"
+
+
+@pytest.fixture(scope="session")
+def _pbmc_wilcoxon_once() -> ad.AnnData:
+    adata = sc.datasets.pbmc68k_reduced()
+    sc.tl.rank_genes_groups(adata, "louvain", method="wilcoxon", pts=True, key_added="wilcoxon")
+    return adata
+
+
+@pytest.fixture
+def pbmc() -> ad.AnnData:
+    """pbmc68k_reduced as shipped: bulk_labels, a stored logreg rank_genes_groups, X_umap."""
+    return sc.datasets.pbmc68k_reduced()
+
+
+@pytest.fixture
+def pbmc_wilcoxon(_pbmc_wilcoxon_once: ad.AnnData) -> ad.AnnData:
+    """pbmc68k_reduced with a Wilcoxon result on louvain, with pts, in uns['wilcoxon']."""
+    return _pbmc_wilcoxon_once.copy()

@@ -1,0 +1,393 @@
+"""Marker ingestion and selection on real inputs: pbmc68k_reduced, Seurat tables, marker100.csv."""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from conftest import MARKER100
+
+import cassia_sc
+from cassia_sc import MarkerError, read_markers, top_markers
+from cassia_sc.datasets import build_example_markers, example_truth
+
+B_CELL_BY_LOG2FC = ["MS4A1", "FCRLA", "BLK", "CD79A", "BANK1", "AC079767.4"]
+
+
+# --------------------------------------------------------------------------- AnnData
+
+
+def test_logreg_result_falls_back_to_its_own_order_with_a_warning(pbmc, caplog):
+    caplog.set_level(logging.WARNING, logger="cassia_sc")
+    markers = top_markers(pbmc, n_genes=3)
+
+    assert list(markers) == list(pbmc.obs["bulk_labels"].cat.categories)
+    # The stored logreg result lists RGS19, HIST1H4C, IL32 first for the Treg group.
+    assert markers["CD4+/CD25 T Reg"] == ["RGS19", "HIST1H4C", "IL32"]
+    assert "log2fc" in caplog.text and "source's own order" in caplog.text
+    # "Score" ranks by logreg's scores, which is the same order, and needs no fallback.
+    caplog.clear()
+    assert top_markers(pbmc, n_genes=3, ranking_method="Score") == markers
+    assert caplog.text == ""
+
+
+def test_wilcoxon_with_pts_filters_then_ranks_by_log2fc(pbmc_wilcoxon):
+    markers = top_markers(pbmc_wilcoxon, key="wilcoxon", n_genes=6)
+
+    assert list(markers) == [str(i) for i in range(11)]
+    # Worked out from rank_genes_groups_df(group="4"): every gene passes the filters, sorted
+    # by log2 fold change (MS4A1 7.79, FCRLA 6.90, BLK 6.88, CD79A 6.63, BANK1 6.21, ...).
+    assert markers["4"] == B_CELL_BY_LOG2FC
+    assert all(len(genes) == 6 for genes in markers.values())
+
+
+def test_pts_are_aligned_with_each_groups_ranked_names(pbmc_wilcoxon):
+    table = read_markers(pbmc_wilcoxon, key="wilcoxon")
+    reference = sc.get.rank_genes_groups_df(pbmc_wilcoxon, group=None, key="wilcoxon")
+
+    assert len(table) == len(reference)
+    assert table["cluster"].astype(str).tolist() == reference["group"].astype(str).tolist()
+    assert table["gene"].astype(str).tolist() == reference["names"].astype(str).tolist()
+    for ours, theirs in [
+        ("pct_in", "pct_nz_group"),
+        ("pct_out", "pct_nz_reference"),
+        ("log2fc", "logfoldchanges"),
+        ("pval_adj", "pvals_adj"),
+        ("score", "scores"),
+    ]:
+        np.testing.assert_allclose(table[ours], reference[theirs].astype(float), rtol=1e-6)
+
+
+def test_the_fraction_filter_uses_pts(pbmc_wilcoxon):
+    # MS4A1, the top B-cell gene by fold change, seen in only 5 % of its cluster's cells:
+    pbmc_wilcoxon.uns["wilcoxon"]["pts"].loc["MS4A1", "4"] = 0.05
+    assert top_markers(pbmc_wilcoxon, key="wilcoxon", n_genes=5)["4"] == B_CELL_BY_LOG2FC[1:]
+    del pbmc_wilcoxon.uns["wilcoxon"]["pts"]
+    assert top_markers(pbmc_wilcoxon, key="wilcoxon", n_genes=5)["4"] == B_CELL_BY_LOG2FC[:5]
+
+
+def test_gene_symbols_replace_ensembl_ids(pbmc_wilcoxon):
+    symbols = pbmc_wilcoxon.raw.var_names.tolist()
+    ids = [f"ENSG{i:011d}" for i in range(len(symbols))]
+    adata = sc.AnnData(pbmc_wilcoxon.raw.X.copy(), obs=pbmc_wilcoxon.obs.copy())
+    adata.var_names = ids
+    adata.var["symbol"] = symbols
+    adata.var.loc[ids[symbols.index("FCRLA")], "symbol"] = np.nan  # no symbol: keep the ID
+    sc.tl.rank_genes_groups(adata, "louvain", method="wilcoxon", pts=True)
+
+    markers = top_markers(adata, gene_symbols="symbol", n_genes=6)
+
+    fcrla_id = ids[symbols.index("FCRLA")]
+    assert markers["4"] == [fcrla_id if g == "FCRLA" else g for g in B_CELL_BY_LOG2FC]
+    assert top_markers(adata, n_genes=1)["4"] == [ids[symbols.index("MS4A1")]]
+    with pytest.raises(MarkerError, match="gene_symbols='gene_name' is not a column"):
+        top_markers(adata, gene_symbols="gene_name")
+
+
+def test_result_survives_h5ad_round_trip(pbmc_wilcoxon, tmp_path):
+    path = tmp_path / "pbmc.h5ad"
+    pbmc_wilcoxon.write_h5ad(path)
+    reloaded = sc.read_h5ad(path)
+    for key in ("wilcoxon", "rank_genes_groups"):
+        assert top_markers(reloaded, key=key) == top_markers(pbmc_wilcoxon, key=key)
+
+
+def test_missing_result_says_which_call_to_run(pbmc):
+    del pbmc.uns["rank_genes_groups"]
+    with pytest.raises(MarkerError, match=r"run sc\.tl\.rank_genes_groups\(adata, 'louvain'\)"):
+        top_markers(pbmc, groupby="louvain")
+    with pytest.raises(MarkerError, match=r"sc\.tl\.rank_genes_groups\(adata, groupby\)"):
+        top_markers(pbmc)
+    with pytest.raises(MarkerError, match="key_added='mine'"):
+        top_markers(pbmc, key="mine")
+
+
+def test_groupby_must_match_the_stored_result(pbmc):
+    assert list(top_markers(pbmc, groupby="bulk_labels")) == list(
+        pbmc.obs["bulk_labels"].cat.categories
+    )
+    with pytest.raises(MarkerError, match="computed for groupby='bulk_labels', not 'louvain'"):
+        top_markers(pbmc, groupby="louvain")
+
+
+def test_uns_is_never_altered(pbmc_wilcoxon, caplog):
+    before = pickle.dumps(pbmc_wilcoxon.uns)
+    top_markers(pbmc_wilcoxon, key="wilcoxon", ranking_method="pct_diff")
+    top_markers(pbmc_wilcoxon)  # the logreg result, with its fallback
+    with pytest.raises(MarkerError):
+        top_markers(pbmc_wilcoxon, key="wilcoxon", groupby="bulk_labels")
+    assert pickle.dumps(pbmc_wilcoxon.uns) == before
+
+
+def test_table_options_are_refused_for_an_anndata_and_vice_versa(pbmc):
+    with pytest.raises(MarkerError, match="pass groupby= and key="):
+        top_markers(pbmc, celltype_column="cluster")
+    with pytest.raises(MarkerError, match="celltype_column= and gene_column_name="):
+        top_markers(cassia_sc.loadmarker("unprocessed"), groupby="louvain")
+
+
+# --------------------------------------------------------------------------- Seurat
+
+
+def test_seurat_table_hand_checked_cluster_and_csv_path(tmp_path):
+    seurat = cassia_sc.loadmarker("unprocessed")
+    path = tmp_path / "findallmarkers.csv"
+    seurat.to_csv(path)  # with R-style row names in an unnamed first column
+
+    from_frame = top_markers(seurat, n_genes=5)
+    # Cluster 8 (plasma cells), passing genes by avg_log2FC: TNFRSF17 9.32, MZB1 8.98,
+    # IGJ 8.86, IGLL5 7.13, AL928768.3 6.55.
+    assert from_frame["8"] == ["TNFRSF17", "MZB1", "IGJ", "IGLL5", "AL928768.3"]
+    # By pct.1 - pct.2 the fifth place goes to FKBP11 (1.0 - 0.146).
+    assert top_markers(seurat, n_genes=5, ranking_method="pct_diff")["8"][4] == "FKBP11"
+    assert top_markers(path, n_genes=5) == from_frame
+    assert top_markers(str(path), n_genes=5) == from_frame
+
+
+def test_p_value_ranking_and_ascending_override():
+    seurat = cassia_sc.loadmarker("unprocessed")
+    cluster = seurat[seurat["cluster"] == "8"]
+    passing = cluster[
+        (cluster["p_val_adj"] < 0.05) & (cluster["avg_log2FC"] > 0.25) & (cluster["pct.1"] > 0.1)
+    ]
+
+    by_p = top_markers(seurat, ranking_method="p_val_adj", n_genes=10)["8"]
+    assert by_p == passing.sort_values("p_val_adj", kind="stable")["gene"].head(10).tolist()
+    weakest = top_markers(seurat, ascending=True, n_genes=3)["8"]
+    assert weakest == passing.sort_values("avg_log2FC")["gene"].head(3).tolist()
+    assert all(passing.set_index("gene").loc[weakest, "avg_log2FC"] > 0.25)
+
+
+def test_seurat_v3_natural_log_fold_changes_are_converted():
+    seurat = cassia_sc.loadmarker("unprocessed")
+    v3 = seurat.rename(columns={"avg_log2FC": "avg_logFC"})
+    v3["avg_logFC"] = v3["avg_logFC"] * math.log(2)
+    table = read_markers(v3)
+    np.testing.assert_allclose(table["log2fc"], read_markers(seurat)["log2fc"])
+    assert top_markers(v3) == top_markers(seurat)
+
+
+def test_infinite_fold_changes_and_duplicated_genes():
+    table = pd.DataFrame(
+        {
+            "cluster": ["a"] * 6 + ["b"] * 2,
+            "gene": ["G1", "G2", "G3", "G2", "G4", "G5", "G1", "G2"],
+            "avg_log2FC": [1.0, 2.0, np.inf, 5.0, -np.inf, np.nan, 1.0, 1.0],
+            "p_val_adj": [0.01] * 8,
+            "pct.1": [0.5] * 8,
+            "pct.2": [0.1] * 8,
+        }
+    )
+    markers = top_markers(table)
+    # +inf ranks first; G2 counts once, at its best fold change; -inf and NaN fail the filter.
+    assert markers == {"a": ["G3", "G2", "G1"], "b": ["G1", "G2"]}
+    assert top_markers(table, ranking_method="p_val_adj", n_genes=2)["a"] == ["G1", "G2"]
+
+
+def test_fewer_passing_genes_than_asked_gives_all_that_pass():
+    table = pd.DataFrame(
+        {
+            "cluster": ["x"] * 4,
+            "gene": ["A", "B", "C", "D"],
+            "avg_log2FC": [3.0, 0.1, 2.0, 1.0],
+            "p_val_adj": [0.001, 0.001, 0.2, 0.01],
+            "pct.1": [0.9, 0.9, 0.9, 0.05],
+            "pct.2": [0.1] * 4,
+        }
+    )
+    # B fails log2FC, C fails the p-value, D fails the fraction in the cluster.
+    assert top_markers(table, n_genes=50) == {"x": ["A"]}
+
+
+def test_no_passing_gene_falls_back_to_source_order_with_a_warning(caplog):
+    table = pd.DataFrame(
+        {
+            "cluster": ["good", "good", "weak", "weak", "weak"],
+            "gene": ["A", "B", "C", "D", "E"],
+            "avg_log2FC": [1.0, 2.0, 0.1, 0.2, 0.05],
+            "p_val_adj": [0.01, 0.01, 0.5, 0.5, 0.5],
+        }
+    )
+    caplog.set_level(logging.WARNING, logger="cassia_sc")
+    markers = top_markers(table, n_genes=2)
+    assert markers == {"good": ["B", "A"], "weak": ["C", "D"]}
+    assert "['weak']" in caplog.text
+
+
+def test_clusters_keep_their_input_order():
+    table = pd.DataFrame(
+        {
+            "cluster": [2, 2, 10, 10, 1],
+            "gene": ["A", "B", "C", "D", "E"],
+            "avg_log2FC": [1.0, 2.0, 1.0, 3.0, 1.0],
+        }
+    )
+    assert list(top_markers(table)) == ["2", "10", "1"]
+    interleaved = table.iloc[[0, 2, 1, 3, 4]]
+    assert top_markers(interleaved) == {"2": ["B", "A"], "10": ["D", "C"], "1": ["E"]}
+
+
+# --------------------------------------------------------------------------- Scanpy table
+
+
+def test_scanpy_rank_genes_groups_df_matches_the_anndata(pbmc_wilcoxon, tmp_path):
+    frame = sc.get.rank_genes_groups_df(pbmc_wilcoxon, group=None, key="wilcoxon")
+    path = tmp_path / "rank_genes_groups.csv"
+    frame.to_csv(path)
+
+    expected = top_markers(pbmc_wilcoxon, key="wilcoxon", n_genes=10)
+    assert top_markers(frame, n_genes=10) == expected
+    assert top_markers(path, n_genes=10) == expected
+    assert top_markers(frame, n_genes=6)["4"] == B_CELL_BY_LOG2FC
+    # By Scanpy's scores, the order is rank_genes_groups' own: CD79B, CD79A, MS4A1.
+    assert top_markers(frame, n_genes=3, ranking_method="Score")["4"] == ["CD79B", "CD79A", "MS4A1"]
+
+
+def test_scanpy_table_without_pts_is_still_read(pbmc_wilcoxon):
+    frame = sc.get.rank_genes_groups_df(pbmc_wilcoxon, group=None, key="wilcoxon")
+    frame = frame.drop(columns=["pct_nz_group", "pct_nz_reference"])
+    table = read_markers(frame)
+    assert set(table.columns) == {"cluster", "gene", "log2fc", "pval_adj", "score"}
+
+
+# --------------------------------------------------------------------------- simplified
+
+
+def test_marker100_with_named_columns_and_a_byte_order_mark():
+    markers = top_markers(
+        MARKER100, celltype_column="True Cell Type", gene_column_name="Marker List"
+    )
+
+    raw = MARKER100.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    # Every row is a cluster; repeated names (e.g. "B cell" of kidney, of mouse) are numbered.
+    assert len(markers) == 100
+    assert sum(len(genes) == 50 for genes in markers.values()) == 95
+    assert len(markers["Neutrophil"]) == 23  # a shorter list is kept whole
+    # The erythroid row lists HBM, AHSP, HBZ, ... twice: each counts once, at its first place.
+    assert markers["Erythroid cell"][:12] == (
+        [
+            "HBB",
+            "HBA1",
+            "HBA2",
+            "HBG2",
+            "HBE1",
+            "AHSP",
+            "HBG1",
+            "HBZ",
+            "PRDX2",
+            "HBM",
+            "GYPA",
+            "BLVRB",
+        ]
+    )
+    assert len(markers["Erythroid cell"]) == 38
+    assert markers["B cell (2)"][:3] == ["RP24-338A5.4", "Cr2", "Ms4a1"]  # the mouse row
+    assert list(markers)[:3] == ["Ascending vasa recta endothelium", "B cell", "CD4 T cell"]
+    # First and last genes of the B cell row, as written in the file.
+    assert markers["B cell"][:4] == ["IGKC", "IGHG1", "IGLC2", "IGHG3"]
+    assert markers["B cell"][-1] == "SMC1A"
+    assert top_markers(
+        MARKER100, celltype_column="True Cell Type", gene_column_name="Marker List", n_genes=3
+    )["B cell"] == ["IGKC", "IGHG1", "IGLC2"]
+
+
+def test_a_table_of_no_known_format_names_its_columns_and_the_parameters():
+    with pytest.raises(MarkerError) as raised:
+        top_markers(MARKER100)
+    message = str(raised.value)
+    assert "'True Cell Type'" in message and "'Marker List'" in message and "'Dataset'" in message
+    assert "celltype_column=" in message and "gene_column_name=" in message
+
+
+def test_simplified_two_columns_detected_with_empty_tokens_dropped(caplog):
+    caplog.set_level(logging.INFO, logger="cassia_sc")
+    table = pd.DataFrame(
+        {"Cluster": ["T", "B"], "Genes": ["CD3D, CD3E,, None ,CD2,", "MS4A1,CD79A,MS4A1"]}
+    )
+    assert top_markers(table) == {"T": ["CD3D", "CD3E", "CD2"], "B": ["MS4A1", "CD79A"]}
+    assert top_markers(table, n_genes=1) == {"T": ["CD3D"], "B": ["MS4A1"]}
+    assert "WARNING" not in caplog.text  # the list order is the ranking; nothing to warn about
+
+
+def test_bundled_processed_example_is_detected():
+    processed = cassia_sc.loadmarker("processed")
+    markers = top_markers(processed, n_genes=50)
+    assert list(markers) == [str(i) for i in range(11)]
+    assert markers["8"][:5] == ["TNFRSF17", "MZB1", "IGJ", "IGLL5", "AL928768.3"]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        (pd.DataFrame({"cluster": [], "gene": []}), "empty"),
+        (
+            pd.DataFrame({"cluster": ["a", "b"], "markers": ["X, Y", np.nan]}),
+            r"Clusters \['b'\] have no marker genes",
+        ),
+        (
+            pd.DataFrame({"cluster": ["a", "b"], "markers": ["X, Y", " , ,"]}),
+            r"Clusters \['b'\] have no marker genes",
+        ),
+        (
+            pd.DataFrame(
+                {
+                    "cluster": ["a", "a", "b"],
+                    "gene": ["X", None, "Z"],
+                    "avg_log2FC": [1.0, 2.0, 3.0],
+                }
+            ),
+            r"1 rows of column 'gene' have no gene name \(clusters \['a'\]\)",
+        ),
+        (pd.DataFrame({"cluster": ["a", None], "gene": ["X", "Y"]}), "empty cluster names"),
+        (
+            pd.DataFrame({"cluster": ["a"], "gene": ["X"], "avg_log2FC": ["high"]}),
+            "Column 'avg_log2FC' of the marker table should be numeric",
+        ),
+    ],
+)
+def test_bad_tables_raise_clear_errors(table, match):
+    with pytest.raises(MarkerError, match=match):
+        top_markers(table)
+
+
+def test_unknown_ranking_method_and_bad_n_genes():
+    seurat = cassia_sc.loadmarker("unprocessed")
+    with pytest.raises(
+        MarkerError, match=r"Unknown ranking_method 'logfc'; choose one of \['avg_log2FC'"
+    ):
+        top_markers(seurat, ranking_method="logfc")
+    with pytest.raises(MarkerError, match="n_genes must be a positive integer"):
+        top_markers(seurat, n_genes=0)
+
+
+def test_missing_path_and_missing_named_column(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Marker file not found: .*nope\.csv"):
+        top_markers(tmp_path / "nope.csv")
+    with pytest.raises(MarkerError, match="celltype_column='Type' is not a column"):
+        top_markers(MARKER100, celltype_column="Type", gene_column_name="Marker List")
+
+
+# --------------------------------------------------------------------------- example data
+
+
+def test_shipped_example_files_are_what_the_recipe_gives():
+    rebuilt = build_example_markers()
+    pd.testing.assert_frame_equal(cassia_sc.loadmarker("processed"), rebuilt["processed"])
+    pd.testing.assert_frame_equal(
+        cassia_sc.loadmarker("unprocessed"), rebuilt["unprocessed"], check_dtype=False, rtol=1e-5
+    )
+    pd.testing.assert_frame_equal(example_truth(), rebuilt["truth"], check_dtype=False)
+
+
+def test_loadmarker_rejects_unknown_types():
+    with pytest.raises(ValueError, match="'processed' or 'unprocessed'"):
+        cassia_sc.loadmarker("raw")
