@@ -47,6 +47,7 @@ _SCANPY_STATS = {
     "pct_nz_reference": "pct_out",
     "scores": "score",
 }
+_RANK_GENES_GROUPS_STATS = {"logfoldchanges": "log2fc", "pvals_adj": "pval_adj", "scores": "score"}
 #: Seurat < 4 wrote natural-log fold changes under this name.
 _SEURAT_V3_LOGFC = "avg_logFC"
 
@@ -54,6 +55,12 @@ _SEURAT_V3_LOGFC = "avg_logFC"
 MAX_PVAL_ADJ = 0.05
 MIN_LOG2FC = 0.25
 MIN_PCT_IN = 0.1
+
+_FILTERS = {
+    "pval_adj": lambda values: values < MAX_PVAL_ADJ,
+    "log2fc": lambda values: values > MIN_LOG2FC,
+    "pct_in": lambda values: values > MIN_PCT_IN,
+}
 
 #: ranking_method -> (canonical columns it needs, ascending by default)
 RANKING_METHODS: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -150,6 +157,7 @@ def top_markers(
         key=key,
         groupby=groupby,
         gene_symbols=gene_symbols,
+        candidates_for=_checked_n_genes(n_genes),
     )
     chosen = select_markers(
         table, n_genes=n_genes, ranking_method=ranking_method, ascending=ascending
@@ -172,6 +180,7 @@ def read_markers(
     key: str = "rank_genes_groups",
     groupby: str | None = None,
     gene_symbols: str | None = None,
+    candidates_for: int | None = None,
 ) -> pd.DataFrame:
     """Read markers from any supported input into the canonical table.
 
@@ -179,6 +188,11 @@ def read_markers(
     ----------
     marker, celltype_column, gene_column_name, key, groupby, gene_symbols
         As in :func:`top_markers`.
+    candidates_for
+        For an AnnData only: keep just the rows that can be among the top
+        ``candidates_for`` markers of their cluster (those that pass the p-value and
+        fold-change filters, and each cluster's first ``candidates_for`` rows). Selecting
+        from this smaller table gives the same markers, faster; :func:`top_markers` uses it.
 
     Returns
     -------
@@ -199,7 +213,13 @@ def read_markers(
                 "celltype_column and gene_column_name apply to marker tables; for an AnnData, "
                 "pass groupby= and key= instead."
             )
-        return _from_rank_genes_groups(marker, key=key, groupby=groupby, gene_symbols=gene_symbols)
+        return _from_rank_genes_groups(
+            marker,
+            key=key,
+            groupby=groupby,
+            gene_symbols=gene_symbols,
+            candidates_for=candidates_for,
+        )
     if groupby is not None or gene_symbols is not None:
         raise MarkerError(
             "groupby and gene_symbols apply to an AnnData; for a marker table, "
@@ -338,7 +358,12 @@ def _explode_gene_lists(clusters: pd.Series, genes: pd.Series) -> pd.DataFrame:
 
 
 def _from_rank_genes_groups(
-    adata: AnnData, *, key: str, groupby: str | None, gene_symbols: str | None
+    adata: AnnData,
+    *,
+    key: str,
+    groupby: str | None,
+    gene_symbols: str | None,
+    candidates_for: int | None,
 ) -> pd.DataFrame:
     result = adata.uns.get(key)
     run = (
@@ -368,38 +393,76 @@ def _from_rank_genes_groups(
     groups = list(names.dtype.names)
     if not groups:
         raise MarkerError(f"adata.uns[{key!r}] holds no groups.")
+    genes_per_group = len(names)
+    stats = {
+        canonical: _cluster_major(result[field], groups)
+        for field, canonical in _RANK_GENES_GROUPS_STATS.items()
+        if field in result
+    }
+    keep = np.ones(genes_per_group * len(groups), dtype=bool)
+    if candidates_for is not None:
+        # Rows failing a filter can only be chosen as one of the first `candidates_for` of
+        # their group (the fallback when nothing passes); every other row is dropped here,
+        # before the costly gene lookups.
+        first = np.arange(keep.size) % genes_per_group < candidates_for
+        keep = _passing_filters(stats, keep.size) | first
+        stats = {canonical: values[keep] for canonical, values in stats.items()}
+    kept_names = np.concatenate(
+        [
+            np.asarray(names[g], dtype=object)[k]
+            for g, k in zip(groups, keep.reshape(len(groups), -1), strict=True)
+        ]
+    )
+    cluster_codes = np.repeat(np.arange(len(groups)), genes_per_group)[keep]
+
     pts = result.get("pts")
-    pts_rest = result.get("pts_rest")
     universe = _gene_universe(adata, result, pts)
-    per_group = [np.asarray(names[g]) for g in groups]
-    codes = [universe.get_indexer(n) for n in per_group]
-    unknown = np.concatenate([n[c < 0] for n, c in zip(per_group, codes, strict=True)])
-    if unknown.size:  # names no longer in var (e.g. genes removed since): keep them as they are
-        universe = universe.append(pd.Index(pd.unique(unknown)))
-        codes = [universe.get_indexer(n) for n in per_group]
+    gene_codes = universe.get_indexer(kept_names)  # the one per-gene cost: a hash lookup
+    unknown = gene_codes < 0
+    if unknown.any():  # names no longer in var (e.g. genes removed since): keep them as they are
+        extra = pd.Index(pd.unique(kept_names[unknown]))
+        gene_codes[unknown] = len(universe) + extra.get_indexer(kept_names[unknown])
+        universe = universe.append(extra)
 
     labels = _gene_labels(adata, universe, gene_symbols, use_raw=_used_raw(adata, result))
     label_values, label_codes = np.unique(labels, return_inverse=True)
-    gene_codes = np.concatenate(codes)
     table = {
-        "cluster": pd.Categorical.from_codes(
-            np.repeat(np.arange(len(groups)), [len(n) for n in per_group]), categories=groups
-        ),
+        "cluster": pd.Categorical.from_codes(cluster_codes, categories=groups),
         "gene": pd.Categorical.from_codes(label_codes[gene_codes], categories=label_values),
+        **stats,
     }
-    for field, canonical in (
-        ("logfoldchanges", "log2fc"),
-        ("pvals_adj", "pval_adj"),
-        ("scores", "score"),
-    ):
-        if field in result:
-            table[canonical] = np.concatenate(
-                [np.asarray(result[field][g], dtype=float) for g in groups]
+    for field, canonical in (("pts", "pct_in"), ("pts_rest", "pct_out")):
+        if result.get(field) is not None:
+            table[canonical] = _lookup_fractions(
+                result[field], groups, cluster_codes, gene_codes, universe
             )
-    for frame, canonical in ((pts, "pct_in"), (pts_rest, "pct_out")):
-        if frame is not None:
-            table[canonical] = _lookup_per_group(frame, groups, codes, universe)
-    return pd.DataFrame(table)
+    return pd.DataFrame(table, copy=False)  # the columns are ours already: no second copy
+
+
+def _cluster_major(records: np.ndarray, groups: list[str]) -> np.ndarray:
+    """Flatten a genes x groups record array group after group."""
+    return np.concatenate([np.asarray(records[g], dtype=float) for g in groups])
+
+
+def _lookup_fractions(
+    frame: pd.DataFrame,
+    groups: list[str],
+    cluster_codes: np.ndarray,
+    gene_codes: np.ndarray,
+    universe: pd.Index,
+) -> np.ndarray:
+    """Values of a genes x groups frame (``pts``), one per row of the canonical table."""
+    if list(frame.columns) != groups:
+        frame = frame.reindex(columns=groups)
+    # pandas keeps a one-dtype frame as one groups x genes block: this is a view, not a copy.
+    by_group = np.ascontiguousarray(frame.to_numpy(dtype=float).T)
+    index = frame.index.astype(str)
+    if index.equals(universe[: len(index)]):  # the usual case: pts is where the universe came from
+        rows = np.where(gene_codes < len(index), gene_codes, -1)
+    else:
+        rows = index.get_indexer(universe)[gene_codes]
+    values = by_group.ravel()[cluster_codes * by_group.shape[1] + np.maximum(rows, 0)]
+    return np.where(rows >= 0, values, np.nan)
 
 
 def _used_raw(adata: AnnData, result: Mapping) -> bool:
@@ -435,22 +498,6 @@ def _gene_labels(
         symbols.notna() & (symbols.astype(str).str.strip() != "")
     )
     return np.where(symbols.isna().to_numpy(), ids, symbols.to_numpy(dtype=object)).astype(str)
-
-
-def _lookup_per_group(
-    frame: pd.DataFrame, groups: list[str], codes: list[np.ndarray], universe: pd.Index
-) -> np.ndarray:
-    """Values of a genes x groups frame (``pts``) aligned with each group's ranked names."""
-    rows = frame.index.astype(str).get_indexer(universe)
-    values = []
-    for group, group_codes in zip(groups, codes, strict=True):
-        column = frame[group].to_numpy(dtype=float) if group in frame.columns else None
-        if column is None:
-            values.append(np.full(len(group_codes), np.nan))
-            continue
-        where = rows[group_codes]
-        values.append(np.where(where >= 0, column[where], np.nan))
-    return np.concatenate(values)
 
 
 def _finish(table: pd.DataFrame, cluster_order: np.ndarray) -> pd.DataFrame:
@@ -502,8 +549,7 @@ def select_markers(
         raise MarkerError(
             f"Unknown ranking_method {ranking_method!r}; choose one of {list(RANKING_METHODS)}."
         )
-    if isinstance(n_genes, bool) or not isinstance(n_genes, int | np.integer) or n_genes < 1:
-        raise MarkerError(f"n_genes must be a positive integer, not {n_genes!r}.")
+    n_genes = _checked_n_genes(n_genes)
     needs, default_ascending = RANKING_METHODS[ranking_method]
     keys = _ranking_keys(table, needs, default_ascending if ascending is None else ascending)
     if keys is None:
@@ -515,7 +561,7 @@ def select_markers(
             " and ".join(needs),
         )
 
-    passing = _passing_filters(table)
+    passing = _passing_filters(table, len(table))
     genes = table["gene"].cat.codes.to_numpy()
     bounds = np.searchsorted(
         table["cluster"].cat.codes.to_numpy(), np.arange(len(table["cluster"].cat.categories) + 1)
@@ -545,6 +591,12 @@ def select_markers(
     return table.iloc[np.concatenate(chosen)].reset_index(drop=True)
 
 
+def _checked_n_genes(n_genes: int) -> int:
+    if isinstance(n_genes, bool) or not isinstance(n_genes, int | np.integer) or n_genes < 1:
+        raise MarkerError(f"n_genes must be a positive integer, not {n_genes!r}.")
+    return int(n_genes)
+
+
 def _ranking_keys(
     table: pd.DataFrame, needs: tuple[str, ...], ascending: bool
 ) -> np.ndarray | None:
@@ -558,15 +610,13 @@ def _ranking_keys(
     return np.where(np.isnan(keys), np.inf, keys)
 
 
-def _passing_filters(table: pd.DataFrame) -> np.ndarray:
-    passing = np.ones(len(table), dtype=bool)
+def _passing_filters(columns: Mapping | pd.DataFrame, n_rows: int) -> np.ndarray:
+    """Rows that pass CASSIA's filters, each applied only where ``columns`` has its statistic."""
+    passing = np.ones(n_rows, dtype=bool)
     with np.errstate(invalid="ignore"):
-        if "pval_adj" in table.columns:
-            passing &= table["pval_adj"].to_numpy(dtype=float) < MAX_PVAL_ADJ
-        if "log2fc" in table.columns:
-            passing &= table["log2fc"].to_numpy(dtype=float) > MIN_LOG2FC
-        if "pct_in" in table.columns:
-            passing &= table["pct_in"].to_numpy(dtype=float) > MIN_PCT_IN
+        for column, passes in _FILTERS.items():
+            if column in columns:
+                passing &= passes(np.asarray(columns[column], dtype=float))
     return passing
 
 

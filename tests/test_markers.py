@@ -391,3 +391,23 @@ def test_shipped_example_files_are_what_the_recipe_gives():
 def test_loadmarker_rejects_unknown_types():
     with pytest.raises(ValueError, match="'processed' or 'unprocessed'"):
         cassia_sc.loadmarker("raw")
+
+
+@pytest.mark.parametrize("ranking_method", ["avg_log2FC", "p_val_adj", "pct_diff", "Score"])
+@pytest.mark.parametrize("ascending", [None, True])
+def test_pruned_candidates_give_the_same_markers(pbmc_wilcoxon, pbmc, ranking_method, ascending):
+    for adata, key in ((pbmc_wilcoxon, "wilcoxon"), (pbmc, "rank_genes_groups")):
+        full = read_markers(adata, key=key)
+        pruned = read_markers(adata, key=key, candidates_for=7)
+        assert len(pruned) < len(full) or key == "rank_genes_groups"
+        options = {"n_genes": 7, "ranking_method": ranking_method, "ascending": ascending}
+        pd.testing.assert_frame_equal(
+            cassia_sc.select_markers(pruned, **options), cassia_sc.select_markers(full, **options)
+        )
+
+
+def test_fractions_are_looked_up_by_gene_whatever_the_row_order(pbmc_wilcoxon):
+    expected = read_markers(pbmc_wilcoxon, key="wilcoxon")
+    result = pbmc_wilcoxon.uns["wilcoxon"]
+    result["pts_rest"] = result["pts_rest"].iloc[::-1, ::-1]  # reversed genes and groups
+    pd.testing.assert_frame_equal(read_markers(pbmc_wilcoxon, key="wilcoxon"), expected)
