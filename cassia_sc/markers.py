@@ -276,15 +276,18 @@ def _from_table(
         )
 
     stats = _table_statistics(frame)
-    clusters = frame[cluster_column]
-    if clusters.isna().any():
-        rows = np.flatnonzero(clusters.isna().to_numpy())[:5].tolist()
+    if frame[cluster_column].isna().any():
+        rows = np.flatnonzero(frame[cluster_column].isna().to_numpy())[:5].tolist()
         raise MarkerError(f"Column {cluster_column!r} has empty cluster names (rows {rows}).")
-    cluster_order = pd.unique(clusters.astype(str).str.strip())
+    clusters = frame[cluster_column].astype(str).str.strip()
+    cluster_order = pd.unique(clusters)
+    if isinstance(frame[cluster_column].dtype, pd.CategoricalDtype):  # e.g. a Seurat factor
+        levels = frame[cluster_column].cat.categories.astype(str).str.strip()
+        cluster_order = levels[levels.isin(cluster_order)].to_numpy()
     genes = frame[gene_column]
     missing = genes.isna() | genes.astype(str).str.strip().str.lower().isin(_EMPTY_TOKENS)
     if missing.any():
-        affected = pd.unique(clusters[missing].astype(str))[:10].tolist()
+        affected = pd.unique(clusters[missing])[:10].tolist()
         if clusters.is_unique:
             raise MarkerError(
                 f"Clusters {affected} have no marker genes; give them genes or drop them."
@@ -295,13 +298,11 @@ def _from_table(
         )
     if stats.empty:  # the simplified format: comma-separated genes, in rank order
         if genes.astype(str).str.contains(",").any():
-            clusters = _unique_row_names(clusters.astype(str).str.strip())
+            clusters = _unique_row_names(clusters)
             cluster_order = clusters.to_numpy()
         canonical = _explode_gene_lists(clusters, genes)
     else:
-        canonical = pd.DataFrame(
-            {"cluster": clusters.astype(str).str.strip(), "gene": genes.astype(str).str.strip()}
-        )
+        canonical = pd.DataFrame({"cluster": clusters, "gene": genes.astype(str).str.strip()})
         canonical = pd.concat([canonical, stats.set_axis(canonical.index)], axis=1)
     return _finish(canonical, cluster_order)
 
@@ -350,9 +351,7 @@ def _unique_row_names(clusters: pd.Series) -> pd.Series:
 
 def _explode_gene_lists(clusters: pd.Series, genes: pd.Series) -> pd.DataFrame:
     tokens = genes.fillna("").astype(str).str.split(",")
-    long = pd.DataFrame({"cluster": clusters.astype(str).str.strip(), "gene": tokens}).explode(
-        "gene"
-    )
+    long = pd.DataFrame({"cluster": clusters, "gene": tokens}).explode("gene")
     long["gene"] = long["gene"].astype(str).str.strip()
     return long[~long["gene"].str.lower().isin(_EMPTY_TOKENS)]
 

@@ -411,3 +411,10 @@ def test_fractions_are_looked_up_by_gene_whatever_the_row_order(pbmc_wilcoxon):
     result = pbmc_wilcoxon.uns["wilcoxon"]
     result["pts_rest"] = result["pts_rest"].iloc[::-1, ::-1]  # reversed genes and groups
     pd.testing.assert_frame_equal(read_markers(pbmc_wilcoxon, key="wilcoxon"), expected)
+
+
+def test_a_categorical_cluster_column_keeps_its_level_order():
+    seurat = cassia_sc.loadmarker("unprocessed")
+    levels = ["10", "9", "8", "7", "6", "5", "4", "3", "2", "1", "0", "unused"]
+    seurat["cluster"] = pd.Categorical(seurat["cluster"], categories=levels)
+    assert list(top_markers(seurat)) == levels[:-1]
