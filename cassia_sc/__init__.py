@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 from . import pl, tl
+from .batch import run_batch, runCASSIA_batch
 from .datasets import loadmarker
-from .errors import CassiaError, MarkerError
+from .errors import (
+    AuthenticationFailed,
+    BatchInterrupted,
+    CassiaError,
+    FatalLLMError,
+    LLMError,
+    MarkerError,
+    MissingAPIKeyError,
+    ModelNotFound,
+)
+from .llm import LLMClient
 from .markers import read_markers, select_markers, top_markers
+from .results import BatchResult, ClusterResult
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationFailed",
+    "BatchInterrupted",
+    "BatchResult",
     "CassiaError",
+    "ClusterResult",
+    "FatalLLMError",
+    "LLMClient",
+    "LLMError",
     "MarkerError",
+    "MissingAPIKeyError",
+    "ModelNotFound",
     "__version__",
     "loadmarker",
     "pl",
     "read_markers",
+    "runCASSIA_batch",
+    "run_batch",
     "select_markers",
     "tl",
     "top_markers",

@@ -9,3 +9,31 @@ class CassiaError(Exception):
 
 class MarkerError(CassiaError, ValueError):
     """Marker input that cannot be read, or that holds nothing to annotate."""
+
+
+class MissingAPIKeyError(CassiaError):
+    """No API key for the provider: neither ``api_key=`` nor its environment variable."""
+
+
+class LLMError(CassiaError):
+    """A model call failed after its retries; the cluster it was for is marked failed."""
+
+
+class FatalLLMError(LLMError):
+    """A model call failed in a way that every other call would too; the run stops."""
+
+
+class AuthenticationFailed(FatalLLMError):
+    """The provider refused the API key (HTTP 401 or 403)."""
+
+
+class ModelNotFound(FatalLLMError):
+    """The provider does not know the model (HTTP 404, or a 400 that says so)."""
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """The batch was interrupted (Ctrl-C); ``result`` holds every cluster, finished or not."""
+
+    def __init__(self, result: object) -> None:
+        super().__init__("interrupted; the clusters that finished are kept in .result")
+        self.result = result

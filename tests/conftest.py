@@ -10,6 +10,14 @@ DATA = Path(__file__).parent / "data"
 MARKER100 = DATA / "marker100.csv"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path_factory, monkeypatch):
+    """No test reads a real key or writes to the user's cache folder."""
+    monkeypatch.setenv("CASSIA_SC_CACHE_DIR", str(tmp_path_factory.mktemp("default-cache")))
+    for variable in ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "CASSIA_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+
+
 @pytest.fixture(scope="session")
 def _pbmc_wilcoxon_once() -> ad.AnnData:
     adata = sc.datasets.pbmc68k_reduced()

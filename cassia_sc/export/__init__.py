@@ -1,0 +1,55 @@
+"""Output files of a batch: summary and full CSV, conversations JSON, HTML report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .._io import atomic_write_text
+from ..results import BatchResult
+from .report import report
+
+__all__ = ["report", "write_outputs"]
+
+
+def write_outputs(result: BatchResult, output_name: str | os.PathLike) -> dict[str, Path]:
+    """Write the four files of ``runCASSIA_batch`` for ``result``, each atomically.
+
+    Parameters
+    ----------
+    result
+        The batch to write.
+    output_name
+        Path prefix: ``{output_name}_summary.csv``, ``_full.csv``, ``_conversations.json``
+        and ``_report.html`` are written.
+
+    Returns
+    -------
+    dict[str, pathlib.Path]
+        The files written, by kind (``summary``, ``full``, ``conversations``, ``report``).
+
+    Examples
+    --------
+    >>> import cassia_sc, tempfile, os
+    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+    ...     species="human", model="m", dry_run=True, progress=False)
+    >>> paths = write_outputs(plan, os.path.join(tempfile.mkdtemp(), "pbmc"))
+    >>> sorted(paths)
+    ['conversations', 'full', 'report', 'summary']
+    """
+    prefix = str(output_name)
+    paths = {
+        "summary": Path(f"{prefix}_summary.csv"),
+        "full": Path(f"{prefix}_full.csv"),
+        "conversations": Path(f"{prefix}_conversations.json"),
+        "report": Path(f"{prefix}_report.html"),
+    }
+    atomic_write_text(paths["summary"], result.summary().to_csv(index=False))
+    atomic_write_text(paths["full"], result.full().to_csv(index=False))
+    conversations = {"settings": result.settings, "clusters": result.conversations()}
+    atomic_write_text(
+        paths["conversations"], json.dumps(conversations, ensure_ascii=False, indent=1)
+    )
+    report(result, paths["report"])
+    return paths

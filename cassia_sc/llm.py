@@ -1,0 +1,602 @@
+"""The model client of a run: one pooled ``openai.OpenAI`` behind retries, pacing and a cache.
+
+Provider and key resolution, retries with backoff, pacing shared by all workers, the
+reply cache and token usage all live here.
+
+Every provider is spoken to through the chat-completions API of the ``openai`` SDK.
+The SDK's own retries are switched off so that only this module decides what is
+retried, how long to wait, and when the whole pool must slow down.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import openai
+
+from .cache import ResponseCache, default_cache_dir, request_key
+from .errors import (
+    AuthenticationFailed,
+    CassiaError,
+    LLMError,
+    MissingAPIKeyError,
+    ModelNotFound,
+)
+
+logger = logging.getLogger("cassia_sc")
+
+#: provider name -> (base URL, environment variable holding its key)
+PROVIDERS: dict[str, tuple[str, str]] = {
+    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "anthropic": ("https://api.anthropic.com/v1/", "ANTHROPIC_API_KEY"),
+}
+#: Key variable for a provider given as a base URL (Ollama, vLLM, LM Studio, a proxy).
+CUSTOM_KEY_ENV = "CASSIA_API_KEY"
+# Local servers ignore the key, but the SDK insists on one.
+_LOCAL_PLACEHOLDER_KEY = "no-key-needed"
+
+_RETRY_STATUSES = frozenset({408, 409, 429})
+# Optional parameters an endpoint may refuse (named in its 400 message), and the request
+# options that carry them; the first one names the parameter when it is dropped.
+_OPTIONAL_PARAMETERS = {
+    "response_format": ("response_format",),
+    "json_schema": ("response_format",),
+    "temperature": ("temperature",),
+    "reasoning": ("reasoning", "extra_body", "reasoning_effort"),
+}
+_UNKNOWN_MODEL = re.compile(
+    r"model.*(not (a )?valid|not found|does not exist|unknown|not available|no endpoints)"
+    r"|(invalid|unknown|not a valid) model",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go and which environment variable holds the key.
+
+    Attributes
+    ----------
+    provider
+        The provider as the user gave it: a name or a base URL.
+    base_url
+        Base URL of the OpenAI-compatible API.
+    key_variable
+        Environment variable read when no ``api_key`` is given.
+    """
+
+    provider: str
+    base_url: str
+    key_variable: str
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the server runs on this machine, where no key is needed."""
+        host = urlsplit(self.base_url).hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+def resolve_endpoint(provider: str) -> Endpoint:
+    """Turn a provider name or base URL into an :class:`Endpoint`.
+
+    Parameters
+    ----------
+    provider
+        ``"openrouter"``, ``"openai"``, ``"anthropic"`` (its OpenAI-compatible endpoint), or
+        the base URL of any OpenAI-compatible server, e.g. ``"http://localhost:11434/v1"``
+        for Ollama.
+
+    Returns
+    -------
+    Endpoint
+        The base URL and the key variable to use.
+
+    Examples
+    --------
+    >>> resolve_endpoint("openrouter").key_variable
+    'OPENROUTER_API_KEY'
+    >>> resolve_endpoint("http://127.0.0.1:8000/v1").is_loopback
+    True
+    """
+    name = provider.strip()
+    if name.lower() in PROVIDERS:
+        base_url, variable = PROVIDERS[name.lower()]
+        return Endpoint(name.lower(), base_url, variable)
+    if urlsplit(name).scheme in {"http", "https"} and urlsplit(name).hostname:
+        return Endpoint(name, name.rstrip("/"), CUSTOM_KEY_ENV)
+    raise CassiaError(
+        f"Unknown provider {provider!r}: use one of {list(PROVIDERS)} or the base URL of an "
+        "OpenAI-compatible server, e.g. 'http://localhost:11434/v1'."
+    )
+
+
+def resolve_api_key(endpoint: Endpoint, api_key: str | None = None) -> str:
+    """Find the API key: ``api_key`` if given, else the endpoint's environment variable.
+
+    Parameters
+    ----------
+    endpoint
+        From :func:`resolve_endpoint`.
+    api_key
+        An explicit key, which wins.
+
+    Returns
+    -------
+    str
+        The key (a placeholder for a server on this machine that needs none).
+
+    Raises
+    ------
+    MissingAPIKeyError
+        When there is no key and the server is not on this machine.
+    """
+    if api_key:
+        return api_key
+    if os.environ.get(endpoint.key_variable):
+        return os.environ[endpoint.key_variable]
+    if endpoint.is_loopback:
+        return _LOCAL_PLACEHOLDER_KEY
+    raise MissingAPIKeyError(
+        f"No API key for provider {endpoint.provider!r}: set the environment variable "
+        f"{endpoint.key_variable} or pass api_key=."
+    )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One model reply.
+
+    Attributes
+    ----------
+    content
+        The assistant's text.
+    prompt_tokens, completion_tokens
+        Token usage as the server reported it (0 when it did not).
+    cached
+        Whether it came from the cache rather than the network.
+    requests
+        HTTP requests it took, retries included (0 when cached).
+    """
+
+    content: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+    requests: int = 0
+
+
+@dataclass
+class Usage:
+    """Running totals of a client's calls.
+
+    Attributes
+    ----------
+    calls
+        Replies returned, from the network or the cache.
+    cached_calls
+        Replies served from the cache.
+    requests
+        HTTP requests sent, retries included.
+    prompt_tokens, completion_tokens
+        Tokens of the replies returned (cached ones included, as they were once paid for).
+    """
+
+    calls: int = 0
+    cached_calls: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, reply: Reply) -> None:
+        """Count one reply in the totals.
+
+        Parameters
+        ----------
+        reply
+            The reply to count.
+        """
+        self.calls += 1
+        self.cached_calls += reply.cached
+        self.requests += reply.requests
+        self.prompt_tokens += reply.prompt_tokens
+        self.completion_tokens += reply.completion_tokens
+
+
+class CallCancelled(CassiaError):
+    """The run was stopped while this call waited or was being retried."""
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt, with the wait the server asked for, if any."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, rate_limited: bool = False
+    ):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.rate_limited = rate_limited
+
+
+class RequestPacer:
+    """Start times shared by all workers: a requests-per-minute cap and rate-limit pauses.
+
+    When one call is told to wait (HTTP 429), every worker waits, instead of each one
+    hammering the server until it is told the same.
+
+    Parameters
+    ----------
+    requests_per_minute
+        Upper bound on request starts per minute, or None for no cap.
+    """
+
+    def __init__(self, requests_per_minute: float | None = None) -> None:
+        if requests_per_minute is not None and requests_per_minute <= 0:
+            raise ValueError(f"requests_per_minute must be positive, not {requests_per_minute!r}.")
+        self._interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
+        self._lock = threading.Lock()
+        self._next_start = 0.0
+        self._paused_until = 0.0
+
+    def wait_turn(self, stop: threading.Event) -> None:
+        """Block until this worker may send its next request.
+
+        Parameters
+        ----------
+        stop
+            Set to give up waiting.
+
+        Raises
+        ------
+        CallCancelled
+            When ``stop`` is set while waiting.
+        """
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                start = max(now, self._paused_until, self._next_start)
+                if start <= now:
+                    self._next_start = now + self._interval
+                    return
+            if stop.wait(start - now):
+                raise CallCancelled("stopped")
+
+    def pause(self, seconds: float) -> None:
+        """Hold every worker back for ``seconds`` from now.
+
+        Parameters
+        ----------
+        seconds
+            How long no request may start.
+        """
+        with self._lock:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+
+@dataclass
+class _Downgrades:
+    """Optional parameters the endpoint refused, dropped for the rest of the run."""
+
+    refused: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def drop(self, parameter: str) -> bool:
+        with self.lock:
+            if parameter in self.refused:
+                return False
+            self.refused.add(parameter)
+            return True
+
+
+class LLMClient:
+    """The client every call of a run goes through.
+
+    Thread-safe: one instance serves all workers of a batch, over one connection pool.
+
+    Parameters
+    ----------
+    model
+        Model name as the provider spells it, e.g. ``"openai/gpt-4o"`` on OpenRouter.
+    provider
+        Provider name or base URL; see :func:`resolve_endpoint`.
+    api_key
+        The key; by default read from the provider's environment variable.
+    temperature
+        Sampling temperature, sent unless the endpoint refuses it.
+    reasoning
+        Reasoning effort (``"low"``, ``"medium"``, ``"high"``) for models that reason;
+        sent as OpenRouter's ``reasoning`` object or as ``reasoning_effort`` elsewhere,
+        and dropped with a warning when the endpoint refuses it.
+    timeout
+        Seconds before one HTTP request is abandoned (and retried).
+    max_retries
+        Further attempts after a failed request: on HTTP 408, 409, 429 and 5xx,
+        connection errors, timeouts and malformed or empty replies.
+    requests_per_minute
+        Cap on request starts per minute across all workers.
+    cache
+        Store every reply on disk and serve repeated requests from there.
+    cache_dir
+        Cache folder; default :func:`cassia_sc.cache.default_cache_dir`.
+    retry_delay
+        First backoff delay in seconds; doubled on every further attempt, with jitter.
+    max_retry_delay
+        Longest wait between two attempts, ``Retry-After`` included.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        provider: str = "openrouter",
+        api_key: str | None = None,
+        temperature: float | None = 0.0,
+        reasoning: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 3,
+        requests_per_minute: float | None = None,
+        cache: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
+    ) -> None:
+        if not model or not isinstance(model, str):
+            raise CassiaError("model must be a model name, e.g. 'openai/gpt-4o'.")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be 0 or more, not {max_retries!r}.")
+        self.model = model
+        self.endpoint = resolve_endpoint(provider)
+        self.temperature = temperature
+        self.reasoning = reasoning
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.cache = ResponseCache(cache_dir or default_cache_dir()) if cache else None
+        self.usage = Usage()
+        self._usage_lock = threading.Lock()
+        self._pacer = RequestPacer(requests_per_minute)
+        self._downgrades = _Downgrades()
+        self._client = openai.OpenAI(
+            api_key=resolve_api_key(self.endpoint, api_key),
+            base_url=self.endpoint.base_url,
+            timeout=timeout,
+            max_retries=0,
+        )
+
+    @property
+    def provider(self) -> str:
+        """The provider as given: a name or a base URL."""
+        return self.endpoint.provider
+
+    @property
+    def cache_dir(self) -> Path | None:
+        """The cache folder, or None when caching is off."""
+        return self.cache.directory if self.cache else None
+
+    def close(self) -> None:
+        """Close the connection pool; calls in flight fail and are not retried."""
+        self._client.close()
+
+    def __enter__(self) -> LLMClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def complete(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        schema: Mapping[str, Any] | None = None,
+        stop: threading.Event | None = None,
+    ) -> Reply:
+        """Get the model's reply to ``messages``, from the cache when it was asked before.
+
+        Parameters
+        ----------
+        messages
+            Chat messages, each with ``role`` and ``content``.
+        schema
+            JSON schema the reply must follow, sent as a structured-output
+            ``response_format`` where the endpoint supports it.
+        stop
+            Set by the batch to cancel waits and retries.
+
+        Returns
+        -------
+        Reply
+            The reply text with its usage.
+
+        Raises
+        ------
+        AuthenticationFailed, ModelNotFound
+            When no call of this run can succeed.
+        LLMError
+            When this call failed after its retries.
+        CallCancelled
+            When ``stop`` was set.
+        """
+        stop = stop or threading.Event()
+        request = {
+            "base_url": self.endpoint.base_url,
+            "model": self.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "temperature": self.temperature,
+            "reasoning": self.reasoning,
+            "schema": dict(schema) if schema else None,
+        }
+        key = request_key(request)
+        if self.cache is not None and (stored := self.cache.get(key)) is not None:
+            reply = Reply(
+                content=stored["content"],
+                prompt_tokens=stored.get("prompt_tokens", 0),
+                completion_tokens=stored.get("completion_tokens", 0),
+                cached=True,
+            )
+        else:
+            reply = self._request_with_retries(request, stop)
+            if self.cache is not None:
+                self.cache.put(
+                    key,
+                    request,
+                    {
+                        "content": reply.content,
+                        "prompt_tokens": reply.prompt_tokens,
+                        "completion_tokens": reply.completion_tokens,
+                    },
+                )
+        with self._usage_lock:
+            self.usage.add(reply)
+        return reply
+
+    # ------------------------------------------------------------------ network
+
+    def _request_with_retries(self, request: Mapping[str, Any], stop: threading.Event) -> Reply:
+        attempt = 0
+        requests = 0
+        while True:
+            if stop.is_set():
+                raise CallCancelled("stopped")
+            self._pacer.wait_turn(stop)
+            requests += 1
+            with self._usage_lock:
+                self.usage.requests += 1
+            try:
+                content, prompt_tokens, completion_tokens = self._send(request)
+                return Reply(content, prompt_tokens, completion_tokens, False, requests)
+            except _Retryable as failure:
+                if attempt >= self.max_retries:
+                    raise LLMError(f"{failure} (gave up after {requests} attempts)") from None
+                delay = self._backoff(attempt, failure.retry_after)
+                if failure.rate_limited:
+                    self._pacer.pause(delay)
+                logger.info("Retrying in %.1f s after: %s", delay, failure)
+                attempt += 1
+                if stop.wait(delay):
+                    raise CallCancelled("stopped") from None
+            except _RetryWithout:
+                continue  # same attempt, without the parameter the endpoint refused
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        exponential = self.retry_delay * 2**attempt * random.uniform(0.5, 1.0)
+        return min(max(exponential, retry_after or 0.0), self.max_retry_delay)
+
+    def _send(self, request: Mapping[str, Any]) -> tuple[str, int, int]:
+        options = self._options(request)
+        try:
+            response = self._client.chat.completions.create(**options)
+        except openai.APIStatusError as err:
+            self._raise_for_status(err, options)
+        except openai.APIConnectionError as err:  # timeouts included
+            kind = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
+            raise _Retryable(f"request {kind} ({self.endpoint.base_url})") from None
+        except ValueError as err:  # the SDK could not decode the body
+            raise _Retryable(f"malformed reply from the server: {err}") from None
+        choices = getattr(response, "choices", None)
+        message = getattr(choices[0], "message", None) if choices else None
+        content = getattr(message, "content", None)
+        if not isinstance(content, str):
+            raise _Retryable("malformed reply from the server: no message in it")
+        if not content.strip():
+            raise _Retryable("the model returned an empty reply")
+        usage = getattr(response, "usage", None)
+        return (
+            content,
+            int(getattr(usage, "prompt_tokens", 0) or 0),
+            int(getattr(usage, "completion_tokens", 0) or 0),
+        )
+
+    def _options(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        refused = self._downgrades.refused
+        options: dict[str, Any] = {"model": request["model"], "messages": request["messages"]}
+        if request["temperature"] is not None and "temperature" not in refused:
+            options["temperature"] = request["temperature"]
+        if request["reasoning"] and "reasoning" not in refused:
+            if self.endpoint.provider == "openrouter":
+                options["extra_body"] = {"reasoning": {"effort": request["reasoning"]}}
+            else:
+                options["reasoning_effort"] = request["reasoning"]
+        if request["schema"] and "response_format" not in refused:
+            options["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": request["schema"], "strict": False},
+            }
+        return options
+
+    def _raise_for_status(self, err: openai.APIStatusError, sent: Mapping[str, Any]) -> None:
+        status = err.status_code
+        detail = _error_message(err)
+        if status in (401, 403):
+            raise AuthenticationFailed(
+                f"The provider refused the API key (HTTP {status}: {detail}). Check "
+                f"{self.endpoint.key_variable} or api_key=, and the key's access to "
+                f"{self.model!r}."
+            ) from None
+        if status == 404 or (status == 400 and _UNKNOWN_MODEL.search(detail)):
+            raise ModelNotFound(
+                f"Model {self.model!r} is not available at {self.endpoint.base_url} "
+                f"(HTTP {status}: {detail}). Check the model name, or the base URL."
+            ) from None
+        if status == 400:
+            for parameter, sent_as in _OPTIONAL_PARAMETERS.items():
+                if parameter in detail.lower() and any(option in sent for option in sent_as):
+                    name = sent_as[0]
+                    if self._downgrades.drop(name):
+                        logger.warning(
+                            "The endpoint refused %r; continuing without it (%s).", name, detail
+                        )
+                    raise _RetryWithout() from None
+            raise LLMError(f"The server rejected the request (HTTP 400: {detail}).") from None
+        if status in _RETRY_STATUSES or status >= 500:
+            raise _Retryable(
+                f"HTTP {status} from the server: {detail}",
+                retry_after=_retry_after(err.response.headers),
+                rate_limited=status == 429,
+            ) from None
+        raise LLMError(f"The server answered HTTP {status}: {detail}.") from None
+
+
+class _RetryWithout(Exception):
+    """The endpoint refused an optional parameter; send again without it."""
+
+
+def _error_message(err: openai.APIStatusError) -> str:
+    body = err.body
+    if isinstance(body, Mapping) and body.get("message"):
+        return str(body["message"])[:500]
+    return (err.message or "").strip()[:500]
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` or ``retry-after``)."""
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            moment = parsedate_to_datetime(value)
+            return max(moment.timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError, OverflowError):
+        return None

@@ -1,0 +1,46 @@
+"""Prompt templates (Jinja2 text files in this folder) and the one function that renders them."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import jinja2
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("cassia_sc", "prompts"),
+        undefined=jinja2.StrictUndefined,  # a missing variable is a bug, never an empty string
+        autoescape=False,  # plain text for a model, not HTML
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+
+
+def render(name: str, **context: Any) -> str:
+    """Render the prompt template ``name`` (without its ``.j2`` suffix).
+
+    Parameters
+    ----------
+    name
+        Template file in :mod:`cassia_sc.prompts`, e.g. ``"annotator_system"``.
+    **context
+        The template's variables.
+
+    Returns
+    -------
+    str
+        The prompt text, stripped.
+
+    Examples
+    --------
+    >>> from cassia_sc.prompts import render
+    >>> context = {"tissue": "blood", "markers": ["CD3D"], "additional_info": None}
+    >>> text = render("annotator_task", species="human", **context)
+    >>> text.splitlines()[0]
+    'Species: human'
+    """
+    return _environment().get_template(f"{name}.j2").render(**context).strip()

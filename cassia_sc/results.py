@@ -1,0 +1,297 @@
+"""Typed results: one :class:`ClusterResult` per cluster, gathered in a :class:`BatchResult`.
+
+A cluster is always present, whatever happened to it: ``status`` is ``"ok"``, ``"failed"``
+(with ``error`` saying why, and the model's raw text when there was one) or ``"not_run"``
+(a dry run, or a run stopped before the cluster's turn).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+
+Status = Literal["ok", "failed", "not_run"]
+Agent = Literal["annotator", "validator", "formatter"]
+
+#: Columns of the summary table: CASSIA's first, in its order, then ours.
+CASSIA_COLUMNS = [
+    "Cluster ID",
+    "Predicted General Cell Type",
+    "Predicted Detailed Cell Type",
+    "Possible Mixed Cell Types",
+    "Marker Number",
+    "Marker List",
+    "Iterations",
+    "Model",
+    "Provider",
+    "Tissue",
+    "Species",
+]
+OUR_COLUMNS = [
+    "Status",
+    "Validation Passed",
+    "Key Markers",
+    "Unsupported Markers",
+    "Prompt Tokens",
+    "Completion Tokens",
+    "Error",
+    "Possible Tissues",
+]
+SUMMARY_COLUMNS = CASSIA_COLUMNS + OUR_COLUMNS
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a cluster's conversation.
+
+    Attributes
+    ----------
+    agent
+        Whose conversation it belongs to.
+    role
+        ``"system"``, ``"user"`` or ``"assistant"``.
+    content
+        The text.
+    cached
+        For replies: served from the cache rather than the network.
+    """
+
+    agent: Agent
+    role: str
+    content: str
+    cached: bool = False
+
+
+@dataclass
+class ClusterResult:
+    """Everything known about one cluster's annotation.
+
+    Attributes
+    ----------
+    cluster
+        The cluster's name.
+    markers
+        The ranked markers the model was given.
+    status
+        ``"ok"``, ``"failed"`` or ``"not_run"``.
+    main_cell_type
+        The main cell type, or None when there is no answer.
+    sub_cell_types
+        Up to three more specific candidates, most likely first.
+    possible_mixed_cell_types
+        Other populations the cluster may contain.
+    possible_tissues
+        Likely tissues of origin (tissue-blind runs).
+    key_markers
+        The markers the answer rests on, as the model cited them.
+    unsupported_markers
+        Cited key markers that are not in ``markers``.
+    validation_passed
+        The validator's last verdict; None when it was not given or not readable.
+    validation_feedback
+        The validator's last feedback.
+    iterations
+        Annotation rounds (1 when the first answer passed).
+    error
+        Why the cluster failed.
+    raw_reply
+        The annotator's last text when no answer could be read from it.
+    conversation
+        Every message, in order.
+    prompt_tokens, completion_tokens
+        Tokens used by the cluster's calls.
+    requests
+        HTTP requests sent for the cluster, retries included (0 when all were cached).
+    calls
+        Model replies the cluster used.
+    cached_calls
+        Of those, served from the cache.
+    estimated_prompt_tokens
+        A dry run's estimate of the prompt tokens the cluster will need.
+    """
+
+    cluster: str
+    markers: list[str]
+    status: Status = "not_run"
+    main_cell_type: str | None = None
+    sub_cell_types: list[str] = field(default_factory=list)
+    possible_mixed_cell_types: list[str] = field(default_factory=list)
+    possible_tissues: list[str] = field(default_factory=list)
+    key_markers: list[str] = field(default_factory=list)
+    unsupported_markers: list[str] = field(default_factory=list)
+    validation_passed: bool | None = None
+    validation_feedback: str = ""
+    iterations: int = 0
+    error: str | None = None
+    raw_reply: str | None = None
+    conversation: list[Turn] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+    calls: int = 0
+    cached_calls: int = 0
+    estimated_prompt_tokens: int | None = None
+
+    def turns(self, agent: Agent) -> list[dict[str, Any]]:
+        """Return the messages of one agent's conversation as plain dicts.
+
+        Parameters
+        ----------
+        agent
+            ``"annotator"``, ``"validator"`` or ``"formatter"``.
+
+        Returns
+        -------
+        list of dict
+            ``role``, ``content`` and ``cached`` of each message.
+        """
+        return [
+            {"role": t.role, "content": t.content, "cached": t.cached}
+            for t in self.conversation
+            if t.agent == agent
+        ]
+
+    def conversation_text(self) -> str:
+        """Return the whole conversation as readable text, one block per message."""
+        return "\n\n".join(f"[{t.agent} / {t.role}]\n{t.content}" for t in self.conversation)
+
+
+@dataclass
+class BatchResult:
+    """The result of a batch: one :class:`ClusterResult` per cluster, in cluster order.
+
+    Attributes
+    ----------
+    clusters
+        The results, in the order of the input clusters.
+    settings
+        The run's parameters (model, provider, tissue, species, ...); never an API key.
+    dry_run
+        Whether no model was called.
+    interrupted
+        Whether the run was stopped before every cluster was done.
+    """
+
+    clusters: list[ClusterResult]
+    settings: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+    interrupted: bool = False
+
+    def __len__(self) -> int:
+        return len(self.clusters)
+
+    def __getitem__(self, cluster: str) -> ClusterResult:
+        for result in self.clusters:
+            if result.cluster == cluster:
+                return result
+        raise KeyError(cluster)
+
+    @property
+    def failed(self) -> list[ClusterResult]:
+        """The clusters whose annotation failed."""
+        return [c for c in self.clusters if c.status == "failed"]
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """Totals over all clusters: tokens, HTTP requests, calls and cached calls."""
+        totals = dict.fromkeys(
+            ("prompt_tokens", "completion_tokens", "requests", "calls", "cached_calls"), 0
+        )
+        for result in self.clusters:
+            for name in totals:
+                totals[name] += getattr(result, name)
+        return totals
+
+    def summary(self) -> pd.DataFrame:
+        """Return the summary table: CASSIA's columns, in its order, then ours.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per cluster, with the columns of :data:`SUMMARY_COLUMNS`; lists
+            are joined with ``", "``.
+        """
+        rows = []
+        for c in self.clusters:
+            rows.append(
+                {
+                    "Cluster ID": c.cluster,
+                    "Predicted General Cell Type": c.main_cell_type or "",
+                    "Predicted Detailed Cell Type": ", ".join(c.sub_cell_types),
+                    "Possible Mixed Cell Types": ", ".join(c.possible_mixed_cell_types),
+                    "Marker Number": len(c.markers),
+                    "Marker List": ", ".join(c.markers),
+                    "Iterations": c.iterations,
+                    "Model": self.settings.get("model", ""),
+                    "Provider": self.settings.get("provider", ""),
+                    "Tissue": self.settings.get("tissue") or "",
+                    "Species": self.settings.get("species", ""),
+                    "Status": c.status,
+                    "Validation Passed": c.validation_passed,
+                    "Key Markers": ", ".join(c.key_markers),
+                    "Unsupported Markers": ", ".join(c.unsupported_markers),
+                    "Prompt Tokens": c.prompt_tokens,
+                    "Completion Tokens": c.completion_tokens,
+                    "Error": c.error or "",
+                    "Possible Tissues": ", ".join(c.possible_tissues),
+                }
+            )
+        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+    def full(self) -> pd.DataFrame:
+        """Return the summary table plus each cluster's conversation.
+
+        Returns
+        -------
+        pandas.DataFrame
+            :meth:`summary` with ``Validation Feedback``, ``Raw Reply`` and
+            ``Conversation History`` columns.
+        """
+        table = self.summary()
+        table["Validation Feedback"] = [c.validation_feedback for c in self.clusters]
+        table["Raw Reply"] = [c.raw_reply or "" for c in self.clusters]
+        table["Conversation History"] = [c.conversation_text() for c in self.clusters]
+        return table
+
+    def conversations(self) -> list[dict[str, Any]]:
+        """Return each cluster's conversations, agent by agent, JSON-ready.
+
+        Returns
+        -------
+        list of dict
+            Per cluster: ``cluster``, ``status``, ``error`` and the ``annotator``,
+            ``validator`` and ``formatter`` turns.
+        """
+        return [
+            {
+                "cluster": c.cluster,
+                "status": c.status,
+                "error": c.error,
+                "annotator": c.turns("annotator"),
+                "validator": c.turns("validator"),
+                "formatter": c.turns("formatter"),
+            }
+            for c in self.clusters
+        ]
+
+    def to_json(self) -> str:
+        """Serialise the whole result (settings, clusters, conversations) to JSON text.
+
+        Returns
+        -------
+        str
+            JSON text.
+        """
+        return json.dumps(
+            {
+                "settings": self.settings,
+                "dry_run": self.dry_run,
+                "interrupted": self.interrupted,
+                "clusters": [asdict(c) for c in self.clusters],
+            },
+            ensure_ascii=False,
+            indent=1,
+        )

@@ -1,0 +1,136 @@
+"""A scripted stand-in for a language model, served by ``llm_server.LLMServer``.
+
+It reads each request the way a model would (which agent is asking, which markers the
+cluster has) and answers in the reply contract: step-by-step prose ending with a fenced
+JSON answer for the annotator, a JSON verdict for the validator, JSON for the formatter.
+Tests override single behaviours to inject faults.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+
+from llm_server import RecordedRequest, Reply
+
+MARKER_LINE = re.compile(r"Ranked marker genes of the cluster \(\d+\):\n(.+)")
+
+
+def agent_of(request: RecordedRequest) -> str:
+    """Which of our agents sent the request, from its system prompt."""
+    system = request.messages[0]["content"] if request.messages else ""
+    if system.startswith("You review cell-type annotations"):
+        return "validator"
+    if system.startswith("You turn a cell-type annotation"):
+        return "formatter"
+    return "annotator"
+
+
+def markers_of(request: RecordedRequest) -> list[str]:
+    """The ranked markers in the request's first user message."""
+    for message in request.messages:
+        if message["role"] == "user":
+            found = MARKER_LINE.search(message["content"])
+            if found:
+                return [g.strip() for g in found.group(1).split(",")]
+    return []
+
+
+def signature(markers: list[str]) -> str:
+    """How the scripted model tells clusters apart: their first three markers."""
+    return ", ".join(markers[:3])
+
+
+def is_revision(request: RecordedRequest) -> bool:
+    return agent_of(request) == "annotator" and len(request.messages) > 2
+
+
+def annotation_reply(
+    main: str,
+    *,
+    subtypes: tuple[str, ...] = (),
+    mixed: tuple[str, ...] = (),
+    key_markers: tuple[str, ...] = (),
+    tissues: tuple[str, ...] | None = None,
+    fence: str = "```json",
+    newline: str = "\n",
+) -> str:
+    answer = {
+        "main_cell_type": main,
+        "sub_cell_types": list(subtypes),
+        "possible_mixed_cell_types": list(mixed),
+        "key_markers": list(key_markers),
+    }
+    if tissues is not None:
+        answer["possible_tissues"] = list(tissues)
+    prose = [
+        f"Step 1. The top markers {', '.join(key_markers) or 'listed'} are lineage-defining.",
+        f"Step 2. Together they point to {main}.",
+        "Step 3. Nothing in the list contradicts this call.",
+        "",
+        fence,
+        json.dumps(answer, indent=2),
+        "```",
+    ]
+    return newline.join(prose)
+
+
+def verdict_reply(passed: bool, feedback: str = "The call is supported by the markers.") -> str:
+    return json.dumps({"verdict": "pass" if passed else "fail", "feedback": feedback})
+
+
+class ScriptedModel:
+    """Answers every agent; ``cell_types`` maps a cluster's signature to its answer.
+
+    Parameters
+    ----------
+    cell_types
+        :func:`signature` of a cluster -> main cell type; others get "Unknown".
+    annotator, validator, formatter
+        Optional overrides ``(request, markers) -> Reply | None``; None falls back to
+        the default behaviour.
+    """
+
+    def __init__(
+        self,
+        cell_types: Mapping[str, str] | None = None,
+        *,
+        annotator: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
+        validator: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
+        formatter: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.cell_types = dict(cell_types or {})
+        self.overrides = {"annotator": annotator, "validator": validator, "formatter": formatter}
+        self.delay = delay
+
+    def answer_for(self, markers: list[str]) -> str:
+        return self.cell_types.get(signature(markers), "Unknown")
+
+    def __call__(self, request: RecordedRequest, index: int) -> Reply:
+        agent = agent_of(request)
+        markers = markers_of(request)
+        override = self.overrides[agent]
+        reply = override(request, markers) if override else None
+        if reply is None:
+            reply = self._default(agent, request, markers)
+        if self.delay and not reply.delay:
+            reply.delay = self.delay
+        return reply
+
+    def _default(self, agent: str, request: RecordedRequest, markers: list[str]) -> Reply:
+        if agent == "validator":
+            return Reply(content=verdict_reply(True))
+        main = self.answer_for(markers)
+        if agent == "formatter":
+            return Reply(content=json.dumps({"main_cell_type": main, "key_markers": markers[:2]}))
+        blind = "Tissue: unknown" in request.messages[1]["content"]
+        return Reply(
+            content=annotation_reply(
+                main,
+                subtypes=(f"{main} subtype A", f"{main} subtype B"),
+                key_markers=tuple(markers[:3]),
+                tissues=("blood", "spleen") if blind else None,
+            )
+        )

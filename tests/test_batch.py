@@ -1,0 +1,548 @@
+"""The batch annotator end to end: the real openai client against a scripted local server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pandas as pd
+import pytest
+from conftest import MARKER100
+from llm_server import LLMServer, RecordedRequest, Reply
+from scripted_model import (
+    ScriptedModel,
+    agent_of,
+    annotation_reply,
+    is_revision,
+    markers_of,
+    signature,
+    verdict_reply,
+)
+
+import cassia_sc
+from cassia_sc import LLMClient
+from cassia_sc.datasets import example_truth
+from cassia_sc.results import SUMMARY_COLUMNS
+
+EXAMPLE = cassia_sc.loadmarker("processed")
+SIGNATURES = {row.cluster: signature(row.markers.split(", ")) for row in EXAMPLE.itertuples()}
+TRUTH = dict(zip(example_truth()["cluster"], example_truth()["cell_type"], strict=True))
+#: The scripted model knows each example cluster's truth.
+KNOWN = {SIGNATURES[c]: TRUTH[c] for c in SIGNATURES}
+
+
+@pytest.fixture
+def server():
+    with LLMServer(ScriptedModel(KNOWN)) as running:
+        yield running
+
+
+def client_for(server: LLMServer, tmp_path, **options) -> LLMClient:
+    defaults = {
+        "model": "test-model",
+        "provider": server.base_url,
+        "cache_dir": tmp_path / "cache",
+        "retry_delay": 0.01,
+        "max_retry_delay": 2.0,
+        "timeout": 5.0,
+    }
+    return LLMClient(**(defaults | options))
+
+
+def run(server, tmp_path, marker=EXAMPLE, *, client_options=None, **options):
+    client = client_for(server, tmp_path, **(client_options or {}))
+    settings = {"tissue": "blood", "species": "human", "progress": False, "client": client}
+    try:
+        return cassia_sc.run_batch(marker, **(settings | options))
+    finally:
+        client.close()
+
+
+def requests_by_cluster(server: LLMServer) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    cluster_of = {v: k for k, v in SIGNATURES.items()}
+    for request in server.requests:
+        cluster = cluster_of[signature(markers_of(request))]
+        counts[cluster] = counts.get(cluster, 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------- happy path
+
+
+def test_happy_path_two_round_trips_per_cluster_in_cluster_order(server, tmp_path):
+    result = run(server, tmp_path, max_workers=4)
+
+    assert [c.cluster for c in result.clusters] == [str(i) for i in range(11)]
+    assert all(c.status == "ok" for c in result.clusters)
+    assert [c.main_cell_type for c in result.clusters] == [TRUTH[str(i)] for i in range(11)]
+    assert set(requests_by_cluster(server).values()) == {2}  # annotator, validator
+    assert [agent_of(r) for r in server.requests].count("formatter") == 0
+    first = result["0"]
+    assert first.iterations == 1 and first.validation_passed is True
+    assert first.key_markers == first.markers[:3] and first.unsupported_markers == []
+    assert first.sub_cell_types == [f"{TRUTH['0']} subtype A", f"{TRUTH['0']} subtype B"]
+    assert first.prompt_tokens > 0 and first.completion_tokens > 0 and first.requests == 2
+    assert [t.agent for t in first.conversation] == ["annotator"] * 3 + ["validator"] * 3
+    assert result.usage["requests"] == 22
+
+
+def test_prompts_carry_context_and_never_the_text_none(server, tmp_path):
+    run(server, tmp_path, additional_info="None")
+    run(server, tmp_path / "2", additional_info="  ")
+    assert server.request_count == 44
+    for request in server.requests:
+        task = request.messages[1]["content"]
+        assert task.startswith("Species: human\nTissue: blood")
+        assert "None" not in task and "About this sample" not in task
+    given = [markers_of(r) for r in server.requests if agent_of(r) == "annotator"]
+    assert EXAMPLE["markers"][0].split(", ") in given
+
+    server.requests.clear()
+    run(server, tmp_path / "3", additional_info="Sorted CD45+ cells from a healthy donor.")
+    for request in server.requests:
+        assert (
+            "About this sample: Sorted CD45+ cells from a healthy donor."
+            in request.messages[1]["content"]
+        )
+
+
+def test_tissue_blind_mode_asks_for_and_keeps_possible_tissues(server, tmp_path):
+    result = run(server, tmp_path, tissue=None)
+    request = next(r for r in server.requests if agent_of(r) == "annotator")
+    assert "Tissue: unknown" in request.messages[1]["content"]
+    assert '"possible_tissues"' in request.messages[0]["content"]
+    assert result["4"].possible_tissues == ["blood", "spleen"]
+    assert result.summary()["Possible Tissues"].iloc[4] == "blood, spleen"
+
+
+def test_tolerant_parsing_needs_no_formatting_call(tmp_path):
+    def annotator(request, markers):
+        return Reply(
+            content=annotation_reply(
+                "B cell", key_markers=("MS4A1",), fence="```JSON", newline="\r\n"
+            )
+        )
+
+    with LLMServer(ScriptedModel(annotator=annotator)) as server:
+        result = run(server, tmp_path)
+    assert {c.main_cell_type for c in result.clusters} == {"B cell"}
+    assert server.request_count == 22
+
+
+# --------------------------------------------------------------------------- the conversation
+
+
+def test_validation_fails_then_the_revision_passes(tmp_path):
+    def validator(request, markers):
+        answered_twice = "Revised" in request.messages[1]["content"]
+        if signature(markers) == SIGNATURES["4"] and not answered_twice:
+            return Reply(content=verdict_reply(False, "MS4A1 and CD79A say B cell, not T cell."))
+        return None
+
+    def annotator(request, markers):
+        if signature(markers) == SIGNATURES["4"]:
+            main = "Revised B cell" if is_revision(request) else "T cell"
+            return Reply(content=annotation_reply(main, key_markers=("MS4A1",)))
+        return None
+
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator, validator=validator)) as server:
+        result = run(server, tmp_path)
+
+    b_cell = result["4"]
+    assert b_cell.main_cell_type == "Revised B cell"
+    assert b_cell.iterations == 2 and b_cell.validation_passed is True
+    assert requests_by_cluster(server)["4"] == 4
+    revision = next(r for r in server.requests if is_revision(r))
+    assert len(revision.messages) == 4  # system, task, first answer, review
+    assert "MS4A1 and CD79A say B cell, not T cell." in revision.messages[3]["content"]
+    assert all(result[c].iterations == 1 for c in SIGNATURES if c != "4")
+
+
+def test_rejected_in_every_round_keeps_the_last_answer_unvalidated(tmp_path):
+    def validator(request, markers):
+        return Reply(content=verdict_reply(False, "Not convinced."))
+
+    def annotator(request, markers):
+        main = "Second try" if is_revision(request) else "First try"
+        return Reply(content=annotation_reply(main, key_markers=tuple(markers[:1])))
+
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator, validator=validator)) as server:
+        result = run(server, tmp_path, validator_involvement="v1")
+    assert all(c.status == "ok" and c.validation_passed is False for c in result.clusters)
+    assert {c.main_cell_type for c in result.clusters} == {"Second try"}
+    assert {c.iterations for c in result.clusters} == {2}
+    assert server.request_count == 11 * 4
+
+
+def test_no_json_asks_the_formatter_once(tmp_path):
+    def annotator(request, markers):
+        return Reply(
+            content=f"These are clearly plasma cells: MZB1 and IGJ, not {signature(markers)}."
+        )
+
+    def formatter(request, markers):
+        assert request.messages[1]["content"].startswith("These are clearly plasma cells")
+        return Reply(content='{"main_cell_type": "Plasma cell", "key_markers": ["MZB1", "IGJ"]}')
+
+    with LLMServer(ScriptedModel(annotator=annotator, formatter=formatter)) as server:
+        result = run(server, tmp_path)
+    assert {c.main_cell_type for c in result.clusters} == {"Plasma cell"}
+    assert server.request_count == 11 * 3  # annotator, formatter, validator
+    formatter_request = next(r for r in server.requests if agent_of(r) == "formatter")
+    assert formatter_request.body["response_format"]["type"] == "json_schema"
+    assert result["8"].unsupported_markers == []  # both are in cluster 8's list
+    assert result["0"].unsupported_markers == ["MZB1", "IGJ"]
+
+
+def test_unreadable_reply_and_formatter_fail_the_cluster_with_the_raw_text(tmp_path):
+    raw = "I cannot decide; the markers are ambiguous."
+
+    def annotator(request, markers):
+        return Reply(content=raw) if signature(markers) == SIGNATURES["2"] else None
+
+    def formatter(request, markers):
+        return Reply(content="Sorry, nothing to convert.")
+
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator, formatter=formatter)) as server:
+        result = run(server, tmp_path)
+    failed = result["2"]
+    assert failed.status == "failed" and failed.raw_reply == raw
+    assert "No annotation could be read" in failed.error
+    assert [c.cluster for c in result.failed] == ["2"]
+
+
+def test_v0_sends_unsupported_citations_back_where_v1_only_reports_them(tmp_path):
+    def annotator(request, markers):
+        if is_revision(request):
+            return Reply(content=annotation_reply("T cell", key_markers=(markers[0],)))
+        return Reply(content=annotation_reply("T cell", key_markers=(markers[0], "FAKEGENE1")))
+
+    with LLMServer(ScriptedModel(annotator=annotator)) as server:
+        moderate = run(server, tmp_path / "v1", validator_involvement="v1")
+        moderate_requests = list(server.requests)
+        server.requests.clear()
+        strict = run(server, tmp_path / "v0", validator_involvement="v0")
+        strict_requests = list(server.requests)
+
+    # v1: the validator is told about the gene, passes the call; the gene stays recorded.
+    assert moderate["0"].unsupported_markers == ["FAKEGENE1"]
+    assert moderate["0"].iterations == 1 and moderate["0"].validation_passed is True
+    assert len(moderate_requests) == 22
+    validator_task = next(r for r in moderate_requests if agent_of(r) == "validator").messages[1][
+        "content"
+    ]
+    assert "not in this list: FAKEGENE1" in validator_task
+    assert (
+        "Be strict"
+        not in next(r for r in moderate_requests if agent_of(r) == "validator").messages[0][
+            "content"
+        ]
+    )
+    # v0: the answer goes straight back for revision, without a validator call, then is
+    # reviewed under the strict prompt.
+    assert strict["0"].unsupported_markers == [] and strict["0"].iterations == 2
+    assert len(strict_requests) == 33  # annotator, revised annotator, validator
+    revision = next(r for r in strict_requests if is_revision(r))
+    assert "not in the cluster's marker list: FAKEGENE1" in revision.messages[-1]["content"]
+    assert (
+        "Be strict"
+        in next(r for r in strict_requests if agent_of(r) == "validator").messages[0]["content"]
+    )
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_empty_reply_is_retried(tmp_path):
+    seen: set[str] = set()
+
+    def annotator(request, markers):
+        if signature(markers) not in seen:
+            seen.add(signature(markers))
+            return Reply(content="")
+        return None
+
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
+        result = run(server, tmp_path)
+    assert all(c.status == "ok" for c in result.clusters)
+    assert server.request_count == 33 and result["0"].requests == 3
+
+
+def test_always_empty_fails_that_cluster_with_a_clear_error(tmp_path):
+    def annotator(request, markers):
+        return Reply(content="") if signature(markers) == SIGNATURES["3"] else None
+
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
+        result = run(server, tmp_path, client_options={"max_retries": 2})
+    assert result["3"].status == "failed"
+    assert result["3"].error == "the model returned an empty reply (gave up after 3 attempts)"
+    assert sum(c.status == "ok" for c in result.clusters) == 10
+
+
+def test_malformed_body_is_retried(tmp_path):
+    calls = []
+
+    def annotator(request, markers):
+        calls.append(1)
+        return Reply(raw_body=b"{not json") if len(calls) == 1 else None
+
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
+        result = run(server, tmp_path, max_workers=1)
+    assert all(c.status == "ok" for c in result.clusters)
+    assert server.request_count == 23
+
+
+def test_429_retry_after_is_honoured_and_slows_the_whole_pool(tmp_path):
+    limited: list[float] = []
+
+    def annotator(request, markers):
+        if not limited:
+            limited.append(time.monotonic())
+            return Reply(status=429, headers={"Retry-After": "1"}, error_message="slow down")
+        return None
+
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator, delay=0.05)) as server:
+        result = run(server, tmp_path, max_workers=4)
+    assert all(c.status == "ok" for c in result.clusters)
+    assert server.request_count == 23
+    after = [r.time - limited[0] for r in server.requests[1:]]
+    # The three other workers had sent their first request already; after that, nobody
+    # sends for the second the server asked for.
+    assert sorted(after)[3] >= 0.95
+    assert sum(0.05 < t < 0.95 for t in after) == 0
+
+
+def test_a_burst_of_500s_is_retried(tmp_path):
+    def handler_500(request, markers):
+        return None
+
+    model = ScriptedModel(KNOWN)
+
+    def handler(request: RecordedRequest, index: int) -> Reply:
+        if index < 6:
+            return Reply(status=500, error_message="upstream exploded")
+        return model(request, index)
+
+    with LLMServer(handler) as server:
+        result = run(server, tmp_path, max_workers=2, client_options={"max_retries": 5})
+    assert all(c.status == "ok" for c in result.clusters)
+    assert server.request_count == 22 + 6
+
+
+def test_a_timed_out_request_is_retried(tmp_path):
+    slow: list[int] = []
+
+    def annotator(request, markers):
+        if not slow:
+            slow.append(1)
+            return Reply(content="late", delay=2.0)
+        return None
+
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
+        start = time.monotonic()
+        result = run(server, tmp_path, client_options={"timeout": 0.5})
+        elapsed = time.monotonic() - start
+    assert all(c.status == "ok" for c in result.clusters)
+    assert server.request_count == 23 and elapsed < 5
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_aborts_the_run_once(tmp_path, status):
+    secret = "sk-cassia-test-SECRET-0001"
+    with LLMServer(
+        lambda r, i: Reply(status=status, error_message=f"Invalid key {secret}")
+    ) as server:
+        with pytest.raises(cassia_sc.AuthenticationFailed) as raised:
+            run(
+                server,
+                tmp_path,
+                max_workers=2,
+                client_options={"api_key": secret, "max_retries": 3},
+            )
+    assert f"HTTP {status}" in str(raised.value) and "CASSIA_API_KEY" in str(raised.value)
+    assert server.request_count <= 2  # no retries, no further clusters
+
+
+def test_an_unknown_model_aborts_the_run(tmp_path):
+    with LLMServer(
+        lambda r, i: Reply(status=404, error_message="The model `nope` does not exist")
+    ) as server:
+        with pytest.raises(cassia_sc.ModelNotFound, match="Model 'test-model' is not available"):
+            run(server, tmp_path, max_workers=3)
+    assert server.request_count <= 3
+    message = "nope is not a valid model ID"
+    with LLMServer(lambda r, i: Reply(status=400, error_message=message)) as server:
+        with pytest.raises(cassia_sc.ModelNotFound, match="not a valid model ID"):
+            run(server, tmp_path, max_workers=1)
+
+
+def test_a_poisoned_cluster_fails_alone_and_stays_in_every_output(tmp_path):
+    def annotator(request, markers):
+        if signature(markers) == SIGNATURES["6"]:
+            return Reply(status=400, error_message="This prompt trips a content filter.")
+        return None
+
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
+        client = client_for(server, tmp_path)
+        summary = cassia_sc.runCASSIA_batch(
+            EXAMPLE,
+            str(tmp_path / "out"),
+            "test-model",
+            "blood",
+            "human",
+            client=client,
+            progress=False,
+        )
+    assert summary["Cluster ID"].tolist() == [str(i) for i in range(11)]
+    poisoned = summary.set_index("Cluster ID").loc["6"]
+    assert poisoned["Status"] == "failed" and "content filter" in poisoned["Error"]
+    assert (summary["Status"] == "ok").sum() == 10
+    full = pd.read_csv(tmp_path / "out_full.csv", dtype={"Cluster ID": str})
+    assert full.set_index("Cluster ID").loc["6", "Status"] == "failed"
+    conversations = json.loads((tmp_path / "out_conversations.json").read_text())
+    assert [c["cluster"] for c in conversations["clusters"]] == [str(i) for i in range(11)]
+    assert "content filter" in (tmp_path / "out_report.html").read_text()
+
+
+def test_400_refusing_structured_output_falls_back_without_it(tmp_path, caplog):
+    model = ScriptedModel(KNOWN)
+
+    def handler(request, index):
+        if "response_format" in request.body:
+            return Reply(status=400, error_message="response_format json_schema is not supported")
+        return model(request, index)
+
+    caplog.set_level(logging.WARNING, logger="cassia_sc")
+    with LLMServer(handler) as server:
+        result = run(server, tmp_path, max_workers=1)
+    assert all(c.status == "ok" and c.validation_passed for c in result.clusters)
+    assert server.request_count == 23  # one refused validator request, then none
+    assert "refused 'response_format'" in caplog.text
+
+
+# --------------------------------------------------------------------------- concurrency, cache
+
+
+def test_concurrency_never_exceeds_max_workers(tmp_path):
+    with LLMServer(ScriptedModel(KNOWN, delay=0.1)) as server:
+        run(server, tmp_path, max_workers=3)
+    assert server.max_concurrency == 3
+
+
+def test_a_rerun_is_served_from_the_cache(server, tmp_path):
+    first = run(server, tmp_path)
+    before = server.request_count
+    second = run(server, tmp_path)
+    assert server.request_count == before == 22
+    assert second.usage["cached_calls"] == 22 and second.usage["requests"] == 0
+    assert second.summary().drop(columns=[]).equals(first.summary())
+    assert all(t.cached for c in second.clusters for t in c.conversation if t.role == "assistant")
+
+
+def test_the_cache_is_off_with_cache_false(server, tmp_path):
+    run(server, tmp_path, client_options={"cache": False})
+    run(server, tmp_path, client_options={"cache": False})
+    assert server.request_count == 44
+    assert not (tmp_path / "cache").exists()
+
+
+# --------------------------------------------------------------------------- keys and endpoints
+
+
+def test_missing_key_is_an_error_before_any_work():
+    with pytest.raises(cassia_sc.MissingAPIKeyError, match="OPENROUTER_API_KEY"):
+        cassia_sc.run_batch(EXAMPLE, tissue="blood", species="human", model="m", progress=False)
+    with pytest.raises(cassia_sc.MissingAPIKeyError, match="CASSIA_API_KEY"):
+        cassia_sc.run_batch(
+            EXAMPLE,
+            tissue="blood",
+            species="human",
+            model="m",
+            provider="https://llm.example.org/v1",
+        )
+
+
+def test_key_from_the_environment_is_sent_and_written_nowhere(server, tmp_path, monkeypatch):
+    secret = "sk-cassia-test-SECRET-4242"
+    monkeypatch.setenv("CASSIA_API_KEY", secret)
+    cassia_sc.runCASSIA_batch(
+        EXAMPLE,
+        str(tmp_path / "out" / "pbmc"),
+        "test-model",
+        "blood",
+        "human",
+        provider=server.base_url,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    assert {r.headers["authorization"] for r in server.requests} == {f"Bearer {secret}"}
+    written = list((tmp_path / "out").iterdir()) + list((tmp_path / "cache").rglob("*.json"))
+    assert len(written) == 4 + 22
+    for path in written:
+        assert secret not in path.read_text(), path
+
+
+def test_dry_run_estimates_tokens_offline_without_a_key(tmp_path):
+    plan = cassia_sc.run_batch(
+        EXAMPLE, tissue="blood", species="human", model="m", dry_run=True, progress=False
+    )
+    assert plan.dry_run and all(c.status == "not_run" for c in plan.clusters)
+    estimates = [c.estimated_prompt_tokens for c in plan.clusters]
+    assert all(900 < e < 3000 for e in estimates)
+    annotator_prompt = plan["0"].conversation[1].content
+    assert annotator_prompt.endswith(EXAMPLE["markers"][0])
+
+
+# --------------------------------------------------------------------------- real inputs
+
+
+def test_marker100_end_to_end(tmp_path):
+    table = pd.read_csv(MARKER100, encoding="utf-8-sig")
+    known = {
+        signature([g.strip() for g in row["Marker List"].split(",")]): row["True Cell Type"]
+        for _, row in table.iterrows()
+    }
+    with LLMServer(ScriptedModel(known)) as server:
+        result = run(
+            server,
+            tmp_path,
+            MARKER100,
+            celltype_column="True Cell Type",
+            gene_column_name="Marker List",
+            max_workers=8,
+        )
+    assert len(result) == 100 and not result.failed
+    predicted = [c.main_cell_type for c in result.clusters]
+    assert predicted == table["True Cell Type"].tolist()
+    # Two rows list exactly the same markers: the second is answered from the cache.
+    assert table["Marker List"].nunique() == 99
+    assert server.request_count == 2 * 99
+
+
+def test_runcassia_batch_writes_the_four_files_with_cassia_columns(server, tmp_path):
+    summary = cassia_sc.runCASSIA_batch(
+        EXAMPLE,
+        str(tmp_path / "pbmc.csv"),
+        "test-model",
+        "blood",
+        "human",
+        provider=server.base_url,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    for suffix in ("summary.csv", "full.csv", "conversations.json", "report.html"):
+        assert (tmp_path / f"pbmc_{suffix}").is_file()
+    on_disk = pd.read_csv(tmp_path / "pbmc_summary.csv", dtype={"Cluster ID": str})
+    assert list(on_disk.columns) == SUMMARY_COLUMNS
+    assert on_disk["Predicted General Cell Type"].tolist() == [TRUTH[str(i)] for i in range(11)]
+    assert on_disk["Marker Number"].tolist() == [len(m.split(", ")) for m in EXAMPLE["markers"]]
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    full = pd.read_csv(tmp_path / "pbmc_full.csv")
+    assert "[validator / assistant]" in full["Conversation History"][0]
+    conversations = json.loads((tmp_path / "pbmc_conversations.json").read_text())
+    first = conversations["clusters"][0]
+    assert [t["role"] for t in first["annotator"]] == ["system", "user", "assistant"]
+    assert [t["role"] for t in first["validator"]] == ["system", "user", "assistant"]
+    assert first["formatter"] == []
