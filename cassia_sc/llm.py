@@ -17,7 +17,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -363,7 +363,8 @@ class LLMClient:
             raise ValueError(f"max_retries must be 0 or more, not {max_retries!r}.")
         self.model = model
         self.endpoint = resolve_endpoint(provider)
-        self.temperature = temperature
+        # 0 and 0.0 must make the same request, and the same cache key.
+        self.temperature = None if temperature is None else float(temperature)
         self.reasoning = reasoning
         self.timeout = timeout
         self.max_retries = max_retries
@@ -374,8 +375,10 @@ class LLMClient:
         self._usage_lock = threading.Lock()
         self._pacer = RequestPacer(requests_per_minute)
         self._downgrades = _Downgrades()
+        key = resolve_api_key(self.endpoint, api_key)
+        self._redact = _redactor(key)
         self._client = openai.OpenAI(
-            api_key=resolve_api_key(self.endpoint, api_key),
+            api_key=key,
             base_url=self.endpoint.base_url,
             timeout=timeout,
             max_retries=0,
@@ -543,7 +546,7 @@ class LLMClient:
 
     def _raise_for_status(self, err: openai.APIStatusError, sent: Mapping[str, Any]) -> None:
         status = err.status_code
-        detail = _error_message(err)
+        detail = self._redact(_error_message(err))
         if status in (401, 403):
             raise AuthenticationFailed(
                 f"The provider refused the API key (HTTP {status}: {detail}). Check "
@@ -576,6 +579,15 @@ class LLMClient:
 
 class _RetryWithout(Exception):
     """The endpoint refused an optional parameter; send again without it."""
+
+
+def _redactor(key: str) -> Callable[[str], str]:
+    """Return a function that removes ``key``, whole or masked as providers echo it."""
+    if len(key) < 8:
+        return lambda text: text.replace(key, "[redacted]") if key else text
+    # Providers echo keys masked, like "sk-pro****abcd": same start, same end.
+    masked = re.compile(re.escape(key[:3]) + r"\S*" + re.escape(key[-4:]))
+    return lambda text: masked.sub("[redacted]", text.replace(key, "[redacted]"))
 
 
 def _error_message(err: openai.APIStatusError) -> str:

@@ -429,8 +429,7 @@ def _annotation_from(obj: dict) -> Annotation | None:
     for alias in _ANNOTATION_ALIASES["main_cell_type"]:
         if _norm_key(alias) in index:
             main = _as_name(index[_norm_key(alias)])
-            if main is not None:
-                break
+            break
     if main is None:
         return None
     lists = {

@@ -351,8 +351,9 @@ def test_a_timed_out_request_is_retried(tmp_path):
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_refused_key_aborts_the_run_once(tmp_path, status):
     secret = "sk-cassia-test-SECRET-0001"
+    masked = f"{secret[:6]}*****{secret[-4:]}"  # as providers echo a key
     with LLMServer(
-        lambda r, i: Reply(status=status, error_message=f"Invalid key {secret}")
+        lambda r, i: Reply(status=status, error_message=f"Bad key {secret}; got {masked}")
     ) as server:
         with pytest.raises(cassia_sc.AuthenticationFailed) as raised:
             run(
@@ -362,6 +363,7 @@ def test_a_refused_key_aborts_the_run_once(tmp_path, status):
                 client_options={"api_key": secret, "max_retries": 3},
             )
     assert f"HTTP {status}" in str(raised.value) and "CASSIA_API_KEY" in str(raised.value)
+    assert "Bad key [redacted]; got [redacted]" in str(raised.value)
     assert server.request_count <= 2  # no retries, no further clusters
 
 

@@ -598,7 +598,11 @@ def test_json_feedback_list_is_joined():
         + json.dumps(
             {
                 "decision": "REJECT",
-                "issues": ["CD8A is not in the marker list", "", "  ZNF683 suggests tissue-resident"],
+                "issues": [
+                    "CD8A is not in the marker list",
+                    "",
+                    "  ZNF683 suggests tissue-resident",
+                ],
             }
         )
         + "\n```"

@@ -1,0 +1,22 @@
+"""Run ``runCASSIA_batch`` on the bundled example in its own process, for kill and Ctrl-C tests.
+
+Usage: ``python batch_process.py BASE_URL CACHE_DIR OUTPUT_PREFIX MAX_WORKERS``
+"""
+
+import sys
+
+import cassia_sc
+
+if __name__ == "__main__":
+    base_url, cache_dir, output, workers = sys.argv[1:5]
+    cassia_sc.runCASSIA_batch(
+        cassia_sc.loadmarker("processed"),
+        output,
+        "test-model",
+        "blood",
+        "human",
+        provider=base_url,
+        max_workers=int(workers),
+        cache_dir=cache_dir,
+        progress=False,
+    )
