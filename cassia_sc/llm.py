@@ -55,7 +55,7 @@ _OPTIONAL_PARAMETERS = {
     "response_format": ("response_format",),
     "json_schema": ("response_format",),
     "temperature": ("temperature",),
-    "reasoning": ("reasoning", "extra_body", "reasoning_effort"),
+    "reasoning": ("reasoning", "reasoning_effort"),
 }
 _UNKNOWN_MODEL = re.compile(
     r"model.*(not (a )?valid|not found|does not exist|unknown|not available|no endpoints)"
@@ -503,46 +503,44 @@ class LLMClient:
         return min(max(exponential, retry_after or 0.0), self.max_retry_delay)
 
     def _send(self, request: Mapping[str, Any]) -> tuple[str, int, int]:
-        options = self._options(request)
+        body = self._body(request)
         try:
-            response = self._client.chat.completions.create(**options)
+            # The SDK's low-level post: same pool, auth and error types as
+            # chat.completions.create, without its per-call transformation of the typed
+            # request, which costs more CPU than the rest of the call under many workers.
+            response = self._client.post(
+                "/chat/completions", body=body, cast_to=object, options={"timeout": self.timeout}
+            )
         except openai.APIStatusError as err:
-            self._raise_for_status(err, options)
+            self._raise_for_status(err, body)
         except openai.APIConnectionError as err:  # timeouts included
             kind = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
             raise _Retryable(f"request {kind} ({self.endpoint.base_url})") from None
         except ValueError as err:  # the SDK could not decode the body
             raise _Retryable(f"malformed reply from the server: {err}") from None
-        choices = getattr(response, "choices", None)
-        message = getattr(choices[0], "message", None) if choices else None
-        content = getattr(message, "content", None)
-        if not isinstance(content, str):
+        content, usage = _content_and_usage(response)
+        if content is None:
             raise _Retryable("malformed reply from the server: no message in it")
         if not content.strip():
             raise _Retryable("the model returned an empty reply")
-        usage = getattr(response, "usage", None)
-        return (
-            content,
-            int(getattr(usage, "prompt_tokens", 0) or 0),
-            int(getattr(usage, "completion_tokens", 0) or 0),
-        )
+        return content, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
 
-    def _options(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    def _body(self, request: Mapping[str, Any]) -> dict[str, Any]:
         refused = self._downgrades.refused
-        options: dict[str, Any] = {"model": request["model"], "messages": request["messages"]}
+        body: dict[str, Any] = {"model": request["model"], "messages": request["messages"]}
         if request["temperature"] is not None and "temperature" not in refused:
-            options["temperature"] = request["temperature"]
+            body["temperature"] = request["temperature"]
         if request["reasoning"] and "reasoning" not in refused:
             if self.endpoint.provider == "openrouter":
-                options["extra_body"] = {"reasoning": {"effort": request["reasoning"]}}
+                body["reasoning"] = {"effort": request["reasoning"]}
             else:
-                options["reasoning_effort"] = request["reasoning"]
+                body["reasoning_effort"] = request["reasoning"]
         if request["schema"] and "response_format" not in refused:
-            options["response_format"] = {
+            body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "reply", "schema": request["schema"], "strict": False},
             }
-        return options
+        return body
 
     def _raise_for_status(self, err: openai.APIStatusError, sent: Mapping[str, Any]) -> None:
         status = err.status_code
@@ -579,6 +577,23 @@ class LLMClient:
 
 class _RetryWithout(Exception):
     """The endpoint refused an optional parameter; send again without it."""
+
+
+def _content_and_usage(response: object) -> tuple[str | None, dict[str, int]]:
+    """Return the first choice's text and the token counts of a chat-completion body."""
+    if not isinstance(response, Mapping):
+        return None, {}
+    choices = response.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, Mapping) else None
+    content = message.get("content") if isinstance(message, Mapping) else None
+    usage = response.get("usage") if isinstance(response.get("usage"), Mapping) else {}
+    counts = {
+        name: int(usage.get(name) or 0)
+        for name in ("prompt_tokens", "completion_tokens")
+        if isinstance(usage.get(name) or 0, int | float)
+    }
+    return (content if isinstance(content, str) else None), counts
 
 
 def _redactor(key: str) -> Callable[[str], str]:

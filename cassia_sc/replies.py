@@ -90,12 +90,13 @@ def extract_json_object(text: str | None) -> dict | None:
     returned is the last one inside a fenced block (three or more backticks or tildes,
     with or without an info word such as ``json`` in any case, with or without a newline
     after it) when there is one, otherwise the last one anywhere: models end with their
-    final answer. Line endings may be CRLF. Only when the strict pass leaves something unread are
-    repairs tried, on a copy: trailing commas before ``}`` or ``]``, typographic double
-    quotes used as JSON quotes, and closers missing at the very end of a truncated
-    reply. A repaired object replaces the strict choice only when it encloses it (the
-    strict pass found an inner object of a broken outer one), or when it is fenced and
-    the strict choice is not.
+    final answer. Line endings may be CRLF.
+
+    Only when the strict pass leaves something unread are repairs tried, on a copy:
+    trailing commas before ``}`` or ``]``, typographic double quotes used as JSON quotes,
+    and closers missing at the very end of a truncated reply. A repaired object replaces
+    the strict choice only when it encloses it (the strict pass found an inner object of
+    a broken outer one), or when it is fenced and the strict choice is not.
 
     Parameters
     ----------
@@ -132,7 +133,7 @@ def extract_json_object(text: str | None) -> dict | None:
 
 
 def _normalise_newlines(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _in_fence(found: _Found, fences: list[tuple[int, int]]) -> bool:
@@ -217,7 +218,8 @@ def _repair_at(variants: list[str], start: int, budget: _Budget) -> _Found | Non
             if obj is not None:
                 return _Found(start, walk.end, obj, repaired=True)
     for variant, walk in zip(variants, walks, strict=True):
-        # Never invent the end of a string: a cut-off value would pass for a whole one.
+        # Closers cannot end a cut-off string (and must not: a cut value would pass for a
+        # whole one), so a reply cut inside a string is not tried.
         if walk.end is None and walk.closers and not walk.broken and not walk.in_string:
             # A model that lost its last brace may still have closed its fence.
             tail = _TRAILING_FENCE.sub("", variant[start:])
@@ -429,7 +431,8 @@ def _annotation_from(obj: dict) -> Annotation | None:
     for alias in _ANNOTATION_ALIASES["main_cell_type"]:
         if _norm_key(alias) in index:
             main = _as_name(index[_norm_key(alias)])
-            break
+            if main is not None:
+                break
     if main is None:
         return None
     lists = {
@@ -477,6 +480,15 @@ def _as_name(value: Any) -> str | None:
     return None if not name or name.lower() in _PLACEHOLDERS else name
 
 
+def _flatten(items: Iterable[Any]) -> Iterable[Any]:
+    # [["CD3D", "CD3E"], "IL7R"]: a model grouping its markers still cited each one.
+    for item in items:
+        if isinstance(item, list | tuple):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
 def _as_list(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -488,9 +500,7 @@ def _as_list(value: Any) -> tuple[str, ...]:
         raw = [value]
     items: list[str] = []
     seen: set[str] = set()
-    for item in raw:
-        if isinstance(item, list | tuple):
-            continue  # a list inside a list names nothing on its own
+    for item in _flatten(raw):
         name = _as_name(item)
         if name is not None and name.casefold() not in seen:
             seen.add(name.casefold())
@@ -506,9 +516,12 @@ _BOOLEAN_KEYS = ("passed", "pass", "valid")
 _FEEDBACK_KEYS = ("feedback", "comments", "reason", "reasons", "explanation", "issues")
 _VERDICT_WORDS = {
     **dict.fromkeys(
-        ("pass", "passed", "approve", "approved", "accept", "accepted", "valid", "true"), True
+        ("pass", "passed", "passes", "approve", "approved", "accept", "accepted", "valid", "true"),
+        True,
     ),
-    **dict.fromkeys(("fail", "failed", "reject", "rejected", "invalid", "revise", "false"), False),
+    **dict.fromkeys(
+        ("fail", "failed", "fails", "reject", "rejected", "invalid", "revise", "false"), False
+    ),
 }
 #: Words a model may put before the verdict word itself ("Validation: passed").
 _VERDICT_FILLER = frozenset({"validation", "verdict", "result", "status", "final", "decision"})
@@ -617,6 +630,8 @@ def _feedback(index: dict[str, Any]) -> str:
             text = "; ".join(str(item).strip() for item in value if str(item).strip())
         elif value is None:
             text = ""
+        elif isinstance(value, dict):  # JSON, not a Python repr, for whoever reads it next
+            text = json.dumps(value, ensure_ascii=False)
         else:
             text = str(value).strip()
         if text:

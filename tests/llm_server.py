@@ -332,6 +332,9 @@ class _HTTPServer(ThreadingHTTPServer):
     # still-alive client would block forever. close() hangs those connections up instead.
     block_on_close = False
     allow_reuse_address = True
+    # The default backlog of 5 drops the SYNs of a burst of new connections (64 workers
+    # connecting at once), and each dropped one costs the client a 1 s retransmit.
+    request_queue_size = 256
 
     def __init__(self, owner: LLMServer) -> None:
         self.owner = owner

@@ -84,6 +84,13 @@ def fenced(opening: str, body: str, closing: str) -> str:
 )
 def test_every_fence_variant_yields_the_object(opening, closing):
     assert extract_json_object(fenced(opening, T_CELL_JSON, closing)) == T_CELL
+    # The fence is recognised as one: it wins over a later object in the prose.
+    later = {"main_cell_type": "CD8+ T cell"}
+    reply = (
+        fenced(opening, T_CELL_JSON, closing)
+        + f"\nHad CD8A been in the list I would have answered {json.dumps(later)}."
+    )
+    assert extract_json_object(reply) == T_CELL
 
 
 def test_crlf_reply_with_fence():
@@ -225,7 +232,10 @@ def test_typographic_quotes_inside_valid_strings_are_kept():
 
 
 def test_typographic_quotes_and_trailing_comma_together():
-    reply = "{\u201cmain_cell_type\u201d: \u201cNK cell\u201d, \u201cmarkers\u201d: [\u201cNKG7\u201d,],}"
+    reply = (
+        "{\u201cmain_cell_type\u201d: \u201cNK cell\u201d, "
+        "\u201cmarkers\u201d: [\u201cNKG7\u201d,],}"
+    )
     assert extract_json_object(reply) == {"main_cell_type": "NK cell", "markers": ["NKG7"]}
 
 
@@ -440,6 +450,13 @@ def test_list_values_are_cleaned():
     )
 
 
+def test_nested_lists_are_flattened():
+    annotation = parse_annotation(
+        {"main_cell_type": "T cell", "key_markers": [["CD3D", "CD3E"], "IL7R", [["cd3d"]]]}
+    )
+    assert annotation.key_markers == ("CD3D", "CD3E", "IL7R")
+
+
 def test_strings_are_split_on_commas_and_semicolons_but_main_is_kept_whole():
     annotation = parse_annotation(
         {
@@ -612,9 +629,20 @@ def test_json_feedback_list_is_joined():
     )
 
 
+def test_json_feedback_object_is_kept_as_json():
+    reply = '{"verdict": "revise", "issues": {"CD8A": "not in the list"}}'
+    assert parse_verdict(reply) == Verdict(False, '{"CD8A": "not in the list"}')
+
+
 def test_json_verdict_words_with_filler():
-    assert parse_verdict('{"result": "Validation passed"}').passed is True
-    assert parse_verdict('{"status": "FAIL - wrong lineage"}').passed is False
+    reply = '{"result": "Validation: passed", "feedback": "ok"}'
+    assert parse_verdict(reply) == Verdict(True, "ok")
+    reply = '{"status": "Final verdict - FAIL, wrong lineage", "feedback": "no"}'
+    assert parse_verdict(reply) == Verdict(False, "no")
+    reply = '{"status": "Passes all checks", "feedback": "ok"}'
+    assert parse_verdict(reply) == Verdict(True, "ok")
+    reply = '{"status": "not valid", "feedback": "unclear"}'
+    assert parse_verdict(reply) == Verdict(None, reply)
 
 
 def test_json_verdict_without_feedback_keeps_the_whole_reply():
