@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import pandas as pd  # noqa: E402
-from llm_server import LLMServer  # noqa: E402
-from scripted_model import ScriptedModel, signature  # noqa: E402
+import pandas as pd
+from llm_server import LLMServer
+from scripted_model import ScriptedModel, signature
 
-import cassia_sc  # noqa: E402
+import cassia_sc
 
 
 def synthetic_markers(n_clusters: int, *, n_genes: int = 50, seed: int = 0) -> pd.DataFrame:
@@ -72,9 +72,8 @@ def main() -> None:
     trips = requests / args.clusters
     bound = 1.1 * math.ceil(args.clusters / args.workers) * trips * args.latency
     print(f"N={args.clusters} W={args.workers} L={args.latency}s")
-    print(
-        f"wall time            {wall:.2f} s (bound {bound:.2f} s: {'met' if wall <= bound else 'MISSED'})"
-    )
+    verdict = "met" if wall <= bound else "MISSED"
+    print(f"wall time            {wall:.2f} s (bound {bound:.2f} s: {verdict})")
     print(f"round trips/cluster  {trips:.2f}")
     print(f"prompt chars/cluster {prompt_chars / args.clusters:,.0f}")
     print(f"max concurrency      {concurrency}")

@@ -144,7 +144,16 @@ class _Recorder:
             self.result.conversation.append(Turn(agent, message["role"], message["content"]))
         reply = self.client.complete(messages, schema=schema, stop=self.stop)
         self.recorded[agent] = len(messages) + 1
-        self.result.conversation.append(Turn(agent, "assistant", reply.content, reply.cached))
+        self.result.conversation.append(
+            Turn(
+                agent,
+                "assistant",
+                reply.content,
+                reply.cached,
+                reply.prompt_tokens,
+                reply.completion_tokens,
+            )
+        )
         self.result.calls += 1
         self.result.cached_calls += reply.cached
         self.result.requests += reply.requests

@@ -18,7 +18,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -373,6 +375,7 @@ class LLMClient:
         self.cache = ResponseCache(cache_dir or default_cache_dir()) if cache else None
         self.usage = Usage()
         self._usage_lock = threading.Lock()
+        self._in_flight: dict[str, Future] = {}
         self._pacer = RequestPacer(requests_per_minute)
         self._downgrades = _Downgrades()
         key = resolve_api_key(self.endpoint, api_key)
@@ -447,27 +450,47 @@ class LLMClient:
             "schema": dict(schema) if schema else None,
         }
         key = request_key(request)
+        with self._usage_lock:
+            leader = self._in_flight.get(key)
+            if leader is None:
+                self._in_flight[key] = pending = Future()
+        if leader is not None:  # the same request is on its way for another cluster
+            reply = replace(_wait_for(leader, stop), cached=True, requests=0)
+        else:
+            try:
+                reply = self._cached_or_requested(key, request, stop)
+                pending.set_result(reply)
+            except BaseException as err:
+                pending.set_exception(err)
+                raise
+            finally:
+                with self._usage_lock:
+                    del self._in_flight[key]
+        with self._usage_lock:
+            self.usage.add(reply)
+        return reply
+
+    def _cached_or_requested(
+        self, key: str, request: Mapping[str, Any], stop: threading.Event
+    ) -> Reply:
         if self.cache is not None and (stored := self.cache.get(key)) is not None:
-            reply = Reply(
+            return Reply(
                 content=stored["content"],
                 prompt_tokens=stored.get("prompt_tokens", 0),
                 completion_tokens=stored.get("completion_tokens", 0),
                 cached=True,
             )
-        else:
-            reply = self._request_with_retries(request, stop)
-            if self.cache is not None:
-                self.cache.put(
-                    key,
-                    request,
-                    {
-                        "content": reply.content,
-                        "prompt_tokens": reply.prompt_tokens,
-                        "completion_tokens": reply.completion_tokens,
-                    },
-                )
-        with self._usage_lock:
-            self.usage.add(reply)
+        reply = self._request_with_retries(request, stop)
+        if self.cache is not None:
+            self.cache.put(
+                key,
+                request,
+                {
+                    "content": reply.content,
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                },
+            )
         return reply
 
     # ------------------------------------------------------------------ network
@@ -577,6 +600,16 @@ class LLMClient:
 
 class _RetryWithout(Exception):
     """The endpoint refused an optional parameter; send again without it."""
+
+
+def _wait_for(leader: Future, stop: threading.Event) -> Reply:
+    """Wait for the same request sent by another worker; ``stop`` cancels the wait."""
+    while True:
+        try:
+            return leader.result(timeout=0.2)
+        except FutureTimeout:
+            if stop.is_set():
+                raise CallCancelled("stopped") from None
 
 
 def _content_and_usage(response: object) -> tuple[str | None, dict[str, int]]:

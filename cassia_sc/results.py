@@ -57,12 +57,16 @@ class Turn:
         The text.
     cached
         For replies: served from the cache rather than the network.
+    prompt_tokens, completion_tokens
+        For replies: the call's token usage.
     """
 
     agent: Agent
     role: str
     content: str
     cached: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass
@@ -146,10 +150,20 @@ class ClusterResult:
         Returns
         -------
         list of dict
-            ``role``, ``content`` and ``cached`` of each message.
+            ``role`` and ``content`` of each message; replies also have ``cached``,
+            ``prompt_tokens`` and ``completion_tokens``.
         """
         return [
-            {"role": t.role, "content": t.content, "cached": t.cached}
+            {"role": t.role, "content": t.content}
+            | (
+                {
+                    "cached": t.cached,
+                    "prompt_tokens": t.prompt_tokens,
+                    "completion_tokens": t.completion_tokens,
+                }
+                if t.role == "assistant"
+                else {}
+            )
             for t in self.conversation
             if t.agent == agent
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -547,3 +548,84 @@ def test_runcassia_batch_writes_the_four_files_with_cassia_columns(server, tmp_p
     assert [t["role"] for t in first["annotator"]] == ["system", "user", "assistant"]
     assert [t["role"] for t in first["validator"]] == ["system", "user", "assistant"]
     assert first["formatter"] == []
+
+
+def test_each_reply_keeps_its_own_token_usage(tmp_path):
+    def annotator(request, markers):
+        return Reply(
+            content=annotation_reply("T cell", key_markers=tuple(markers[:1])),
+            prompt_tokens=700,
+            completion_tokens=90,
+        )
+
+    def validator(request, markers):
+        return Reply(content=verdict_reply(True), prompt_tokens=800, completion_tokens=20)
+
+    with LLMServer(ScriptedModel(annotator=annotator, validator=validator)) as server:
+        result = run(server, tmp_path)
+    cluster = result["0"]
+    assert (cluster.prompt_tokens, cluster.completion_tokens) == (1500, 110)
+    replies = [t for t in cluster.conversation if t.role == "assistant"]
+    assert [(t.prompt_tokens, t.completion_tokens) for t in replies] == [(700, 90), (800, 20)]
+    assert result.conversations()[0]["validator"][-1]["prompt_tokens"] == 800
+    assert result.usage["prompt_tokens"] == 11 * 1500
+
+
+def test_requests_per_minute_paces_the_whole_pool(server, tmp_path):
+    run(server, tmp_path, max_workers=4, client_options={"requests_per_minute": 1200})
+    starts = sorted(r.time for r in server.requests)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert server.request_count == 22
+    assert starts[-1] - starts[0] >= 21 * 0.05 * 0.95  # 20 per second at most
+    assert min(gaps) >= 0.04
+
+
+def test_reasoning_and_temperature_are_sent_and_dropped_when_refused(tmp_path, caplog):
+    model = ScriptedModel(KNOWN)
+
+    def handler(request, index):
+        if "reasoning_effort" in request.body:
+            return Reply(
+                status=400, error_message="Unrecognized request argument: reasoning_effort"
+            )
+        return model(request, index)
+
+    caplog.set_level(logging.WARNING, logger="cassia_sc")
+    with LLMServer(handler) as server:
+        result = run(
+            server,
+            tmp_path,
+            max_workers=1,
+            client_options={"reasoning": "high", "temperature": 0.3},
+        )
+    assert not result.failed
+    assert server.requests[0].body["reasoning_effort"] == "high"
+    assert all(r.body["temperature"] == 0.3 for r in server.requests)
+    assert all("reasoning_effort" not in r.body for r in server.requests[1:])
+    assert "refused 'reasoning'" in caplog.text
+
+
+def test_64_workers_share_the_client_and_the_cache_safely(tmp_path):
+    table = pd.read_csv(MARKER100, encoding="utf-8-sig")
+    options = {
+        "celltype_column": "True Cell Type",
+        "gene_column_name": "Marker List",
+        "max_workers": 64,
+    }
+    with LLMServer(ScriptedModel(delay=0.05)) as server:
+        first = run(server, tmp_path, MARKER100, **options)
+        # The two rows with the same markers make one request each time, even when they
+        # are annotated at the same moment.
+        assert server.max_concurrency <= 64 and server.request_count == 2 * 99
+        second = run(server, tmp_path, MARKER100, **options)
+    assert server.request_count == 2 * 99  # the re-run made none
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 2 * 99
+    assert not first.failed and second.summary().equals(first.summary())
+    assert len(table) == len(second)
+
+
+def test_an_unknown_provider_name_is_refused():
+    with pytest.raises(cassia_sc.CassiaError, match="Unknown provider 'openrouterr'"):
+        cassia_sc.run_batch(
+            EXAMPLE, tissue="blood", species="human", model="m", provider="openrouterr"
+        )
