@@ -101,6 +101,25 @@ class ClusterTask:
         """Whether the tissue is unknown."""
         return not self.tissue
 
+    def validator_messages(self, annotation: str, unsupported: list[str]) -> list[dict[str, str]]:
+        """Return the validator's messages for the annotator's reply ``annotation``."""
+        policy = VALIDATOR_POLICIES[self.validator_involvement]
+        return [
+            {"role": "system", "content": render("validator_system", strict=policy.strict)},
+            {
+                "role": "user",
+                "content": render(
+                    "validator_task",
+                    species=self.species,
+                    tissue=self.tissue,
+                    additional_info=self.additional_info,
+                    markers=self.markers,
+                    unsupported=unsupported,
+                    annotation=annotation,
+                ),
+            },
+        ]
+
     def annotator_messages(self) -> list[dict[str, str]]:
         """Return the annotator's opening messages (system and task)."""
         return [
@@ -267,21 +286,7 @@ def _review(
         )
     reply = recorder.ask(
         "validator",
-        [
-            {"role": "system", "content": render("validator_system", strict=policy.strict)},
-            {
-                "role": "user",
-                "content": render(
-                    "validator_task",
-                    species=task.species,
-                    tissue=task.tissue,
-                    additional_info=task.additional_info,
-                    markers=task.markers,
-                    unsupported=unsupported,
-                    annotation=annotation,
-                ),
-            },
-        ],
+        task.validator_messages(annotation, unsupported),
         schema=VERDICT_SCHEMA,
     )
     verdict = parse_verdict(reply.content)

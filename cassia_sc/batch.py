@@ -22,7 +22,6 @@ from .agents import VALIDATOR_POLICIES, ClusterTask, ValidatorInvolvement, annot
 from .errors import BatchInterrupted, CassiaError, FatalLLMError
 from .llm import CallCancelled, LLMClient
 from .markers import MarkerInput, RankingMethod, top_markers
-from .prompts import render
 from .results import BatchResult, ClusterResult, Turn
 
 logger = logging.getLogger("cassia_sc")
@@ -303,19 +302,8 @@ def _dry_run(tasks: list[ClusterTask], settings: dict[str, Any]) -> BatchResult:
     placeholder = "x" * _TYPICAL_ANNOTATION_CHARS
     for task in tasks:
         annotator = task.annotator_messages()
-        validator_chars = len(render("validator_system", strict=task.validator_involvement == "v0"))
-        validator_chars += len(
-            render(
-                "validator_task",
-                species=task.species,
-                tissue=task.tissue,
-                additional_info=task.additional_info,
-                markers=task.markers,
-                unsupported=[],
-                annotation=placeholder,
-            )
-        )
-        characters = sum(len(m["content"]) for m in annotator) + validator_chars
+        validator = task.validator_messages(placeholder, [])
+        characters = sum(len(m["content"]) for m in annotator + validator)
         results.append(
             ClusterResult(
                 cluster=task.cluster,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def wait_for_requests(server: LLMServer, count: int, timeout: float = 60) -> Non
         time.sleep(0.02)
 
 
-def resume(server: LLMServer, tmp_path: Path) -> cassia_sc.BatchResult:
+def resume(server: LLMServer, tmp_path: Path, **options) -> cassia_sc.BatchResult:
     return cassia_sc.run_batch(
         cassia_sc.loadmarker("processed"),
         tissue="blood",
@@ -51,6 +52,7 @@ def resume(server: LLMServer, tmp_path: Path) -> cassia_sc.BatchResult:
         provider=server.base_url,
         cache_dir=tmp_path / "cache",
         progress=False,
+        **options,
     )
 
 
@@ -99,22 +101,11 @@ def test_ctrl_c_stops_promptly_and_keeps_what_finished(tmp_path):
 @pytest.mark.parametrize("workers", [1, 4])
 def test_interrupting_in_process_raises_with_every_cluster(tmp_path, workers):
     """A KeyboardInterrupt inside the main thread (as Ctrl-C in a notebook) keeps results."""
-    import threading
-
     with LLMServer(ScriptedModel(delay=0.2)) as server:
         timer = threading.Timer(0.5, lambda: signal.raise_signal(signal.SIGINT))
         timer.start()
         with pytest.raises(cassia_sc.BatchInterrupted) as raised:
-            cassia_sc.run_batch(
-                cassia_sc.loadmarker("processed"),
-                tissue="blood",
-                species="human",
-                model="test-model",
-                provider=server.base_url,
-                cache_dir=tmp_path / "cache",
-                max_workers=workers,
-                progress=False,
-            )
+            resume(server, tmp_path, max_workers=workers)
     partial = raised.value.result
     assert partial.interrupted and len(partial) == 11
     assert {c.status for c in partial.clusters} <= {"ok", "not_run"}
