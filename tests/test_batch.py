@@ -629,3 +629,47 @@ def test_an_unknown_provider_name_is_refused():
         cassia_sc.run_batch(
             EXAMPLE, tissue="blood", species="human", model="m", provider="openrouterr"
         )
+
+
+def test_connection_errors_are_retried_then_fail_each_cluster(tmp_path):
+    closed = LLMServer(ScriptedModel())
+    closed.close()  # nothing listens on this port any more
+    client = LLMClient(
+        model="test-model", provider=closed.base_url, cache=False, retry_delay=0.01, max_retries=1
+    )
+    result = cassia_sc.run_batch(
+        EXAMPLE, tissue="blood", species="human", client=client, progress=False
+    )
+    assert [c.status for c in result.clusters] == ["failed"] * 11
+    assert result["0"].error.startswith("request connection failed (http://127.0.0.1:")
+    assert result["0"].error.endswith("(gave up after 2 attempts)")
+
+
+def test_progress_bar_counts_clusters_and_failures(tmp_path, capsys):
+    def annotator(request, markers):
+        return (
+            Reply(status=400, error_message="bad")
+            if signature(markers) == SIGNATURES["1"]
+            else None
+        )
+
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
+        run(server, tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "Annotating clusters" in err and "11/11" in err and "failed=1" in err
+
+
+def test_model_text_is_escaped_in_the_report(tmp_path):
+    hostile = '<img src=x onerror=alert(1)></script><script>alert("x")</script>'
+
+    def annotator(request, markers):
+        return Reply(content=annotation_reply(hostile, key_markers=tuple(markers[:1])))
+
+    with LLMServer(ScriptedModel(annotator=annotator)) as server:
+        client = client_for(server, tmp_path)
+        cassia_sc.runCASSIA_batch(
+            EXAMPLE, str(tmp_path / "x"), "m", "blood", "human", client=client, progress=False
+        )
+    html = (tmp_path / "x_report.html").read_text()
+    assert "<img src=x" not in html and "<script>alert" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
