@@ -1,1 +1,5 @@
 """Tools that annotate an :class:`~anndata.AnnData`, in the style of :mod:`scanpy.tl`."""
+
+from ._annotate import annotate
+
+__all__ = ["annotate"]

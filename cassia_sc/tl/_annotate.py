@@ -1,0 +1,312 @@
+"""``tl.annotate``: annotate the clusters of an AnnData and store labels and reasoning in it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from ..batch import run_batch
+from ..errors import MarkerError
+from ..results import BatchResult
+
+logger = logging.getLogger("cassia_sc")
+
+#: Columns of the per-cluster table stored in ``uns[key_added]["results"]``.
+RESULT_COLUMNS = [
+    "cluster",
+    "main_cell_type",
+    "sub_cell_types",
+    "possible_mixed_cell_types",
+    "possible_tissues",
+    "key_markers",
+    "unsupported_markers",
+    "markers",
+    "status",
+    "validation",
+    "validation_feedback",
+    "iterations",
+    "prompt_tokens",
+    "completion_tokens",
+    "requests",
+    "error",
+]
+
+
+def annotate(
+    adata: AnnData,
+    groupby: str | None = None,
+    *,
+    tissue: str | None,
+    species: str,
+    model: str | None = None,
+    provider: str = "openrouter",
+    key: str = "rank_genes_groups",
+    key_added: str = "cassia",
+    n_genes: int = 50,
+    gene_symbols: str | None = None,
+    max_workers: int = 4,
+    output_name: str | os.PathLike | None = None,
+    copy: bool = False,
+    **options: Any,
+) -> AnnData | None:
+    """Annotate every cluster with a language model, from ``adata.uns[key]``.
+
+    Reads the markers of :func:`scanpy.tl.rank_genes_groups` (never recomputing or
+    changing them), annotates each cluster as :func:`cassia_sc.run_batch` does, and
+    writes the labels to ``adata.obs`` and the full record to ``adata.uns``.
+
+    Parameters
+    ----------
+    adata
+        The annotated data matrix, with a ``rank_genes_groups`` result in ``uns[key]``.
+    groupby
+        The ``obs`` column of the clusters; by default the one ``uns[key]`` was computed for.
+    tissue
+        Tissue of the sample, e.g. ``"blood"``; None for a tissue-blind annotation.
+    species
+        E.g. ``"human"``.
+    model
+        Model name as the provider spells it, e.g. ``"openai/gpt-4o-mini"``.
+    provider
+        ``"openrouter"``, ``"openai"``, ``"anthropic"`` or an OpenAI-compatible base URL.
+    key
+        Key of the ``rank_genes_groups`` result in ``adata.uns``.
+    key_added
+        Prefix of the ``obs`` columns and key of the ``uns`` entry written.
+    n_genes
+        Markers per cluster given to the model.
+    gene_symbols
+        ``var`` column with gene symbols, when ``var_names`` are IDs.
+    max_workers
+        Clusters annotated at the same time.
+    output_name
+        When given, also write ``runCASSIA_batch``'s four files with this path prefix.
+    copy
+        Return an annotated copy instead of annotating ``adata``.
+        With ``dry_run=True`` (see :func:`cassia_sc.run_batch`), nothing is written.
+    **options
+        Any other option of :func:`cassia_sc.run_batch` (``api_key``, ``additional_info``,
+        ``validator_involvement``, ``ranking_method``, ``cache_dir``, ``progress``, ...).
+
+    Returns
+    -------
+    AnnData or None
+        The annotated copy when ``copy=True``, else None. Written:
+
+        ``adata.obs[f"{key_added}_celltype"]``
+            Categorical main cell type of each cell's cluster; NaN for cells of a
+            cluster without an answer (a warning names those clusters).
+        ``adata.obs[f"{key_added}_subtype"]``
+            Categorical most likely subtype (the main type when none was given).
+        ``adata.uns[key_added]["params"]``
+            The run's parameters (never an API key), ``groupby`` and ``key`` included.
+        ``adata.uns[key_added]["results"]``
+            One row per cluster: ``cluster``, ``main_cell_type``, ``sub_cell_types``,
+            ``possible_mixed_cell_types``, ``possible_tissues``, ``key_markers``,
+            ``unsupported_markers``, ``markers`` (lists joined with ``", "``),
+            ``status`` (``ok``, ``failed``, ``not_run``), ``validation`` (``passed``,
+            ``failed``, ``unknown``), ``validation_feedback``, ``iterations``,
+            ``prompt_tokens``, ``completion_tokens``, ``requests``, ``error``.
+        ``adata.uns[key_added]["conversations"]``
+            Every cluster's conversation, as JSON text.
+        ``adata.uns[key_added]["usage"]``
+            Totals: tokens, HTTP requests, calls and cached calls.
+        ``adata.uns[key_added]["versions"]``
+            Versions of cassia_sc, anndata, scanpy and openai.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import cassia_sc
+    >>> adata = sc.datasets.pbmc68k_reduced()
+    >>> cassia_sc.tl.annotate(  # doctest: +SKIP
+    ...     adata, tissue="blood", species="human", model="openai/gpt-4o-mini"
+    ... )
+    >>> adata.obs["cassia_celltype"].value_counts()  # doctest: +SKIP
+    """
+    if copy:
+        adata = adata.copy()
+    groupby = _grouping(adata, groupby, key)
+    result = run_batch(
+        adata,
+        tissue=tissue,
+        species=species,
+        model=model,
+        provider=provider,
+        key=key,
+        groupby=groupby,
+        n_genes=n_genes,
+        gene_symbols=gene_symbols,
+        max_workers=max_workers,
+        **options,
+    )
+    if result.dry_run:  # nothing was annotated: leave adata as it was
+        return adata if copy else None
+    store_result(adata, result, groupby=groupby, key=key, key_added=key_added)
+    if output_name is not None:
+        from ..export import write_outputs
+
+        write_outputs(result, output_name)
+    return adata if copy else None
+
+
+def _grouping(adata: AnnData, groupby: str | None, key: str) -> str:
+    """Return the obs column of the clusters: given, or the one ``uns[key]`` was made for."""
+    if groupby is None:
+        result = adata.uns.get(key)
+        params = result.get("params", {}) if isinstance(result, dict) else {}
+        if "groupby" not in params:
+            raise MarkerError(
+                f"adata.uns[{key!r}] not found or without its groupby: run "
+                "sc.tl.rank_genes_groups(adata, groupby) first, or pass groupby= and key=."
+            )
+        groupby = str(params["groupby"])
+    if groupby not in adata.obs.columns:
+        raise MarkerError(
+            f"groupby={groupby!r} is not a column of adata.obs; it has {list(adata.obs.columns)}."
+        )
+    return groupby
+
+
+def store_result(
+    adata: AnnData, result: BatchResult, *, groupby: str, key: str, key_added: str
+) -> None:
+    """Write a batch's labels to ``adata.obs`` and its record to ``adata.uns[key_added]``.
+
+    Parameters
+    ----------
+    adata
+        The data whose clusters were annotated.
+    result
+        The batch result.
+    groupby
+        The ``obs`` column of the clusters.
+    key
+        The ``rank_genes_groups`` key the markers came from.
+    key_added
+        Prefix of the ``obs`` columns and key of the ``uns`` entry.
+    """
+    if "/" in key_added:
+        raise ValueError(f"key_added must not contain '/': {key_added!r}.")
+    main = {c.cluster: c.main_cell_type for c in result.clusters if c.main_cell_type}
+    subtype = {
+        c.cluster: (c.sub_cell_types[0] if c.sub_cell_types else c.main_cell_type)
+        for c in result.clusters
+        if c.main_cell_type
+    }
+    clusters = adata.obs[groupby].astype(str)
+    missing = sorted(set(clusters.unique()) - set(main), key=list(clusters.unique()).index)
+    if missing:
+        logger.warning(
+            "No cell type for clusters %s (failed or not run); their cells are NaN in "
+            "obs[%r]. See adata.uns[%r]['results'].",
+            missing,
+            f"{key_added}_celltype",
+            key_added,
+        )
+    adata.obs[f"{key_added}_celltype"] = _labels(clusters, main)
+    adata.obs[f"{key_added}_subtype"] = _labels(clusters, subtype)
+    adata.uns[key_added] = uns_record(result, groupby=groupby, key=key)
+
+
+def _labels(clusters: pd.Series, labels: dict[str, str]) -> pd.Categorical:
+    values = clusters.map(labels).to_numpy(dtype=object)
+    present = pd.unique(pd.Series([v for v in labels.values() if v is not None], dtype=object))
+    return pd.Categorical(values, categories=pd.Index(present, dtype=object))
+
+
+def uns_record(result: BatchResult, *, groupby: str, key: str) -> dict[str, Any]:
+    """Return what ``tl.annotate`` stores in ``uns``: only types that ``.h5ad`` keeps.
+
+    Parameters
+    ----------
+    result
+        The batch result.
+    groupby, key
+        Where the clusters and their markers came from.
+
+    Returns
+    -------
+    dict
+        ``params``, ``results``, ``conversations``, ``usage`` and ``versions``.
+    """
+    params = {name: value for name, value in result.settings.items() if value is not None}
+    params |= {"groupby": groupby, "key": key}
+    return {
+        "params": {name: _h5_scalar(value) for name, value in params.items()},
+        "results": results_table(result),
+        "conversations": json.dumps(result.conversations(), ensure_ascii=False),
+        "usage": {name: int(value) for name, value in result.usage.items()},
+        "versions": _versions(),
+    }
+
+
+def results_table(result: BatchResult) -> pd.DataFrame:
+    """Return the per-cluster table of ``uns[key_added]["results"]``.
+
+    Parameters
+    ----------
+    result
+        The batch result.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :data:`RESULT_COLUMNS`; text as Python strings, lists joined
+        with ``", "``, no missing values (empty strings instead), so it survives
+        ``write_h5ad`` with any anndata.
+    """
+    validation = {True: "passed", False: "failed", None: "unknown"}
+    rows = [
+        {
+            "cluster": c.cluster,
+            "main_cell_type": c.main_cell_type or "",
+            "sub_cell_types": ", ".join(c.sub_cell_types),
+            "possible_mixed_cell_types": ", ".join(c.possible_mixed_cell_types),
+            "possible_tissues": ", ".join(c.possible_tissues),
+            "key_markers": ", ".join(c.key_markers),
+            "unsupported_markers": ", ".join(c.unsupported_markers),
+            "markers": ", ".join(c.markers),
+            "status": c.status,
+            "validation": validation[c.validation_passed],
+            "validation_feedback": c.validation_feedback,
+            "iterations": c.iterations,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "requests": c.requests,
+            "error": c.error or "",
+        }
+        for c in result.clusters
+    ]
+    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    text = [
+        c
+        for c in RESULT_COLUMNS
+        if c not in {"iterations", "prompt_tokens", "completion_tokens", "requests"}
+    ]
+    table[text] = table[text].astype(object)
+    table.index = pd.Index([str(i) for i in range(len(table))], dtype=object)
+    return table
+
+
+def _h5_scalar(value: Any) -> Any:
+    if isinstance(value, bool | int | float | str | np.generic):
+        return value
+    return str(value)
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in ("cassia-sc", "anndata", "scanpy", "openai", "pandas"):
+        try:
+            found[package.replace("-", "_")] = version(package)
+        except PackageNotFoundError:
+            found[package.replace("-", "_")] = "unknown"
+    return found

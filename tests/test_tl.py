@@ -1,0 +1,190 @@
+"""tl.annotate on pbmc68k_reduced through the local server: obs, uns, h5ad round trips."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from llm_server import LLMServer, Reply
+from scripted_model import ScriptedModel, signature
+
+import cassia_sc
+from cassia_sc import LLMClient
+
+
+def scripted_for(adata, key="rank_genes_groups", **overrides) -> ScriptedModel:
+    """A model that calls each cluster "type <cluster>", recognising it by its markers."""
+    markers = cassia_sc.top_markers(adata, key=key)
+    return ScriptedModel({signature(g): f"type {c}" for c, g in markers.items()}, **overrides)
+
+
+@pytest.fixture
+def annotate(tmp_path):
+    clients = []
+
+    def call(adata, server, **options):
+        client = LLMClient(
+            model="test-model",
+            provider=server.base_url,
+            cache_dir=tmp_path / "cache",
+            retry_delay=0.01,
+        )
+        clients.append(client)
+        settings = {"tissue": "blood", "species": "human", "client": client, "progress": False}
+        return cassia_sc.tl.annotate(adata, **(settings | options))
+
+    yield call
+    for client in clients:
+        client.close()
+
+
+def test_bulk_labels_with_slashes_and_the_stored_logreg_result(pbmc, annotate, tmp_path):
+    before = pickle.dumps(pbmc.uns["rank_genes_groups"])
+    with LLMServer(scripted_for(pbmc)) as server:
+        assert annotate(pbmc, server) is None
+
+    labels = pbmc.obs["cassia_celltype"]
+    assert isinstance(labels.dtype, pd.CategoricalDtype)
+    expected = "type " + pbmc.obs["bulk_labels"].astype(str)
+    assert (labels.astype(str) == expected).all()
+    assert (pbmc.obs["cassia_subtype"].astype(str) == expected + " subtype A").all()
+    record = pbmc.uns["cassia"]
+    assert (
+        record["params"]["groupby"] == "bulk_labels"
+        and record["params"]["key"] == "rank_genes_groups"
+    )
+    table = record["results"]
+    assert table["cluster"].tolist() == list(pbmc.obs["bulk_labels"].cat.categories)
+    assert set(table["status"]) == {"ok"} and set(table["validation"]) == {"passed"}
+    assert json.loads(record["conversations"])[0]["cluster"] == "CD4+/CD25 T Reg"
+    assert record["usage"]["requests"] == 20
+    assert set(record["versions"]) >= {"cassia_sc", "anndata", "scanpy"}
+    assert pickle.dumps(pbmc.uns["rank_genes_groups"]) == before
+
+    path = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(path)
+    back = sc.read_h5ad(path)
+    assert back.obs["cassia_celltype"].equals(pbmc.obs["cassia_celltype"])
+    assert back.obs["cassia_subtype"].equals(pbmc.obs["cassia_subtype"])
+    pd.testing.assert_frame_equal(back.uns["cassia"]["results"], table, check_dtype=False)
+    assert back.uns["cassia"]["params"] == record["params"]
+    assert back.uns["cassia"]["conversations"] == record["conversations"]
+
+
+def test_louvain_wilcoxon_groupby_defaults_to_the_result(pbmc_wilcoxon, annotate):
+    with LLMServer(scripted_for(pbmc_wilcoxon, key="wilcoxon")) as server:
+        annotate(pbmc_wilcoxon, server, key="wilcoxon", key_added="louvain_llm")
+    assert pbmc_wilcoxon.uns["louvain_llm"]["params"]["groupby"] == "louvain"
+    assert (
+        pbmc_wilcoxon.obs["louvain_llm_celltype"].astype(str)
+        == "type " + pbmc_wilcoxon.obs["louvain"].astype(str)
+    ).all()
+
+
+def test_numeric_cluster_names_keep_their_order(pbmc, annotate, tmp_path):
+    codes = pbmc.obs["louvain"].cat.codes.to_numpy() + 1  # clusters "1" ... "11"
+    pbmc.obs["cluster"] = pd.Categorical(
+        codes.astype(str), categories=[str(i) for i in range(1, 12)]
+    )
+    sc.tl.rank_genes_groups(pbmc, "cluster", method="t-test", key_added="numeric")
+    with LLMServer(scripted_for(pbmc, key="numeric")) as server:
+        annotate(pbmc, server, key="numeric")
+    table = pbmc.uns["cassia"]["results"]
+    assert table["cluster"].tolist() == [str(i) for i in range(1, 12)]  # "2" before "10"
+    path = tmp_path / "numeric.h5ad"
+    pbmc.write_h5ad(path)
+    back = sc.read_h5ad(path)
+    assert back.uns["cassia"]["results"]["cluster"].tolist() == [str(i) for i in range(1, 12)]
+    assert (
+        back.obs["cassia_celltype"].astype(str) == "type " + back.obs["cluster"].astype(str)
+    ).all()
+
+
+def test_a_failed_cluster_leaves_its_cells_nan_with_a_warning(pbmc, annotate, caplog):
+    target = signature(cassia_sc.top_markers(pbmc)["CD34+"])
+
+    def annotator(request, markers):
+        return Reply(status=400, error_message="refused") if signature(markers) == target else None
+
+    caplog.set_level(logging.WARNING, logger="cassia_sc")
+    with LLMServer(scripted_for(pbmc, annotator=annotator)) as server:
+        annotate(pbmc, server)
+    labels = pbmc.obs["cassia_celltype"]
+    is_cd34 = pbmc.obs["bulk_labels"] == "CD34+"
+    assert labels[is_cd34].isna().all() and labels[~is_cd34].notna().all()
+    assert "No cell type for clusters ['CD34+']" in caplog.text
+    row = pbmc.uns["cassia"]["results"].set_index("cluster").loc["CD34+"]
+    assert row["status"] == "failed" and "refused" in row["error"]
+
+
+def test_copy_and_a_second_key_added_keep_everything(pbmc, annotate, tmp_path):
+    with LLMServer(scripted_for(pbmc)) as server:
+        annotated = annotate(pbmc, server, copy=True)
+        assert "cassia" not in pbmc.uns and "cassia_celltype" not in pbmc.obs
+        annotate(
+            annotated,
+            server,
+            key_added="second",
+            validator_involvement="v0",
+            output_name=tmp_path / "run",
+        )
+    assert {"cassia", "second"} <= set(annotated.uns)
+    assert {"cassia_celltype", "cassia_subtype", "second_celltype", "second_subtype"} <= set(
+        annotated.obs
+    )
+    assert annotated.uns["second"]["params"]["validator_involvement"] == "v0"
+    for suffix in ("summary.csv", "full.csv", "conversations.json", "report.html"):
+        assert (tmp_path / f"run_{suffix}").is_file()
+
+
+def test_the_api_key_is_not_stored(pbmc, tmp_path, monkeypatch):
+    secret = "sk-cassia-test-SECRET-9999"
+    monkeypatch.setenv("CASSIA_API_KEY", secret)
+    with LLMServer(scripted_for(pbmc)) as server:
+        cassia_sc.tl.annotate(
+            pbmc,
+            tissue="blood",
+            species="human",
+            model="test-model",
+            provider=server.base_url,
+            progress=False,
+        )
+    path = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(path)
+    assert secret.encode() not in path.read_bytes()
+    assert secret not in repr(pbmc.uns["cassia"])
+
+
+def test_missing_result_and_bad_groupby_are_clear_errors(pbmc):
+    with pytest.raises(cassia_sc.MarkerError, match=r"not a column of adata\.obs"):
+        cassia_sc.tl.annotate(
+            pbmc, "clusters", tissue="blood", species="human", model="m", dry_run=True
+        )
+    del pbmc.uns["rank_genes_groups"]
+    with pytest.raises(
+        cassia_sc.MarkerError, match=r"run sc\.tl\.rank_genes_groups\(adata, groupby\)"
+    ):
+        cassia_sc.tl.annotate(pbmc, tissue="blood", species="human", model="m", dry_run=True)
+
+
+def test_a_dry_run_leaves_adata_as_it_was(pbmc):
+    before = (pbmc.obs.copy(), pickle.dumps(pbmc.uns))
+    cassia_sc.tl.annotate(
+        pbmc, tissue="blood", species="human", model="m", dry_run=True, progress=False
+    )
+    pd.testing.assert_frame_equal(pbmc.obs, before[0])
+    assert pickle.dumps(pbmc.uns) == before[1]
+
+
+def test_tissue_blind_values_are_stored(pbmc, annotate):
+    with LLMServer(scripted_for(pbmc)) as server:
+        annotate(pbmc, server, tissue=None)
+    table = pbmc.uns["cassia"]["results"]
+    assert set(table["possible_tissues"]) == {"blood, spleen"}
+    assert "tissue" not in pbmc.uns["cassia"]["params"]  # None is not stored
+    assert np.all(pbmc.obs["cassia_celltype"].notna())
