@@ -2,6 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # plots render to files, never to a screen
+
 import anndata as ad
 import pytest
 import scanpy as sc
