@@ -385,6 +385,8 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
       formatter turns;
     - ``{output_name}_report.html``: a self-contained report.
 
+    A dry run (``dry_run=True``) writes nothing.
+
     Parameters
     ----------
     marker
@@ -413,35 +415,59 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
     ...     cassia_sc.loadmarker("unprocessed"), "pbmc", "openai/gpt-4o", "blood", "human"
     ... )
     """
+    return run_batch_to_files(
+        marker,
+        output_name,
+        tissue=tissue,
+        species=species,
+        model=model,
+        provider=provider,
+        max_workers=max_workers,
+        n_genes=n_genes,
+        additional_info=additional_info,
+        temperature=temperature,
+        validator_involvement=validator_involvement,
+        reasoning=reasoning,
+        ranking_method=ranking_method,
+        ascending=ascending,
+        celltype_column=celltype_column,
+        gene_column_name=gene_column_name,
+        max_retries=max_retries,
+        **options,
+    ).summary()
+
+
+def run_batch_to_files(
+    marker: MarkerInput, output_name: str | os.PathLike, **options: Any
+) -> BatchResult:
+    """Run :func:`run_batch` and write its four files; also when Ctrl-C cuts it short.
+
+    Parameters
+    ----------
+    marker
+        Markers in any format :func:`cassia_sc.top_markers` reads.
+    output_name
+        Path prefix of the output files (a ``.csv``, ``.json`` or ``.html`` suffix is dropped).
+    **options
+        Options of :func:`run_batch`. A dry run writes nothing.
+
+    Returns
+    -------
+    BatchResult
+        The batch.
+    """
     from .export import write_outputs
 
     prefix = _output_prefix(output_name)
     try:
-        result = run_batch(
-            marker,
-            tissue=tissue,
-            species=species,
-            model=model,
-            provider=provider,
-            max_workers=max_workers,
-            n_genes=n_genes,
-            additional_info=additional_info,
-            temperature=temperature,
-            validator_involvement=validator_involvement,
-            reasoning=reasoning,
-            ranking_method=ranking_method,
-            ascending=ascending,
-            celltype_column=celltype_column,
-            gene_column_name=gene_column_name,
-            max_retries=max_retries,
-            **options,
-        )
+        result = run_batch(marker, **options)
     except BatchInterrupted as interruption:
         write_outputs(interruption.result, prefix)  # keep what finished, then stop
         raise
-    paths = write_outputs(result, prefix)
-    logger.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
-    return result.summary()
+    if not result.dry_run:
+        paths = write_outputs(result, prefix)
+        logger.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
+    return result
 
 
 def _output_prefix(output_name: str | os.PathLike) -> Path:

@@ -158,7 +158,7 @@ def resolve_api_key(endpoint: Endpoint, api_key: str | None = None) -> str:
         return _LOCAL_PLACEHOLDER_KEY
     raise MissingAPIKeyError(
         f"No API key for provider {endpoint.provider!r}: set the environment variable "
-        f"{endpoint.key_variable} or pass api_key=."
+        f"{endpoint.key_variable} (or pass api_key= in Python)."
     )
 
 

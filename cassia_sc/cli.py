@@ -1,0 +1,294 @@
+"""The ``cassia-sc`` command: annotate an existing ``.h5ad`` file, or a marker table."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .batch import run_batch, run_batch_to_files
+from .errors import BatchInterrupted, CassiaError
+from .results import BatchResult
+
+logger = logging.getLogger("cassia_sc")
+
+#: Example data sets a user can name instead of a file.
+BUNDLED_EXAMPLES = ("pbmc68k_reduced",)
+
+#: Exit status when the run finished but some clusters failed.
+EXIT_SOME_FAILED = 3
+
+_EXAMPLES = """\
+examples:
+  # add labels to a file in place (reads obs, var and uns only; X is never loaded)
+  export OPENROUTER_API_KEY=...
+  cassia-sc annotate data.h5ad --tissue lung --species human --model openai/gpt-4o-mini
+
+  # the bundled example, written to a new file, with CASSIA's four output files
+  cassia-sc annotate pbmc68k_reduced --tissue blood --species human \\
+      --model openai/gpt-4o-mini --output pbmc_annotated.h5ad --output-name pbmc
+
+  # a local model through Ollama; see the prompts and their cost first
+  cassia-sc annotate data.h5ad --tissue blood --species human --model llama3.1 \\
+      --provider http://localhost:11434/v1 --dry-run
+
+  # a Seurat FindAllMarkers table, as CASSIA's runCASSIA_batch
+  cassia-sc batch markers.csv --output-name pbmc --tissue blood --species human \\
+      --model openai/gpt-4o-mini
+
+API keys come from OPENROUTER_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY or, for a base
+URL, CASSIA_API_KEY; never from the command line, which others can read.
+exit status: 0 success, 1 error, 2 usage error, 3 some clusters failed, 130 interrupted.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``cassia-sc`` (also used to document the command).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser, with the ``annotate`` and ``batch`` subcommands.
+    """
+    parser = argparse.ArgumentParser(
+        prog="cassia-sc",
+        description="Annotate single-cell clusters with large language models.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    annotate = commands.add_parser(
+        "annotate",
+        help="add cell-type labels to an .h5ad file (in place by default)",
+        description=(
+            "Annotate the clusters of an .h5ad file from its uns['rank_genes_groups'] and add "
+            "obs[KEY_celltype], obs[KEY_subtype] and uns[KEY] to it, without loading X. The "
+            "file is replaced only once the new one is complete."
+        ),
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    annotate.add_argument(
+        "input",
+        metavar="INPUT",
+        help=f"an .h5ad file, or a bundled example: {', '.join(BUNDLED_EXAMPLES)}",
+    )
+    annotate.add_argument(
+        "--output", type=Path, help="write here instead of editing INPUT in place"
+    )
+    annotate.add_argument(
+        "--groupby", help="obs column of the clusters (default: the one of the markers)"
+    )
+    annotate.add_argument(
+        "--key", default="rank_genes_groups", help="uns key of the markers (%(default)s)"
+    )
+    annotate.add_argument(
+        "--key-added", default="cassia", help="prefix of what is written (%(default)s)"
+    )
+    annotate.add_argument("--gene-symbols", help="var column with gene symbols")
+    _add_run_options(annotate)
+
+    batch = commands.add_parser(
+        "batch",
+        help="annotate a marker table (Seurat, Scanpy or two columns), as runCASSIA_batch",
+        description="Annotate every cluster of a marker table and write CASSIA's four files.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    batch.add_argument("markers", metavar="MARKERS", help="marker table (CSV or TSV)")
+    batch.add_argument("--celltype-column", help="column naming the cluster")
+    batch.add_argument("--gene-column-name", help="column naming the genes")
+    _add_run_options(batch)
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    required = parser.add_argument_group("what to annotate with")
+    required.add_argument("--species", required=True, help="e.g. human, mouse")
+    required.add_argument(
+        "--tissue", help="e.g. blood, lung; leave out for a tissue-blind annotation"
+    )
+    required.add_argument(
+        "--model", required=True, help="model name, e.g. openai/gpt-4o-mini on OpenRouter"
+    )
+    required.add_argument(
+        "--provider",
+        default="openrouter",
+        help="openrouter, openai, anthropic or an OpenAI-compatible base URL (%(default)s)",
+    )
+    options = parser.add_argument_group("options")
+    options.add_argument(
+        "--output-name",
+        help="also write PREFIX_summary.csv, _full.csv, _conversations.json, _report.html",
+    )
+    options.add_argument(
+        "--max-workers", type=int, default=4, help="clusters at once (%(default)s)"
+    )
+    options.add_argument(
+        "--n-genes", type=int, default=50, help="markers per cluster (%(default)s)"
+    )
+    options.add_argument("--additional-info", help="free text about the sample")
+    options.add_argument(
+        "--validator-involvement", choices=["v1", "v0"], default="v1", help="v1 moderate, v0 strict"
+    )
+    options.add_argument(
+        "--ranking-method",
+        choices=["avg_log2FC", "p_val_adj", "pct_diff", "Score"],
+        default="avg_log2FC",
+    )
+    options.add_argument("--temperature", type=float, default=0.0)
+    options.add_argument("--reasoning", choices=["low", "medium", "high"])
+    options.add_argument("--max-retries", type=int, default=3)
+    options.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    options.add_argument("--requests-per-minute", type=float)
+    options.add_argument("--cache-dir", type=Path, help="reply cache (default: user cache folder)")
+    options.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    options.add_argument(
+        "--dry-run", action="store_true", help="show the prompts' token estimate; call nothing"
+    )
+    options.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    return {
+        "tissue": args.tissue,
+        "species": args.species,
+        "model": args.model,
+        "provider": args.provider,
+        "max_workers": args.max_workers,
+        "n_genes": args.n_genes,
+        "additional_info": args.additional_info,
+        "validator_involvement": args.validator_involvement,
+        "ranking_method": args.ranking_method,
+        "temperature": args.temperature,
+        "reasoning": args.reasoning,
+        "max_retries": args.max_retries,
+        "timeout": args.timeout,
+        "requests_per_minute": args.requests_per_minute,
+        "cache": not args.no_cache,
+        "cache_dir": args.cache_dir,
+        "dry_run": args.dry_run,
+        "progress": not args.quiet,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cassia-sc`` with ``argv`` (default: the command line).
+
+    Parameters
+    ----------
+    argv
+        The arguments, without the program name.
+
+    Returns
+    -------
+    int
+        The exit status: 0 success, 1 error, 3 some clusters failed, 130 interrupted.
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="cassia-sc: %(message)s", level=logging.WARNING)
+    try:
+        result = _annotate(args) if args.command == "annotate" else _batch(args)
+    except BatchInterrupted:
+        print("cassia-sc: interrupted; finished clusters are kept in the cache.", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("cassia-sc: interrupted.", file=sys.stderr)
+        return 130
+    except (CassiaError, FileNotFoundError, ValueError) as err:
+        print(f"cassia-sc: error: {err}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        _report(result)
+    return EXIT_SOME_FAILED if result.failed else 0
+
+
+def _annotate(args: argparse.Namespace) -> BatchResult:
+    from .h5ad import read_for_annotation, write_annotation
+    from .tl._annotate import _grouping, store_result
+
+    source = Path(args.input)
+    with tempfile.TemporaryDirectory() as scratch:
+        target = args.output
+        if not source.exists() and args.input in BUNDLED_EXAMPLES:
+            source = _materialise_example(args.input, Path(scratch))
+            target = target or Path(f"{args.input}_annotated.h5ad")
+        target = target or source
+        adata = read_for_annotation(source, key=args.key)
+        groupby = _grouping(adata, args.groupby, args.key)
+
+        result = run_batch(
+            adata,
+            key=args.key,
+            groupby=groupby,
+            gene_symbols=args.gene_symbols,
+            **_run_options(args),
+        )
+        if result.dry_run:
+            return result
+        store_result(adata, result, groupby=groupby, key=args.key, key_added=args.key_added)
+        new_columns = [f"{args.key_added}_celltype", f"{args.key_added}_subtype"]
+        write_annotation(
+            source,
+            target,
+            obs_columns=adata.obs[new_columns],
+            uns_key=args.key_added,
+            uns_value=adata.uns[args.key_added],
+        )
+    if args.output_name:
+        from .export import write_outputs
+
+        write_outputs(result, args.output_name)
+    if not args.quiet:
+        print(
+            f"Wrote obs[{new_columns[0]!r}], obs[{new_columns[1]!r}] and uns[{args.key_added!r}] "
+            f"to {target}."
+        )
+    return result
+
+
+def _materialise_example(name: str, folder: Path) -> Path:
+    import scanpy as sc
+
+    path = folder / f"{name}.h5ad"
+    getattr(sc.datasets, name)().write_h5ad(path)
+    return path
+
+
+def _batch(args: argparse.Namespace) -> BatchResult:
+    if not args.output_name:
+        raise CassiaError("batch needs --output-name PREFIX for its output files.")
+    return run_batch_to_files(
+        args.markers,
+        args.output_name,
+        celltype_column=args.celltype_column,
+        gene_column_name=args.gene_column_name,
+        **_run_options(args),
+    )
+
+
+def _report(result: BatchResult) -> None:
+    if result.dry_run:
+        tokens = [c.estimated_prompt_tokens or 0 for c in result.clusters]
+        print(
+            f"Dry run: {len(tokens)} clusters, about {sum(tokens):,} prompt tokens "
+            f"({sum(tokens) // max(len(tokens), 1):,} per cluster) for 2 calls each; "
+            "revisions add more. Nothing was called or written."
+        )
+        return
+    width = max(len(c.cluster) for c in result.clusters)
+    for c in result.clusters:
+        label = c.main_cell_type if c.status == "ok" else f"[{c.status}] {c.error}"
+        print(f"  {c.cluster:<{width}}  {label}")
+    usage = result.usage
+    print(
+        f"{len(result) - len(result.failed)} of {len(result)} clusters annotated; "
+        f"{usage['requests']} requests, {usage['cached_calls']} replies from the cache, "
+        f"{usage['prompt_tokens'] + usage['completion_tokens']:,} tokens."
+    )

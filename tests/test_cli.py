@@ -1,0 +1,255 @@
+"""The cassia-sc command: .h5ad files annotated in place or to a new file, and marker tables."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from llm_server import LLMServer, Reply
+from scripted_model import ScriptedModel, signature
+
+import cassia_sc
+from cassia_sc.cli import main
+from cassia_sc.h5ad import write_annotation
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def h5ad(pbmc, tmp_path) -> Path:
+    path = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(path)
+    return path
+
+
+@pytest.fixture
+def server(pbmc):
+    markers = cassia_sc.top_markers(pbmc)
+    with LLMServer(
+        ScriptedModel({signature(g): f"type {c}" for c, g in markers.items()})
+    ) as running:
+        yield running
+
+
+def cli(server, *args, tmp_path) -> list[str]:
+    return [
+        *args,
+        "--tissue",
+        "blood",
+        "--species",
+        "human",
+        "--model",
+        "test-model",
+        "--provider",
+        server.base_url,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+
+
+def test_annotate_in_place_adds_only_the_new_columns_and_entry(h5ad, server, tmp_path, capsys):
+    before = ad.read_h5ad(h5ad)
+    assert main(cli(server, "annotate", str(h5ad), tmp_path=tmp_path)) == 0
+
+    after = ad.read_h5ad(h5ad)
+    out = capsys.readouterr().out
+    assert f"to {h5ad}" in out and "type CD19+ B" in out
+    assert list(after.obs.columns) == [*before.obs.columns, "cassia_celltype", "cassia_subtype"]
+    pd.testing.assert_frame_equal(after.obs[before.obs.columns], before.obs)
+    assert (
+        after.obs["cassia_celltype"].astype(str) == "type " + after.obs["bulk_labels"].astype(str)
+    ).all()
+    assert after.uns["cassia"]["results"]["status"].tolist() == ["ok"] * 10
+    np.testing.assert_array_equal(after.X, before.X)
+    assert set(after.uns) == {*before.uns, "cassia"}
+    assert not list(tmp_path.glob(".pbmc.h5ad.*"))  # no temporary file left
+
+
+def test_x_is_never_read(h5ad, server, tmp_path):
+    with h5py.File(h5ad, "r+") as file:  # make X unreadable for anndata
+        file["X"].attrs["encoding-type"] = "not-a-real-encoding"
+    assert main(cli(server, "annotate", str(h5ad), "--quiet", tmp_path=tmp_path)) == 0
+    with h5py.File(h5ad, "r") as file:
+        assert file["X"].attrs["encoding-type"] == "not-a-real-encoding"
+        assert "cassia_celltype" in file["obs"] and "cassia" in file["uns"]
+
+
+def test_output_leaves_the_input_untouched(h5ad, server, tmp_path):
+    original = digest(h5ad)
+    target = tmp_path / "annotated.h5ad"
+    code = main(
+        cli(
+            server,
+            "annotate",
+            str(h5ad),
+            "--output",
+            str(target),
+            "--key-added",
+            "llm",
+            tmp_path=tmp_path,
+        )
+    )
+    assert code == 0 and digest(h5ad) == original
+    assert "llm_celltype" in ad.read_h5ad(target).obs
+
+
+def test_the_bundled_example_by_name(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(
+            cli(
+                server,
+                "annotate",
+                "pbmc68k_reduced",
+                "--output-name",
+                "pbmc",
+                "--quiet",
+                tmp_path=tmp_path,
+            )
+        )
+        == 0
+    )
+    annotated = ad.read_h5ad(tmp_path / "pbmc68k_reduced_annotated.h5ad")
+    assert annotated.obs["cassia_celltype"].notna().all()
+    assert sorted(p.name for p in tmp_path.glob("pbmc_*")) == [
+        "pbmc_conversations.json",
+        "pbmc_full.csv",
+        "pbmc_report.html",
+        "pbmc_summary.csv",
+    ]
+
+
+def test_dry_run_calls_and_writes_nothing(h5ad, server, tmp_path, capsys):
+    original = digest(h5ad)
+    assert main(cli(server, "annotate", str(h5ad), "--dry-run", tmp_path=tmp_path)) == 0
+    assert "Dry run: 10 clusters" in capsys.readouterr().out
+    assert digest(h5ad) == original and server.request_count == 0
+
+
+def test_a_failed_cluster_gives_exit_status_3(h5ad, pbmc, tmp_path):
+    markers = cassia_sc.top_markers(pbmc)
+    poisoned = signature(markers["Dendritic"])
+
+    def annotator(request, genes):
+        return Reply(status=400, error_message="refused") if signature(genes) == poisoned else None
+
+    with LLMServer(ScriptedModel(annotator=annotator)) as server:
+        assert main(cli(server, "annotate", str(h5ad), "--quiet", tmp_path=tmp_path)) == 3
+    table = ad.read_h5ad(h5ad).uns["cassia"]["results"].set_index("cluster")
+    assert table.loc["Dendritic", "status"] == "failed"
+
+
+def test_batch_writes_cassias_files(server, tmp_path):
+    markers = tmp_path / "markers.csv"
+    cassia_sc.loadmarker("unprocessed").to_csv(markers, index=False)
+    code = main(
+        cli(
+            server,
+            "batch",
+            str(markers),
+            "--output-name",
+            str(tmp_path / "run"),
+            "--quiet",
+            tmp_path=tmp_path,
+        )
+    )
+    assert code == 0
+    summary = pd.read_csv(tmp_path / "run_summary.csv", dtype={"Cluster ID": str})
+    assert summary["Cluster ID"].tolist() == [str(i) for i in range(11)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["annotate", "missing.h5ad"], "cassia-sc: error: No such file: 'missing.h5ad'."),
+        (["annotate", "{no_rgg}"], "has no uns['rank_genes_groups']: run sc.tl.rank_genes_groups"),
+        (["annotate", "{h5ad}", "--key", "wilcoxon"], "has no uns['wilcoxon']"),
+        (
+            ["annotate", "{h5ad}", "--groupby", "cluster"],
+            "groupby='cluster' is not a column of adata.obs",
+        ),
+        (["annotate", "{not_h5ad}"], "is not an HDF5 (.h5ad) file"),
+        (["batch", "missing.csv", "--output-name", "x"], "Marker file not found: 'missing.csv'."),
+    ],
+)
+def test_user_mistakes_print_one_line(args, message, h5ad, pbmc, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    del pbmc.uns["rank_genes_groups"]
+    pbmc.write_h5ad(tmp_path / "no_rgg.h5ad")
+    (tmp_path / "not.h5ad").write_text("hello")
+    paths = {"no_rgg": tmp_path / "no_rgg.h5ad", "h5ad": h5ad, "not_h5ad": tmp_path / "not.h5ad"}
+    args = [a.format(**paths) for a in args]
+    with LLMServer(ScriptedModel()) as server:
+        code = main(cli(server, *args, "--quiet", tmp_path=tmp_path))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err
+    assert (
+        "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    )  # at most a warning + the error
+
+
+def test_a_missing_key_is_one_line(h5ad, tmp_path, capsys):
+    code = main(["annotate", str(h5ad), "--species", "human", "--model", "m", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1] == (
+        "cassia-sc: error: No API key for provider 'openrouter': set the environment variable "
+        "OPENROUTER_API_KEY (or pass api_key= in Python)."
+    )
+
+
+def test_the_console_script_is_installed_and_documented():
+    done = subprocess.run(
+        ["cassia-sc", "annotate", "--help"], capture_output=True, text=True, check=True
+    )
+    assert (
+        "examples:" in done.stdout
+        and "--dry-run" in done.stdout
+        and "pbmc68k_reduced" in done.stdout
+    )
+    wrong = subprocess.run(["cassia-sc", "annotate"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "required" in wrong.stderr
+
+
+def test_a_failed_write_leaves_the_file_as_it_was(h5ad, tmp_path):
+    original = digest(h5ad)
+    cells = ad.read_h5ad(h5ad).obs_names
+    columns = pd.DataFrame({"x_celltype": pd.Categorical(["T"] * len(cells))}, index=cells)
+    with pytest.raises(Exception, match="No method registered for writing <class 'object'>"):
+        write_annotation(h5ad, h5ad, obs_columns=columns, uns_key="x", uns_value={"bad": object()})
+    assert digest(h5ad) == original
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pbmc.h5ad")]
+    assert "x_celltype" not in ad.read_h5ad(h5ad).obs
+
+
+OTHER_PYTHON = os.environ.get("CASSIA_SC_OTHER_PYTHON")
+
+
+@pytest.mark.skipif(not OTHER_PYTHON, reason="needs the other anndata's Python (set by .ci/run)")
+def test_files_move_between_anndata_versions(server, tmp_path):
+    """A file written by the other anndata is annotated here and read back there, and back."""
+    script = (
+        "import sys, scanpy as sc, anndata as ad; p = sys.argv[2]\n"
+        "if sys.argv[1] == 'write': sc.datasets.pbmc68k_reduced().write_h5ad(p)\n"
+        "else:\n"
+        "    a = ad.read_h5ad(p); t = a.uns['cassia']['results']\n"
+        "    assert a.obs['cassia_celltype'].notna().all() and list(t['status']) == ['ok'] * 10\n"
+        "    a.write_h5ad(p)\n"
+    )
+    theirs = tmp_path / "theirs.h5ad"
+    subprocess.run([OTHER_PYTHON, "-c", script, "write", str(theirs)], check=True)
+    assert main(cli(server, "annotate", str(theirs), "--quiet", tmp_path=tmp_path)) == 0
+    subprocess.run([OTHER_PYTHON, "-c", script, "read", str(theirs)], check=True)
+    back = sc.read_h5ad(theirs)  # rewritten by the other anndata, read by ours
+    assert back.obs["cassia_celltype"].notna().all()
