@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -153,6 +154,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="show the prompts' token estimate; call nothing"
     )
     options.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    options.add_argument("--verbose", action="store_true", help="log retries and timings")
 
 
 def _run_options(args: argparse.Namespace) -> dict:
@@ -193,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="cassia-sc: %(message)s", level=logging.WARNING)
+    if args.verbose:  # ours only: the HTTP libraries would log every request
+        logger.setLevel(logging.INFO)
     try:
         result = _annotate(args) if args.command == "annotate" else _batch(args)
     except BatchInterrupted:
@@ -211,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _annotate(args: argparse.Namespace) -> BatchResult:
     from .h5ad import read_for_annotation, write_annotation
-    from .tl._annotate import _grouping, store_result
+    from .tl._annotate import label_columns, uns_record
 
     source = Path(args.input)
     with tempfile.TemporaryDirectory() as scratch:
@@ -220,35 +224,41 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
             source = _materialise_example(args.input, Path(scratch))
             target = target or Path(f"{args.input}_annotated.h5ad")
         target = target or source
-        adata = read_for_annotation(source, key=args.key)
-        groupby = _grouping(adata, args.groupby, args.key)
-
+        started = time.perf_counter()
+        found = read_for_annotation(source, key=args.key, groupby=args.groupby)
+        logger.info(
+            "Read uns[%r], var and obs[%r] in %.2f s.",
+            args.key,
+            found.groupby,
+            time.perf_counter() - started,
+        )
         result = run_batch(
-            adata,
+            found.adata,
             key=args.key,
-            groupby=groupby,
+            groupby=found.groupby,
             gene_symbols=args.gene_symbols,
             **_run_options(args),
         )
         if result.dry_run:
             return result
-        store_result(adata, result, groupby=groupby, key=args.key, key_added=args.key_added)
-        new_columns = [f"{args.key_added}_celltype", f"{args.key_added}_subtype"]
+        columns = label_columns(found.clusters, result, key_added=args.key_added)
+        started = time.perf_counter()
         write_annotation(
             source,
             target,
-            obs_columns=adata.obs[new_columns],
+            obs_columns=columns,
             uns_key=args.key_added,
-            uns_value=adata.uns[args.key_added],
+            uns_value=uns_record(result, groupby=found.groupby, key=args.key),
         )
+        logger.info("Wrote %s in %.2f s.", target, time.perf_counter() - started)
     if args.output_name:
         from .export import write_outputs
 
         write_outputs(result, args.output_name)
     if not args.quiet:
         print(
-            f"Wrote obs[{new_columns[0]!r}], obs[{new_columns[1]!r}] and uns[{args.key_added!r}] "
-            f"to {target}."
+            f"Wrote {', '.join(f'obs[{name!r}]' for name in columns)} and "
+            f"uns[{args.key_added!r}] to {target}."
         )
     return result
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,33 @@ except ImportError:  # pragma: no cover - anndata 0.10
 logger = logging.getLogger("cassia_sc")
 
 
-def read_for_annotation(path: str | os.PathLike, *, key: str = "rank_genes_groups") -> AnnData:
+@dataclass
+class FileMarkers:
+    """What annotating a file needs from it.
+
+    Attributes
+    ----------
+    adata
+        An AnnData without cells: the file's ``var`` (``raw/var`` when the markers were
+        computed on raw data, other ``var`` columns joined in) and ``uns[key]``.
+    groupby
+        The ``obs`` column of the clusters.
+    clusters
+        That column: each cell's cluster, in file order.
+    """
+
+    adata: AnnData
+    groupby: str
+    clusters: pd.Series
+
+
+def read_for_annotation(
+    path: str | os.PathLike, *, key: str = "rank_genes_groups", groupby: str | None = None
+) -> FileMarkers:
     """Read the parts of an ``.h5ad`` file that annotation needs, and nothing else.
+
+    Only ``uns[key]``, ``var`` (or ``raw/var``) and the one ``obs`` column of the clusters
+    are read: not ``X``, not the other ``obs`` columns, not even the cell names.
 
     Parameters
     ----------
@@ -41,12 +67,13 @@ def read_for_annotation(path: str | os.PathLike, *, key: str = "rank_genes_group
         The ``.h5ad`` file.
     key
         Key of the :func:`scanpy.tl.rank_genes_groups` result in ``uns``.
+    groupby
+        The ``obs`` column of the clusters; by default the one ``uns[key]`` was computed for.
 
     Returns
     -------
-    AnnData
-        Without ``X``: the file's ``obs``, its ``var`` (or ``raw/var`` when the result was
-        computed on raw data, with any other ``var`` columns joined in) and ``uns[key]``.
+    FileMarkers
+        The markers, the grouping and each cell's cluster.
 
     Raises
     ------
@@ -55,7 +82,7 @@ def read_for_annotation(path: str | os.PathLike, *, key: str = "rank_genes_group
     CassiaError
         When it is not an AnnData ``.h5ad`` file.
     MarkerError
-        When ``uns[key]`` is missing.
+        When ``uns[key]`` or the ``groupby`` column is missing.
     """
     path = Path(path)
     if not path.is_file():
@@ -72,22 +99,32 @@ def read_for_annotation(path: str | os.PathLike, *, key: str = "rank_genes_group
                 f"{path.name} has no uns[{key!r}]: run sc.tl.rank_genes_groups(adata, groupby) "
                 "and save the file first, or pass the key that holds the result."
             )
-        obs = read_elem(file["obs"])
-        var = read_elem(file["var"])
         result = read_elem(file["uns"][key])
-        use_raw = np.asarray(result.get("params", {}).get("use_raw", False)).any()
-        if use_raw and "raw" in file and "var" in file["raw"]:
+        params = result.get("params", {})
+        groupby = groupby or (str(params["groupby"]) if "groupby" in params else None)
+        columns = [str(c) for c in file["obs"].attrs.get("column-order", [])]
+        if groupby is None or groupby not in columns:
+            raise MarkerError(
+                f"groupby={groupby!r} is not a column of adata.obs; it has {columns}."
+            )
+        clusters = pd.Series(read_elem(file["obs"][groupby]))
+        var = read_elem(file["var"])
+        if (
+            np.asarray(params.get("use_raw", False)).any()
+            and "raw" in file
+            and "var" in file["raw"]
+        ):
             raw_var = read_elem(file["raw"]["var"])
             extra = [c for c in var.columns if c not in raw_var.columns]
             var = raw_var.join(var[extra]) if extra else raw_var
-    return AnnData(obs=obs, var=var, uns={key: result})
+    return FileMarkers(AnnData(var=var, uns={key: result}), groupby, clusters)
 
 
 def write_annotation(
     source: str | os.PathLike,
     target: str | os.PathLike,
     *,
-    obs_columns: pd.DataFrame,
+    obs_columns: Mapping[str, Any],
     uns_key: str,
     uns_value: Mapping[str, Any],
 ) -> Path:
@@ -104,8 +141,8 @@ def write_annotation(
     target
         Where the annotated file goes.
     obs_columns
-        New ``obs`` columns, indexed like the file's ``obs``; existing columns of the
-        same names are replaced, the others are left byte for byte as they were.
+        New ``obs`` columns by name, each one value per cell in file order; existing
+        columns of the same names are replaced, the others are left byte for byte.
     uns_key
         Key of the ``uns`` entry to add (or replace).
     uns_value
@@ -117,7 +154,7 @@ def write_annotation(
         ``target``.
     """
     source, target = Path(source), Path(target)
-    if "/" in uns_key or any("/" in str(c) for c in obs_columns.columns):
+    if "/" in uns_key or any("/" in str(name) for name in obs_columns):
         raise ValueError("uns keys and obs column names must not contain '/'.")
     handle, temporary = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
@@ -140,21 +177,15 @@ def write_annotation(
     return target
 
 
-def _add_obs_columns(obs: h5py.Group, columns: pd.DataFrame) -> None:
-    index = read_elem(obs[obs.attrs["_index"]])
-    if len(index) != len(columns) or not np.array_equal(
-        np.asarray(index, dtype=str), columns.index.astype(str)
-    ):
+def _add_obs_columns(obs: h5py.Group, columns: Mapping[str, Any]) -> None:
+    n_cells = len(obs[obs.attrs["_index"]])
+    if any(len(values) != n_cells for values in columns.values()):
         raise CassiaError("The new obs columns do not match the file's cells; nothing was written.")
     order = [str(c) for c in obs.attrs.get("column-order", [])]
-    for name, column in columns.items():
+    for name, values in columns.items():
         if name in obs:
             del obs[name]
-        write_elem(
-            obs,
-            str(name),
-            column.array if isinstance(column.dtype, pd.CategoricalDtype) else column.to_numpy(),
-        )
+        write_elem(obs, name, values)
         if name not in order:
-            order.append(str(name))
+            order.append(name)
     obs.attrs["column-order"] = order  # as anndata writes it: a list of str

@@ -195,30 +195,54 @@ def store_result(
     """
     if "/" in key_added:
         raise ValueError(f"key_added must not contain '/': {key_added!r}.")
-    main = {c.cluster: c.main_cell_type for c in result.clusters if c.main_cell_type}
-    subtype = {
-        c.cluster: (c.sub_cell_types[0] if c.sub_cell_types else c.main_cell_type)
-        for c in result.clusters
-        if c.main_cell_type
-    }
-    clusters = adata.obs[groupby].astype(str)
-    missing = sorted(set(clusters.unique()) - set(main), key=list(clusters.unique()).index)
+    for name, values in label_columns(adata.obs[groupby], result, key_added=key_added).items():
+        adata.obs[name] = values
+    adata.uns[key_added] = uns_record(result, groupby=groupby, key=key)
+
+
+def label_columns(
+    clusters: pd.Series, result: BatchResult, *, key_added: str
+) -> dict[str, pd.Categorical]:
+    """Return the ``obs`` columns of a batch: each cell's main cell type and subtype.
+
+    Parameters
+    ----------
+    clusters
+        Each cell's cluster (the ``groupby`` column).
+    result
+        The batch result.
+    key_added
+        Prefix of the column names.
+
+    Returns
+    -------
+    dict[str, pandas.Categorical]
+        ``f"{key_added}_celltype"`` and ``f"{key_added}_subtype"``; NaN for cells of a
+        cluster without an answer, which a warning names.
+    """
+    answered = [c for c in result.clusters if c.main_cell_type]
+    main = {c.cluster: c.main_cell_type for c in answered}
+    subtype = {c.cluster: (c.sub_cell_types or [c.main_cell_type])[0] for c in answered}
+    names = pd.Series(clusters).astype(str)
+    present = list(pd.unique(names))
+    missing = [cluster for cluster in present if cluster not in main]
     if missing:
         logger.warning(
             "No cell type for clusters %s (failed or not run); their cells are NaN in "
-            "obs[%r]. See adata.uns[%r]['results'].",
+            "obs[%r]. See uns[%r]['results'].",
             missing,
             f"{key_added}_celltype",
             key_added,
         )
-    adata.obs[f"{key_added}_celltype"] = _labels(clusters, main)
-    adata.obs[f"{key_added}_subtype"] = _labels(clusters, subtype)
-    adata.uns[key_added] = uns_record(result, groupby=groupby, key=key)
+    return {
+        f"{key_added}_celltype": _labels(names, main),
+        f"{key_added}_subtype": _labels(names, subtype),
+    }
 
 
 def _labels(clusters: pd.Series, labels: dict[str, str]) -> pd.Categorical:
     values = clusters.map(labels).to_numpy(dtype=object)
-    present = pd.unique(pd.Series([v for v in labels.values() if v is not None], dtype=object))
+    present = pd.unique(pd.Series(list(labels.values()), dtype=object))
     return pd.Categorical(values, categories=pd.Index(present, dtype=object))
 
 
