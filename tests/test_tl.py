@@ -69,8 +69,10 @@ def test_bulk_labels_with_slashes_and_the_stored_logreg_result(pbmc, annotate, t
     path = tmp_path / "pbmc.h5ad"
     pbmc.write_h5ad(path)
     back = sc.read_h5ad(path)
-    assert back.obs["cassia_celltype"].equals(pbmc.obs["cassia_celltype"])
-    assert back.obs["cassia_subtype"].equals(pbmc.obs["cassia_subtype"])
+    for column in ("cassia_celltype", "cassia_subtype"):
+        # pandas 3 reads the categories back as its own string dtype: compare the content
+        assert list(back.obs[column].cat.categories) == list(pbmc.obs[column].cat.categories)
+        assert back.obs[column].astype(str).equals(pbmc.obs[column].astype(str))
     pd.testing.assert_frame_equal(back.uns["cassia"]["results"], table, check_dtype=False)
     assert back.uns["cassia"]["params"] == record["params"]
     assert back.uns["cassia"]["conversations"] == record["conversations"]
