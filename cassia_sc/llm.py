@@ -196,7 +196,7 @@ class Usage:
     cached_calls
         Replies served from the cache.
     requests
-        HTTP requests sent, retries included.
+        HTTP requests sent, retries and those of failed calls included.
     prompt_tokens, completion_tokens
         Tokens of the replies returned (cached ones included, as they were once paid for).
     """
@@ -217,7 +217,6 @@ class Usage:
         """
         self.calls += 1
         self.cached_calls += reply.cached
-        self.requests += reply.requests
         self.prompt_tokens += reply.prompt_tokens
         self.completion_tokens += reply.completion_tokens
 

@@ -315,9 +315,6 @@ def test_429_retry_after_is_honoured_and_slows_the_whole_pool(tmp_path):
 
 
 def test_a_burst_of_500s_is_retried(tmp_path):
-    def handler_500(request, markers):
-        return None
-
     model = ScriptedModel(KNOWN)
 
     def handler(request: RecordedRequest, index: int) -> Reply:
@@ -326,9 +323,14 @@ def test_a_burst_of_500s_is_retried(tmp_path):
         return model(request, index)
 
     with LLMServer(handler) as server:
-        result = run(server, tmp_path, max_workers=2, client_options={"max_retries": 5})
+        client = client_for(server, tmp_path, max_retries=5)
+        result = cassia_sc.run_batch(
+            EXAMPLE, tissue="blood", species="human", client=client, max_workers=2, progress=False
+        )
     assert all(c.status == "ok" for c in result.clusters)
     assert server.request_count == 22 + 6
+    assert client.usage.requests == result.usage["requests"] == 28
+    assert client.usage.calls == 22 and client.usage.cached_calls == 0
 
 
 def test_a_timed_out_request_is_retried(tmp_path):
