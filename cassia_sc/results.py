@@ -8,6 +8,7 @@ A cluster is always present, whatever happened to it: ``status`` is ``"ok"``, ``
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -41,6 +42,32 @@ OUR_COLUMNS = [
     "Possible Tissues",
 ]
 SUMMARY_COLUMNS = CASSIA_COLUMNS + OUR_COLUMNS
+
+#: Columns of :meth:`BatchResult.table`, stored by ``tl.annotate`` in ``uns``.
+TABLE_COLUMNS = [
+    "cluster",
+    "main_cell_type",
+    "sub_cell_types",
+    "possible_mixed_cell_types",
+    "possible_tissues",
+    "key_markers",
+    "unsupported_markers",
+    "markers",
+    "status",
+    "validation",
+    "validation_feedback",
+    "iterations",
+    "prompt_tokens",
+    "completion_tokens",
+    "requests",
+    "error",
+]
+_COUNT_COLUMNS = {"iterations", "prompt_tokens", "completion_tokens", "requests"}
+_VALIDATION_NAMES = {True: "passed", False: "failed", None: "unknown"}
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in str(text).split(",") if part.strip()]
 
 
 @dataclass(frozen=True)
@@ -150,11 +177,12 @@ class ClusterResult:
         Returns
         -------
         list of dict
-            ``role`` and ``content`` of each message; replies also have ``cached``,
+            ``step`` (the message's place in the whole conversation), ``role`` and
+            ``content`` of each message; replies also have ``cached``,
             ``prompt_tokens`` and ``completion_tokens``.
         """
         return [
-            {"role": t.role, "content": t.content}
+            {"step": step, "role": t.role, "content": t.content}
             | (
                 {
                     "cached": t.cached,
@@ -164,7 +192,7 @@ class ClusterResult:
                 if t.role == "assistant"
                 else {}
             )
-            for t in self.conversation
+            for step, t in enumerate(self.conversation)
             if t.agent == agent
         ]
 
@@ -254,6 +282,102 @@ class BatchResult:
                 }
             )
         return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+    def table(self) -> pd.DataFrame:
+        """Return one row per cluster in plain columns, as ``tl.annotate`` stores it in ``uns``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The columns of :data:`TABLE_COLUMNS`; text as Python strings, lists joined
+            with ``", "``, no missing values (empty strings instead), so that it survives
+            ``write_h5ad`` with any anndata.
+        """
+        rows = [
+            {
+                "cluster": c.cluster,
+                "main_cell_type": c.main_cell_type or "",
+                "sub_cell_types": ", ".join(c.sub_cell_types),
+                "possible_mixed_cell_types": ", ".join(c.possible_mixed_cell_types),
+                "possible_tissues": ", ".join(c.possible_tissues),
+                "key_markers": ", ".join(c.key_markers),
+                "unsupported_markers": ", ".join(c.unsupported_markers),
+                "markers": ", ".join(c.markers),
+                "status": c.status,
+                "validation": _VALIDATION_NAMES[c.validation_passed],
+                "validation_feedback": c.validation_feedback,
+                "iterations": c.iterations,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "requests": c.requests,
+                "error": c.error or "",
+            }
+            for c in self.clusters
+        ]
+        table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+        text = [c for c in TABLE_COLUMNS if c not in _COUNT_COLUMNS]
+        table[text] = table[text].astype(object)
+        table.index = pd.Index([str(i) for i in range(len(table))], dtype=object)
+        return table
+
+    @classmethod
+    def from_uns(cls, record: Mapping[str, Any]) -> BatchResult:
+        """Rebuild a batch from what ``tl.annotate`` stored in ``uns[key_added]``.
+
+        Parameters
+        ----------
+        record
+            ``adata.uns[key_added]``, with ``params``, ``results`` and ``conversations``.
+
+        Returns
+        -------
+        BatchResult
+            The clusters in their order, with their conversations.
+        """
+        stored = {c["cluster"]: c for c in json.loads(record.get("conversations") or "[]")}
+        verdicts = {name: verdict for verdict, name in _VALIDATION_NAMES.items()}
+        clusters = []
+        for row in record["results"].to_dict("records"):
+            turns = sorted(
+                (
+                    (turn.get("step", 0), agent, turn)
+                    for agent in ("annotator", "validator", "formatter")
+                    for turn in stored.get(row["cluster"], {}).get(agent, [])
+                ),
+                key=lambda item: item[0],
+            )
+            clusters.append(
+                ClusterResult(
+                    cluster=str(row["cluster"]),
+                    markers=_split(row["markers"]),
+                    status=row["status"],
+                    main_cell_type=row["main_cell_type"] or None,
+                    sub_cell_types=_split(row["sub_cell_types"]),
+                    possible_mixed_cell_types=_split(row["possible_mixed_cell_types"]),
+                    possible_tissues=_split(row["possible_tissues"]),
+                    key_markers=_split(row["key_markers"]),
+                    unsupported_markers=_split(row["unsupported_markers"]),
+                    validation_passed=verdicts.get(row["validation"]),
+                    validation_feedback=row["validation_feedback"],
+                    iterations=int(row["iterations"]),
+                    error=row["error"] or None,
+                    conversation=[
+                        Turn(
+                            agent,
+                            t["role"],
+                            t["content"],
+                            t.get("cached", False),
+                            t.get("prompt_tokens", 0),
+                            t.get("completion_tokens", 0),
+                        )
+                        for _, agent, t in turns
+                    ],
+                    prompt_tokens=int(row["prompt_tokens"]),
+                    completion_tokens=int(row["completion_tokens"]),
+                    requests=int(row["requests"]),
+                )
+            )
+        return cls(clusters=clusters, settings=dict(record.get("params", {})))
 
     def full(self) -> pd.DataFrame:
         """Return the summary table plus each cluster's conversation.

@@ -190,3 +190,22 @@ def test_tissue_blind_values_are_stored(pbmc, annotate):
     assert set(table["possible_tissues"]) == {"blood, spleen"}
     assert "tissue" not in pbmc.uns["cassia"]["params"]  # None is not stored
     assert np.all(pbmc.obs["cassia_celltype"].notna())
+
+
+def test_the_uns_record_rebuilds_the_batch(pbmc, annotate, tmp_path):
+    with LLMServer(scripted_for(pbmc)) as server:
+        annotate(pbmc, server)
+    pbmc.write_h5ad(tmp_path / "a.h5ad")
+    record = sc.read_h5ad(tmp_path / "a.h5ad").uns["cassia"]
+    rebuilt = cassia_sc.BatchResult.from_uns(record)
+    pd.testing.assert_frame_equal(rebuilt.table(), record["results"], check_dtype=False)
+    first = rebuilt.clusters[0]
+    assert [(t.agent, t.role) for t in first.conversation] == [
+        ("annotator", "system"),
+        ("annotator", "user"),
+        ("annotator", "assistant"),
+        ("validator", "system"),
+        ("validator", "user"),
+        ("validator", "assistant"),
+    ]
+    assert rebuilt.settings["model"] == "test-model"

@@ -13,6 +13,7 @@ import pandas as pd
 from anndata import AnnData
 
 from ..errors import CassiaError
+from ..results import _split
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -188,10 +189,6 @@ def markers(
         return_fig=return_fig,
         **kwargs,
     )
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in str(text).split(",") if part.strip()]
 
 
 def _gene_lookup(

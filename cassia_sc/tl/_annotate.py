@@ -18,26 +18,6 @@ from ..results import BatchResult
 
 logger = logging.getLogger("cassia_sc")
 
-#: Columns of the per-cluster table stored in ``uns[key_added]["results"]``.
-RESULT_COLUMNS = [
-    "cluster",
-    "main_cell_type",
-    "sub_cell_types",
-    "possible_mixed_cell_types",
-    "possible_tissues",
-    "key_markers",
-    "unsupported_markers",
-    "markers",
-    "status",
-    "validation",
-    "validation_feedback",
-    "iterations",
-    "prompt_tokens",
-    "completion_tokens",
-    "requests",
-    "error",
-]
-
 
 def annotate(
     adata: AnnData,
@@ -108,7 +88,8 @@ def annotate(
         ``adata.uns[key_added]["params"]``
             The run's parameters (never an API key), ``groupby`` and ``key`` included.
         ``adata.uns[key_added]["results"]``
-            One row per cluster: ``cluster``, ``main_cell_type``, ``sub_cell_types``,
+            :meth:`~cassia_sc.BatchResult.table`, one row per cluster: ``cluster``,
+            ``main_cell_type``, ``sub_cell_types``,
             ``possible_mixed_cell_types``, ``possible_tissues``, ``key_markers``,
             ``unsupported_markers``, ``markers`` (lists joined with ``", "``),
             ``status`` (``ok``, ``failed``, ``not_run``), ``validation`` (``passed``,
@@ -265,59 +246,11 @@ def uns_record(result: BatchResult, *, groupby: str, key: str) -> dict[str, Any]
     params |= {"groupby": groupby, "key": key}
     return {
         "params": {name: _h5_scalar(value) for name, value in params.items()},
-        "results": results_table(result),
+        "results": result.table(),
         "conversations": json.dumps(result.conversations(), ensure_ascii=False),
         "usage": {name: int(value) for name, value in result.usage.items()},
         "versions": _versions(),
     }
-
-
-def results_table(result: BatchResult) -> pd.DataFrame:
-    """Return the per-cluster table of ``uns[key_added]["results"]``.
-
-    Parameters
-    ----------
-    result
-        The batch result.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The columns of :data:`RESULT_COLUMNS`; text as Python strings, lists joined
-        with ``", "``, no missing values (empty strings instead), so it survives
-        ``write_h5ad`` with any anndata.
-    """
-    validation = {True: "passed", False: "failed", None: "unknown"}
-    rows = [
-        {
-            "cluster": c.cluster,
-            "main_cell_type": c.main_cell_type or "",
-            "sub_cell_types": ", ".join(c.sub_cell_types),
-            "possible_mixed_cell_types": ", ".join(c.possible_mixed_cell_types),
-            "possible_tissues": ", ".join(c.possible_tissues),
-            "key_markers": ", ".join(c.key_markers),
-            "unsupported_markers": ", ".join(c.unsupported_markers),
-            "markers": ", ".join(c.markers),
-            "status": c.status,
-            "validation": validation[c.validation_passed],
-            "validation_feedback": c.validation_feedback,
-            "iterations": c.iterations,
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "requests": c.requests,
-            "error": c.error or "",
-        }
-        for c in result.clusters
-    ]
-    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    text = [
-        c
-        for c in RESULT_COLUMNS
-        if c not in {"iterations", "prompt_tokens", "completion_tokens", "requests"}
-    ]
-    table[text] = table[text].astype(object)
-    table.index = pd.Index([str(i) for i in range(len(table))], dtype=object)
-    return table
 
 
 def _h5_scalar(value: Any) -> Any:
