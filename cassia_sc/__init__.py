@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import pl, tl
+from . import export, pl, tl
 from .batch import run_batch, runCASSIA_batch
 from .datasets import loadmarker
 from .errors import (
@@ -34,6 +34,7 @@ __all__ = [
     "MissingAPIKeyError",
     "ModelNotFound",
     "__version__",
+    "export",
     "loadmarker",
     "pl",
     "read_markers",

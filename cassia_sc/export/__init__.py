@@ -6,14 +6,23 @@ import json
 import os
 from pathlib import Path
 
+from anndata import AnnData
+
 from .._io import atomic_write_text
 from ..results import BatchResult
-from .report import report
+from .report import embedding_png, render_report, report
 
-__all__ = ["report", "write_outputs"]
+__all__ = ["render_report", "report", "write_outputs"]
 
 
-def write_outputs(result: BatchResult, output_name: str | os.PathLike) -> dict[str, Path]:
+def write_outputs(
+    result: BatchResult,
+    output_name: str | os.PathLike,
+    *,
+    adata: AnnData | None = None,
+    key: str = "cassia",
+    basis: str = "umap",
+) -> dict[str, Path]:
     """Write the four files of ``runCASSIA_batch`` for ``result``, each atomically.
 
     Parameters
@@ -23,6 +32,11 @@ def write_outputs(result: BatchResult, output_name: str | os.PathLike) -> dict[s
     output_name
         Path prefix: ``{output_name}_summary.csv``, ``_full.csv``, ``_conversations.json``
         and ``_report.html`` are written.
+    adata
+        The annotated data the batch came from, to show its cells on ``basis`` in the
+        report.
+    key, basis
+        The annotation's ``key_added`` and the embedding, when ``adata`` is given.
 
     Returns
     -------
@@ -51,5 +65,6 @@ def write_outputs(result: BatchResult, output_name: str | os.PathLike) -> dict[s
     atomic_write_text(
         paths["conversations"], json.dumps(conversations, ensure_ascii=False, indent=1)
     )
-    report(result, paths["report"])
+    image = embedding_png(adata, key=key, basis=basis) if adata is not None else None
+    atomic_write_text(paths["report"], render_report(result, embedding_png=image))
     return paths

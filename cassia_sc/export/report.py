@@ -1,54 +1,199 @@
-"""The HTML report of a batch: one self-contained file, every model text escaped."""
+"""The HTML report of a batch: one self-contained file that makes no network request.
+
+Every text in it came from a model or a file, so the template escapes everything, the
+page's script only toggles attributes and moves nodes (never parses text as HTML), and a
+Content-Security-Policy lets nothing load and no script run but our own.
+"""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import io
 import os
 from functools import cache
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import jinja2
+from anndata import AnnData
 
 from .._io import atomic_write_text
-from ..results import BatchResult
+from ..errors import CassiaError
+from ..results import _VALIDATION_NAMES, BatchResult, ClusterResult
 
 
 @cache
 def _environment() -> jinja2.Environment:
-    # Autoescape on: every text in the report came from a model or a file.
     return jinja2.Environment(
         loader=jinja2.PackageLoader("cassia_sc", "export/templates"),
-        autoescape=True,
+        autoescape=True,  # every text in the report came from a model or a file
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
 
 
-def report(result: BatchResult, path: str | os.PathLike) -> Path:
-    """Write the HTML report of ``result`` to ``path``.
+@cache
+def _script() -> tuple[str, str]:
+    """Return the page's script and its CSP hash."""
+    text = resources.files("cassia_sc.export").joinpath("templates/report.js").read_text("utf-8")
+    digest = base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode()
+    return text, f"sha256-{digest}"
+
+
+def report(
+    source: BatchResult | AnnData,
+    path: str | os.PathLike,
+    *,
+    key: str = "cassia",
+    basis: str = "umap",
+) -> Path:
+    """Write the HTML report of an annotation run.
 
     Parameters
     ----------
-    result
-        The batch to report.
+    source
+        A :class:`~cassia_sc.BatchResult`, or an AnnData annotated by
+        :func:`cassia_sc.tl.annotate` (then the cells on ``basis``, coloured by their
+        main cell type, are embedded as an image when ``obsm[f"X_{basis}"]`` exists).
     path
-        Where to write the ``.html`` file (atomically).
+        The ``.html`` file to write (atomically).
+    key
+        For an AnnData: the ``key_added`` of the annotation.
+    basis
+        For an AnnData: the embedding to show.
 
     Returns
     -------
     pathlib.Path
         ``path``.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> cassia_sc.export.report(adata, "pbmc_report.html")  # doctest: +SKIP
     """
-    html = (
+    if isinstance(source, AnnData):
+        record = source.uns.get(key)
+        if not isinstance(record, dict) or "results" not in record:
+            raise CassiaError(
+                f"adata.uns[{key!r}] holds no cassia_sc annotation: run "
+                f"cassia_sc.tl.annotate(adata, ..., key_added={key!r}) first."
+            )
+        result = BatchResult.from_uns(record)
+        html = render_report(result, embedding_png=embedding_png(source, key=key, basis=basis))
+    else:
+        html = render_report(source)
+    return atomic_write_text(path, html)
+
+
+def embedding_png(adata: AnnData, *, key: str = "cassia", basis: str = "umap") -> bytes | None:
+    """Draw the cells on ``basis`` coloured by main cell type, as PNG bytes.
+
+    Parameters
+    ----------
+    adata
+        Annotated data.
+    key
+        The ``key_added`` of the annotation.
+    basis
+        The embedding.
+
+    Returns
+    -------
+    bytes or None
+        The image, or None when there is no such embedding or annotation.
+    """
+    if f"X_{basis}" not in adata.obsm or f"{key}_celltype" not in adata.obs:
+        return None
+    import matplotlib.pyplot as plt
+
+    from ..pl import annotations
+
+    figure = annotations(adata, basis=basis, key=key, return_fig=True, show=False)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def render_report(result: BatchResult, *, embedding_png: bytes | None = None) -> str:
+    """Return the report's HTML.
+
+    Parameters
+    ----------
+    result
+        The batch.
+    embedding_png
+        An image of the cells to show under the header.
+
+    Returns
+    -------
+    str
+        One self-contained HTML document.
+    """
+    prompts: dict[str, str] = {}  # system prompt text -> its label, shown once
+    clusters = [_card(c, prompts) for c in result.clusters]
+    statuses = [c.status for c in result.clusters]
+    script, script_hash = _script()
+    return (
         _environment()
         .get_template("report.html.j2")
         .render(
             result=result,
             settings=result.settings,
             usage=result.usage,
-            n_failed=len(result.failed),
+            clusters=clusters,
+            counts={
+                "ok": statuses.count("ok"),
+                "failed": statuses.count("failed"),
+                "not_run": statuses.count("not_run"),
+                "passed": sum(c.validation_passed is True for c in result.clusters),
+            },
+            prompts=[{"id": label, "text": text} for text, label in prompts.items()],
+            embedding=base64.b64encode(embedding_png).decode() if embedding_png else None,
             created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            script=script,
+            script_hash=script_hash,
         )
     )
-    return atomic_write_text(path, html)
+
+
+def _card(cluster: ClusterResult, prompts: dict[str, str]) -> dict[str, Any]:
+    """Return what the template shows of a cluster; system prompts get a label, once."""
+    key = {g.upper() for g in cluster.key_markers}
+    turns = []
+    for turn in cluster.conversation:
+        prompt_id = None
+        if turn.role == "system":
+            prompt_id = prompts.setdefault(turn.content, chr(ord("A") + len(prompts)))
+        turns.append({**vars(turn), "prompt_id": prompt_id})
+    words = [
+        cluster.cluster,
+        cluster.main_cell_type or "",
+        *cluster.sub_cell_types,
+        *cluster.possible_mixed_cell_types,
+        *cluster.possible_tissues,
+        *cluster.markers,
+        cluster.status,
+    ]
+    return {
+        "cluster": cluster.cluster,
+        "main_cell_type": cluster.main_cell_type,
+        "sub_cell_types": cluster.sub_cell_types,
+        "possible_mixed_cell_types": cluster.possible_mixed_cell_types,
+        "possible_tissues": cluster.possible_tissues,
+        "unsupported_markers": cluster.unsupported_markers,
+        "markers": [{"name": g, "key": g.upper() in key} for g in cluster.markers],
+        "status": cluster.status,
+        "validation": _VALIDATION_NAMES[cluster.validation_passed],
+        "validation_feedback": cluster.validation_feedback,
+        "iterations": cluster.iterations,
+        "error": cluster.error,
+        "raw_reply": cluster.raw_reply,
+        "turns": turns,
+        "search": " ".join(words).lower(),
+    }

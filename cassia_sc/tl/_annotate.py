@@ -134,7 +134,7 @@ def annotate(
     if output_name is not None:
         from ..export import write_outputs
 
-        write_outputs(result, output_name)
+        write_outputs(result, output_name, adata=adata, key=key_added)
     return adata if copy else None
 
 
