@@ -178,7 +178,7 @@ def write_annotation(
 
 
 def _add_obs_columns(obs: h5py.Group, columns: Mapping[str, Any]) -> None:
-    n_cells = len(obs[obs.attrs["_index"]])
+    n_cells = _n_rows(obs[obs.attrs["_index"]])
     if any(len(values) != n_cells for values in columns.values()):
         raise CassiaError("The new obs columns do not match the file's cells; nothing was written.")
     order = [str(c) for c in obs.attrs.get("column-order", [])]
@@ -189,3 +189,13 @@ def _add_obs_columns(obs: h5py.Group, columns: Mapping[str, Any]) -> None:
         if name not in order:
             order.append(name)
     obs.attrs["column-order"] = order  # as anndata writes it: a list of str
+
+
+def _n_rows(element: h5py.Dataset | h5py.Group) -> int:
+    """Return the length of an array element, however anndata encoded it."""
+    if isinstance(element, h5py.Dataset):
+        return element.shape[0]
+    for part in ("values", "codes"):  # nullable arrays, categoricals
+        if part in element:
+            return element[part].shape[0]
+    raise CassiaError(f"Cannot tell the length of {element.name} in this file.")
