@@ -60,9 +60,18 @@ TABLE_COLUMNS = [
     "prompt_tokens",
     "completion_tokens",
     "requests",
+    "calls",
+    "cached_calls",
     "error",
 ]
-_COUNT_COLUMNS = {"iterations", "prompt_tokens", "completion_tokens", "requests"}
+_COUNT_COLUMNS = {
+    "iterations",
+    "prompt_tokens",
+    "completion_tokens",
+    "requests",
+    "calls",
+    "cached_calls",
+}
 _VALIDATION_NAMES = {True: "passed", False: "failed", None: "unknown"}
 
 
@@ -310,6 +319,8 @@ class BatchResult:
                 "prompt_tokens": c.prompt_tokens,
                 "completion_tokens": c.completion_tokens,
                 "requests": c.requests,
+                "calls": c.calls,
+                "cached_calls": c.cached_calls,
                 "error": c.error or "",
             }
             for c in self.clusters
@@ -375,6 +386,8 @@ class BatchResult:
                     prompt_tokens=int(row["prompt_tokens"]),
                     completion_tokens=int(row["completion_tokens"]),
                     requests=int(row["requests"]),
+                    calls=int(row.get("calls", 0)),
+                    cached_calls=int(row.get("cached_calls", 0)),
                 )
             )
         return cls(clusters=clusters, settings=dict(record.get("params", {})))

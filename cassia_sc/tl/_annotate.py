@@ -94,7 +94,8 @@ def annotate(
             ``unsupported_markers``, ``markers`` (lists joined with ``", "``),
             ``status`` (``ok``, ``failed``, ``not_run``), ``validation`` (``passed``,
             ``failed``, ``unknown``), ``validation_feedback``, ``iterations``,
-            ``prompt_tokens``, ``completion_tokens``, ``requests``, ``error``.
+            ``prompt_tokens``, ``completion_tokens``, ``requests``, ``calls``,
+            ``cached_calls``, ``error``.
         ``adata.uns[key_added]["conversations"]``
             Every cluster's conversation, as JSON text.
         ``adata.uns[key_added]["usage"]``
