@@ -304,13 +304,13 @@ def test_429_retry_after_is_honoured_and_slows_the_whole_pool(tmp_path):
             return Reply(status=429, headers={"Retry-After": "1"}, error_message="slow down")
         return None
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator, delay=0.05)) as server:
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator, delay=0.3)) as server:
         result = run(server, tmp_path, max_workers=4)
     assert all(c.status == "ok" for c in result.clusters)
     assert server.request_count == 23
     after = [r.time - limited[0] for r in server.requests[1:]]
     # The three other workers may have sent their first request already (each is answered
-    # in 0.05 s); after that, nobody sends for the second the server asked for.
+    # in 0.3 s); after that, nobody sends for the second the server asked for.
     assert sorted(after)[3] >= 0.95
 
 
