@@ -301,7 +301,8 @@ def test_429_retry_after_is_honoured_and_slows_the_whole_pool(tmp_path):
     def annotator(request, markers):
         if not limited:
             limited.append(time.monotonic())
-            return Reply(status=429, headers={"Retry-After": "1"}, error_message="slow down")
+            # answered at once, while the others take 0.3 s
+            return Reply(status=429, headers={"Retry-After": "1"}, error_message="no", delay=1e-3)
         return None
 
     with LLMServer(ScriptedModel(KNOWN, annotator=annotator, delay=0.3)) as server:
