@@ -251,16 +251,33 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
             uns_value=uns_record(result, groupby=found.groupby, key=args.key),
         )
         logger.info("Wrote %s in %.2f s.", target, time.perf_counter() - started)
-    if args.output_name:
-        from .export import write_outputs
-
-        write_outputs(result, args.output_name)
+        if args.output_name:
+            _write_files(result, args.output_name, source, columns, key_added=args.key_added)
     if not args.quiet:
         print(
             f"Wrote {', '.join(f'obs[{name!r}]' for name in columns)} and "
             f"uns[{args.key_added!r}] to {target}."
         )
     return result
+
+
+def _write_files(
+    result: BatchResult, output_name: str, source: Path, columns: dict, *, key_added: str
+) -> None:
+    """CASSIA's four files; the report shows the cells on the UMAP when the file has one."""
+    import numpy as np
+    import pandas as pd
+    from anndata import AnnData
+
+    from .export import write_outputs
+    from .h5ad import read_embedding
+
+    coordinates = read_embedding(source, basis="umap")
+    cells = None
+    if coordinates is not None:
+        names = pd.Index(np.arange(len(coordinates)).astype(str))
+        cells = AnnData(obs=pd.DataFrame(columns, index=names), obsm={"X_umap": coordinates})
+    write_outputs(result, output_name, adata=cells, key=key_added)
 
 
 def _materialise_example(name: str, folder: Path) -> Path:

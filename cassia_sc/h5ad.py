@@ -120,6 +120,28 @@ def read_for_annotation(
     return FileMarkers(AnnData(var=var, uns={key: result}), groupby, clusters)
 
 
+def read_embedding(path: str | os.PathLike, *, basis: str = "umap") -> np.ndarray | None:
+    """Read ``obsm[f"X_{basis}"]`` of an ``.h5ad`` file, or None when it has none.
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` file.
+    basis
+        The embedding, e.g. ``"umap"``.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        Cells x dimensions.
+    """
+    with h5py.File(path, "r") as file:
+        name = f"X_{basis}"
+        if "obsm" not in file or name not in file["obsm"]:
+            return None
+        return np.asarray(read_elem(file["obsm"][name]))
+
+
 def write_annotation(
     source: str | os.PathLike,
     target: str | os.PathLike,

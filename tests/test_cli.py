@@ -121,6 +121,7 @@ def test_the_bundled_example_by_name(server, tmp_path, monkeypatch):
     )
     annotated = ad.read_h5ad(tmp_path / "pbmc68k_reduced_annotated.h5ad")
     assert annotated.obs["cassia_celltype"].notna().all()
+    assert '<img src="data:image/png;base64,' in (tmp_path / "pbmc_report.html").read_text()
     assert sorted(p.name for p in tmp_path.glob("pbmc_*")) == [
         "pbmc_conversations.json",
         "pbmc_full.csv",
