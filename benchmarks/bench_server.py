@@ -15,7 +15,6 @@ import json
 import random
 import re
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,16 +85,11 @@ class BenchModel:
     truth: dict[str, str]
     latency: float = 0.2
     faults: Faults = field(default_factory=Faults)
-    answered: set[str] = field(default_factory=set)  # hashes of requests answered 200
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, request: RecordedRequest, index: int) -> Reply:
         program, agent, key = self.identify(request)
         reply = self.faults.pick(index, key) or self.answer(program, agent, key)
         reply.delay = self.latency
-        if reply.status == 200:
-            with self.lock:
-                self.answered.add(request_hash(request))
         return reply
 
     def identify(self, request: RecordedRequest) -> tuple[str, str, str | None]:

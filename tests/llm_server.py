@@ -75,6 +75,8 @@ class RecordedRequest:
     body: dict[str, Any]  # parsed JSON ({} for an empty or non-JSON body)
     time: float  # time.monotonic() at arrival
     method: str = "POST"
+    status: int | None = None  # the status answered, once the reply is written
+    answered_at: float | None = None  # time.monotonic() once the reply is written
 
     @property
     def model(self) -> str | None:
@@ -275,6 +277,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             message = reply.error_message or _phrase(reply.status)
             payload = _error_body(message, reply.status)
         self._send(reply.status, payload, reply.headers)
+        request.status, request.answered_at = reply.status, time.monotonic()
 
     # -- output ----------------------------------------------------------------------
     def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
