@@ -107,7 +107,7 @@ def main() -> None:
     with LLMServer(ScriptedModel(delay=0.05)) as server:
         wall, peak, log = timed(
             [
-                "cassia-sc", "annotate", str(work), "--tissue", "blood", "--species", "human",
+                sys.executable, "-m", "cassia_sc", "annotate", str(work), "--tissue", "blood", "--species", "human",
                 "--model", "test-model", "--provider", server.base_url, "--no-cache",
                 "--max-workers", "16", "--verbose", "--quiet",
             ]
