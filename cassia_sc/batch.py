@@ -29,6 +29,8 @@ logger = logging.getLogger("cassia_sc")
 # A dry run cannot know the annotator's reply, which the validator reads; this is a
 # typical length of one (reasoning plus the JSON answer), in characters.
 _TYPICAL_ANNOTATION_CHARS = 2500
+# CASSIA's HTTP client retries every call twice before its own per-cluster retries.
+_CASSIA_CLIENT_RETRIES = 2
 # Rough characters per token of English prose and gene lists, for estimates only.
 _CHARS_PER_TOKEN = 4
 
@@ -397,8 +399,13 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
         As in :func:`run_batch`.
     validator_involvement, reasoning, ranking_method, ascending, celltype_column
         As in :func:`run_batch`.
-    gene_column_name, max_retries
+    gene_column_name
         As in :func:`run_batch`.
+    max_retries
+        As in CASSIA: further attempts for a cluster whose calls failed. CASSIA repeats
+        the whole cluster on top of its HTTP client's 2 retries per call; here each failed
+        call is retried up to ``2 + max_retries`` times, which covers the same faults
+        without repeating the calls that had succeeded.
     **options
         Any other option of :func:`run_batch` (``api_key``, ``cache_dir``, ``timeout``,
         ``requests_per_minute``, ``progress``, ``dry_run``, ...).
@@ -432,7 +439,7 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
         ascending=ascending,
         celltype_column=celltype_column,
         gene_column_name=gene_column_name,
-        max_retries=max_retries,
+        max_retries=_CASSIA_CLIENT_RETRIES + max_retries,
         **options,
     ).summary()
 

@@ -25,26 +25,25 @@ EXIT_SOME_FAILED = 3
 
 _EXAMPLES = """\
 examples:
+
   # add labels to a file in place (reads obs, var and uns only; X is never loaded)
   export OPENROUTER_API_KEY=...
   cassia-sc annotate data.h5ad --tissue lung --species human --model openai/gpt-4o-mini
 
   # the bundled example, written to a new file, with CASSIA's four output files
-  cassia-sc annotate pbmc68k_reduced --tissue blood --species human \\
-      --model openai/gpt-4o-mini --output pbmc_annotated.h5ad --output-name pbmc
+  cassia-sc annotate pbmc68k_reduced --tissue blood --species human --model openai/gpt-4o-mini --output pbmc_annotated.h5ad --output-name pbmc
 
   # a local model through Ollama; see the prompts and their cost first
-  cassia-sc annotate data.h5ad --tissue blood --species human --model llama3.1 \\
-      --provider http://localhost:11434/v1 --dry-run
+  cassia-sc annotate data.h5ad --tissue blood --species human --model llama3.1 --provider http://localhost:11434/v1 --dry-run
 
   # a Seurat FindAllMarkers table, as CASSIA's runCASSIA_batch
-  cassia-sc batch markers.csv --output-name pbmc --tissue blood --species human \\
-      --model openai/gpt-4o-mini
+  cassia-sc batch markers.csv --output-name pbmc --tissue blood --species human --model openai/gpt-4o-mini
 
 API keys come from OPENROUTER_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY or, for a base
 URL, CASSIA_API_KEY; never from the command line, which others can read.
+
 exit status: 0 success, 1 error, 2 usage error, 3 some clusters failed, 130 interrupted.
-"""
+"""  # noqa: E501 - whole commands on one line each, to copy and paste
 
 
 def build_parser() -> argparse.ArgumentParser:

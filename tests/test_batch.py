@@ -676,3 +676,29 @@ def test_model_text_is_escaped_in_the_report(tmp_path):
     html = (tmp_path / "x_report.html").read_text()
     assert "<img src=x" not in html and "<script>alert" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_runcassia_batch_max_retries_counts_like_cassia(tmp_path):
+    """CASSIA's max_retries=0 still has its HTTP client's 2 retries per call: so do we."""
+    failures: list[int] = []
+
+    def annotator(request, markers):
+        if signature(markers) == SIGNATURES["0"] and len(failures) < 2:
+            failures.append(1)
+            return Reply(status=500, error_message="flaky")
+        return None
+
+    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
+        summary = cassia_sc.runCASSIA_batch(
+            EXAMPLE.head(1),
+            str(tmp_path / "run"),
+            "test-model",
+            "blood",
+            "human",
+            provider=server.base_url,
+            cache_dir=tmp_path / "cache",
+            max_retries=0,
+            progress=False,
+        )
+    assert summary["Status"].tolist() == ["ok"]
+    assert server.request_count == 4  # the annotator three times, then the validator
