@@ -36,6 +36,12 @@ def default_cache_dir() -> Path:
     -------
     pathlib.Path
         The folder (not created here).
+
+    Examples
+    --------
+    >>> from cassia_sc.cache import default_cache_dir
+    >>> default_cache_dir()  # doctest: +SKIP
+    PosixPath('/home/me/.cache/cassia_sc')
     """
     if os.environ.get(CACHE_DIR_ENV):
         return Path(os.environ[CACHE_DIR_ENV]).expanduser()

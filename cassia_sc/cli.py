@@ -191,6 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         The exit status: 0 success, 1 error, 3 some clusters failed, 130 interrupted.
+
+    Examples
+    --------
+    >>> from cassia_sc.cli import main
+    >>> main(["annotate", "pbmc68k_reduced", "--species", "human", "--tissue", "blood",
+    ...       "--model", "any-model", "--dry-run", "--quiet"])
+    0
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="cassia-sc: %(message)s", level=logging.WARNING)

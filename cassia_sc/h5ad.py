@@ -83,6 +83,12 @@ def read_for_annotation(
         When it is not an AnnData ``.h5ad`` file.
     MarkerError
         When ``uns[key]`` or the ``groupby`` column is missing.
+
+    Examples
+    --------
+    >>> from cassia_sc.h5ad import read_for_annotation
+    >>> found = read_for_annotation("pbmc.h5ad")  # doctest: +SKIP
+    >>> found.groupby, found.clusters.value_counts().head(3)  # doctest: +SKIP
     """
     path = Path(path)
     if not path.is_file():
@@ -174,6 +180,14 @@ def write_annotation(
     -------
     pathlib.Path
         ``target``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from cassia_sc.h5ad import write_annotation
+    >>> labels = {"my_celltype": pd.Categorical(["T cell"] * 700)}  # one per cell
+    >>> write_annotation("pbmc.h5ad", "pbmc.h5ad", obs_columns=labels,  # doctest: +SKIP
+    ...     uns_key="my", uns_value={"note": "labelled by hand"})
     """
     source, target = Path(source), Path(target)
     if "/" in uns_key or any("/" in str(name) for name in obs_columns):

@@ -340,6 +340,14 @@ class LLMClient:
         First backoff delay in seconds; doubled on every further attempt, with jitter.
     max_retry_delay
         Longest wait between two attempts, ``Retry-After`` included.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> client = cassia_sc.LLMClient(model="llama3.1", provider="http://localhost:11434/v1")
+    >>> client.endpoint.is_loopback  # no key needed, and nothing is sent yet
+    True
+    >>> client.close()
     """
 
     def __init__(

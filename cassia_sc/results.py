@@ -151,6 +151,15 @@ class ClusterResult:
         Of those, served from the cache.
     estimated_prompt_tokens
         A dry run's estimate of the prompt tokens the cluster will need.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+    ...     species="human", model="any-model", dry_run=True, progress=False)
+    >>> first = plan.clusters[0]
+    >>> first.cluster, first.markers[:3]
+    ('0', ['CD3D', 'IL32', 'CD40LG'])
     """
 
     cluster: str
@@ -224,6 +233,14 @@ class BatchResult:
         Whether no model was called.
     interrupted
         Whether the run was stopped before every cluster was done.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+    ...     species="human", model="any-model", dry_run=True, progress=False)
+    >>> len(plan), plan["3"].status
+    (11, 'not_run')
     """
 
     clusters: list[ClusterResult]
@@ -264,6 +281,14 @@ class BatchResult:
         pandas.DataFrame
             One row per cluster, with the columns of :data:`SUMMARY_COLUMNS`; lists
             are joined with ``", "``.
+
+        Examples
+        --------
+        >>> import cassia_sc
+        >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+        ...     species="human", model="any-model", dry_run=True, progress=False)
+        >>> plan.summary()["Cluster ID"].tolist()[:3]
+        ['0', '1', '2']
         """
         rows = []
         for c in self.clusters:
@@ -301,6 +326,14 @@ class BatchResult:
             The columns of :data:`TABLE_COLUMNS`; text as Python strings, lists joined
             with ``", "``, no missing values (empty strings instead), so that it survives
             ``write_h5ad`` with any anndata.
+
+        Examples
+        --------
+        >>> import cassia_sc
+        >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+        ...     species="human", model="any-model", dry_run=True, progress=False)
+        >>> plan.table().columns[:3].tolist()
+        ['cluster', 'main_cell_type', 'sub_cell_types']
         """
         rows = [
             {
@@ -344,6 +377,10 @@ class BatchResult:
         -------
         BatchResult
             The clusters in their order, with their conversations.
+
+        Examples
+        --------
+        >>> result = cassia_sc.BatchResult.from_uns(adata.uns["cassia"])  # doctest: +SKIP
         """
         stored = {c["cluster"]: c for c in json.loads(record.get("conversations") or "[]")}
         verdicts = {name: verdict for verdict, name in _VALIDATION_NAMES.items()}

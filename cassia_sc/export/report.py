@@ -134,6 +134,14 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
     -------
     str
         One self-contained HTML document.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+    ...     species="human", model="any-model", dry_run=True, progress=False)
+    >>> cassia_sc.export.render_report(plan).startswith("<!DOCTYPE html>")
+    True
     """
     prompts: dict[str, str] = {}  # system prompt text -> its label, shown once
     clusters = [_card(c, prompts) for c in result.clusters]

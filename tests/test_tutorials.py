@@ -1,0 +1,230 @@
+"""The notebooks in tutorials/ run top to bottom against the scripted server, and are
+committed without outputs.
+
+Each notebook reads its provider and model from ``CASSIA_SC_PROVIDER`` and
+``CASSIA_SC_MODEL``; the tests set them (and ``CASSIA_SC_CACHE_DIR``) before the kernel
+starts, so the kernel and the shell commands it runs talk to a local ``LLMServer`` whose
+``ScriptedModel`` gives a plausible answer for each Louvain cluster of pbmc68k_reduced.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+import pytest
+from llm_server import LLMServer, RecordedRequest, Reply
+from scripted_model import ScriptedModel, annotation_reply, signature
+
+import cassia_sc
+
+TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+SCANPY_SESSION = "01_scanpy_session.ipynb"
+H5AD_FROM_THE_SHELL = "02_h5ad_from_the_shell.ipynb"
+SEURAT_MARKERS = "03_seurat_markers.ipynb"
+EXECUTED = {SCANPY_SESSION, H5AD_FROM_THE_SHELL, SEURAT_MARKERS}
+
+N_CLUSTERS = 11  # Louvain clusters of pbmc68k_reduced
+# One annotation run per notebook: an annotator and a validator call per cluster, the
+# validator passing every first answer; dry runs call nothing.
+REQUESTS_PER_RUN = 2 * N_CLUSTERS
+
+# Louvain cluster -> (main cell type, subtypes, possibly mixed types) the scripted model
+# answers; it recognises a cluster by its top markers, which are the same whether they come
+# from an AnnData, an .h5ad file or the bundled FindAllMarkers table.
+ANSWERS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "0": ("CD4+ T cell", ("naive CD4+ T cell", "central memory CD4+ T cell"), ()),
+    "1": ("Monocyte", ("CD16+ non-classical monocyte",), ()),
+    "2": ("Dendritic cell", ("conventional type 2 dendritic cell",), ()),
+    "3": ("NK cell", ("CD56dim cytotoxic NK cell",), ("CD8+ cytotoxic T cell",)),
+    "4": ("B cell", ("naive B cell", "memory B cell"), ()),
+    "5": ("Monocyte", ("CD16+ non-classical monocyte",), ()),
+    "6": ("Monocyte", ("CD14+ classical monocyte",), ("Dendritic cell",)),
+    "7": ("Dendritic cell", ("conventional dendritic cell",), ()),
+    "8": ("Plasma cell", ("plasmablast",), ()),
+    "9": ("T cell", ("proliferating T cell",), ()),
+    "10": ("Hematopoietic progenitor cell", ("CD34+ progenitor",), ()),
+}
+
+
+def scripted_model(pbmc_wilcoxon: ad.AnnData) -> ScriptedModel:
+    """A model answering ANSWERS, recognising each cluster by its first markers."""
+    markers = cassia_sc.top_markers(pbmc_wilcoxon, key="wilcoxon")
+    known = {signature(markers[cluster]): answer for cluster, answer in ANSWERS.items()}
+    assert len(known) == N_CLUSTERS, "two clusters share a signature"
+
+    def annotator(request: RecordedRequest, genes: list[str]) -> Reply | None:
+        answer = known.get(signature(genes))
+        if answer is None:
+            return None  # not an example cluster: the default answer, "Unknown"
+        main, subtypes, mixed = answer
+        return Reply(
+            content=annotation_reply(
+                main, subtypes=subtypes, mixed=mixed, key_markers=tuple(genes[:3])
+            )
+        )
+
+    return ScriptedModel(annotator=annotator)
+
+
+@pytest.fixture
+def server(pbmc_wilcoxon, tmp_path, monkeypatch):
+    """The scripted server, with the environment the notebooks read set before any kernel."""
+    with LLMServer(scripted_model(pbmc_wilcoxon)) as running:
+        monkeypatch.setenv("CASSIA_SC_PROVIDER", running.base_url)
+        monkeypatch.setenv("CASSIA_SC_MODEL", "test-model")
+        monkeypatch.setenv("CASSIA_SC_CACHE_DIR", str(tmp_path / "cache"))
+        yield running
+
+
+def run_notebook(name: str, folder: Path):
+    """Copy a tutorial into ``folder`` and execute it there; a failing cell fails the test."""
+    nbformat = pytest.importorskip("nbformat", reason="running the tutorials needs nbformat")
+    nbclient = pytest.importorskip("nbclient", reason="running the tutorials needs nbclient")
+    pytest.importorskip("ipykernel", reason="running the tutorials needs ipykernel")
+    folder.mkdir()
+    shutil.copy(TUTORIALS / name, folder / name)
+    notebook = nbformat.read(folder / name, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(folder)}},
+    )
+    client.execute()  # raises CellExecutionError, with the traceback, if a cell errors
+    nbformat.write(notebook, folder / f"executed_{name}")  # kept for a look when debugging
+    errors = [
+        output
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+    assert not errors
+    return notebook
+
+
+def text_outputs(cell) -> str:
+    """Everything a code cell printed, as one string."""
+    parts = []
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "stream":
+            parts.append(output["text"])
+        elif "data" in output:
+            parts.append(output["data"].get("text/plain", ""))
+    return "".join(parts)
+
+
+def cell_with_id(notebook, cell_id: str):
+    return next(cell for cell in notebook.cells if cell.get("id") == cell_id)
+
+
+def assert_requests_reached_the_server(server: LLMServer) -> None:
+    assert server.request_count == REQUESTS_PER_RUN
+    assert {request.model for request in server.requests} == {"test-model"}
+
+
+def assert_cluster_answers(summary: pd.DataFrame) -> None:
+    """The summary CSV holds every cluster, annotated as scripted."""
+    summary = summary.astype({"Cluster ID": str})
+    assert summary["Cluster ID"].tolist() == list(ANSWERS)
+    assert set(summary["Status"]) == {"ok"}
+    expected = [answer[0] for answer in ANSWERS.values()]
+    assert summary["Predicted General Cell Type"].tolist() == expected
+
+
+def assert_labels(adata: ad.AnnData) -> None:
+    """Each cell carries its Louvain cluster's scripted cell type and first subtype."""
+    clusters = adata.obs["louvain"].astype(str)
+    celltype = clusters.map({cluster: answer[0] for cluster, answer in ANSWERS.items()})
+    subtype = clusters.map({cluster: answer[1][0] for cluster, answer in ANSWERS.items()})
+    assert adata.obs["cassia_celltype"].astype(str).equals(celltype)
+    assert adata.obs["cassia_subtype"].astype(str).equals(subtype)
+    record = adata.uns["cassia"]
+    assert record["params"]["model"] == "test-model"
+    assert set(record["results"]["validation"]) == {"passed"}
+
+
+def test_scanpy_session(server, tmp_path):
+    folder = tmp_path / "work"
+    notebook = run_notebook(SCANPY_SESSION, folder)
+
+    assert_requests_reached_the_server(server)
+    for name in (
+        "pbmc_summary.csv",
+        "pbmc_full.csv",
+        "pbmc_conversations.json",
+        "pbmc_report.html",
+        "pbmc_annotated.h5ad",
+    ):
+        assert (folder / name).is_file(), name
+    assert_cluster_answers(pd.read_csv(folder / "pbmc_summary.csv"))
+    assert_labels(ad.read_h5ad(folder / "pbmc_annotated.h5ad"))
+    report = (folder / "pbmc_report.html").read_text(encoding="utf-8")
+    assert "Hematopoietic progenitor cell" in report and "data:image/png" in report
+
+    assert "prompt tokens for 11 clusters" in text_outputs(cell_with_id(notebook, "dry-run"))
+    assert "Ranked marker genes" in text_outputs(cell_with_id(notebook, "prompt"))
+    conversation = text_outputs(cell_with_id(notebook, "conversation"))
+    assert "--- annotator ---" in conversation and '"main_cell_type": "B cell"' in conversation
+    for plot in ("umap", "dotplot", "review"):
+        outputs = cell_with_id(notebook, plot)["outputs"]
+        assert any("image/png" in output.get("data", {}) for output in outputs), plot
+
+
+def test_h5ad_from_the_shell(server, tmp_path):
+    folder = tmp_path / "work"
+    notebook = run_notebook(H5AD_FROM_THE_SHELL, folder)
+
+    # A failing `!` command does not fail its cell: read what the commands printed.
+    dry_run = text_outputs(cell_with_id(notebook, "dry-run"))
+    assert "Dry run: 11 clusters" in dry_run and "error" not in dry_run
+    annotate = text_outputs(cell_with_id(notebook, "annotate"))
+    assert "11 of 11 clusters annotated" in annotate
+    assert "Wrote obs['cassia_celltype'], obs['cassia_subtype'] and uns['cassia']" in annotate
+
+    assert_requests_reached_the_server(server)
+    annotated = ad.read_h5ad(folder / "pbmc.h5ad")
+    assert_labels(annotated)
+    assert "rank_genes_groups" in annotated.uns and annotated.X is not None
+    assert not list(folder.glob("*.tmp")), "the replacement left a temporary file behind"
+    for suffix in ("summary.csv", "full.csv", "conversations.json", "report.html"):
+        assert (folder / f"pbmc_shell_{suffix}").is_file(), suffix
+    assert_cluster_answers(pd.read_csv(folder / "pbmc_shell_summary.csv"))
+
+
+def test_seurat_markers(server, tmp_path):
+    folder = tmp_path / "work"
+    notebook = run_notebook(SEURAT_MARKERS, folder)
+
+    assert_requests_reached_the_server(server)
+    exported = pd.read_csv(folder / "findallmarkers.csv")
+    assert exported.columns.tolist() == cassia_sc.loadmarker("unprocessed").columns.tolist()
+    for suffix in ("summary.csv", "full.csv", "conversations.json", "report.html"):
+        assert (folder / f"seurat_run_{suffix}").is_file(), suffix
+    assert_cluster_answers(pd.read_csv(folder / "seurat_run_summary.csv"))
+    listed = text_outputs(cell_with_id(notebook, "files"))
+    assert all(f"seurat_run_{suffix}" in listed for suffix in ("summary.csv", "report.html"))
+    assert "MS4A1" in text_outputs(cell_with_id(notebook, "simple-read"))
+
+
+def tutorial_paths() -> list[Path]:
+    return sorted(TUTORIALS.glob("*.ipynb"))
+
+
+def test_every_tutorial_is_executed_by_a_test():
+    assert {path.name for path in tutorial_paths()} == EXECUTED
+
+
+@pytest.mark.parametrize("path", tutorial_paths(), ids=lambda path: path.name)
+def test_tutorial_is_committed_without_outputs(path):
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    assert notebook["nbformat"] == 4
+    assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+    for index, cell in enumerate(notebook["cells"]):
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [], f"cell {index} has outputs"
+            assert cell["execution_count"] is None, f"cell {index} has an execution count"
+        assert "attachments" not in cell or not cell["attachments"], f"cell {index}"
