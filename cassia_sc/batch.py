@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .agents import VALIDATOR_POLICIES, ClusterTask, ValidatorInvolvement, annotate_cluster
 from .errors import BatchInterrupted, CassiaError, FatalLLMError
@@ -239,7 +239,9 @@ def _run_pool(
         executor.submit(_annotate_or_stop_all, task, client, stop): index
         for index, task in enumerate(tasks)
     }
-    bar = tqdm(total=len(tasks), desc="Annotating clusters", unit="cluster", disable=not progress)
+    bar = _progress_bar(
+        total=len(tasks), desc="Annotating clusters", unit="cluster", disable=not progress
+    )
     interrupted = False
     try:
         pending = set(futures)
@@ -282,6 +284,17 @@ def _annotate_or_stop_all(
     except FatalLLMError:
         stop.set()  # at once, from this worker: no other request may start
         raise
+
+
+def _progress_bar(**options: Any):
+    """Return a notebook progress bar in Jupyter, a text one elsewhere."""
+    with warnings.catch_warnings():
+        # Without ipywidgets, tqdm.auto warns on import and falls back to the text bar,
+        # which is fine: say nothing.
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
+
+    return tqdm(**options)
 
 
 def _outcome(future: Future, task: ClusterTask) -> ClusterResult:
