@@ -15,9 +15,11 @@ from .errors import (
     MissingAPIKeyError,
     ModelNotFound,
 )
+from .evaluation import evaluate_frame
 from .llm import LLMClient
 from .markers import read_markers, select_markers, top_markers
 from .results import BatchResult, ClusterResult
+from .uncertainty import consensus, run_repeated
 
 __version__ = "0.1.0"
 
@@ -34,12 +36,15 @@ __all__ = [
     "MissingAPIKeyError",
     "ModelNotFound",
     "__version__",
+    "consensus",
+    "evaluate_frame",
     "export",
     "loadmarker",
     "pl",
     "read_markers",
     "runCASSIA_batch",
     "run_batch",
+    "run_repeated",
     "select_markers",
     "tl",
     "top_markers",

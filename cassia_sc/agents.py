@@ -87,6 +87,8 @@ class ClusterTask:
         Free text about the sample, or None.
     validator_involvement
         ``"v1"`` or ``"v0"``; see :data:`VALIDATOR_POLICIES`.
+    sample
+        Which repeated run this is (0 for a single run); see :meth:`LLMClient.complete`.
     """
 
     cluster: str
@@ -95,6 +97,7 @@ class ClusterTask:
     tissue: str | None = None
     additional_info: str | None = None
     validator_involvement: ValidatorInvolvement = "v1"
+    sample: int = 0
 
     @property
     def tissue_blind(self) -> bool:
@@ -147,6 +150,7 @@ class _Recorder:
     result: ClusterResult
     client: LLMClient
     stop: threading.Event
+    sample: int = 0
     recorded: dict[str, int] = field(default_factory=dict)
 
     def ask(
@@ -161,7 +165,7 @@ class _Recorder:
         start = self.recorded.get(agent, 0) if continues else 0
         for message in messages[start:]:
             self.result.conversation.append(Turn(agent, message["role"], message["content"]))
-        reply = self.client.complete(messages, schema=schema, stop=self.stop)
+        reply = self.client.complete(messages, schema=schema, stop=self.stop, sample=self.sample)
         self.recorded[agent] = len(messages) + 1
         self.result.conversation.append(
             Turn(
@@ -208,7 +212,7 @@ def annotate_cluster(
         When ``stop`` was set.
     """
     result = ClusterResult(cluster=task.cluster, markers=list(task.markers))
-    recorder = _Recorder(result, client, stop or threading.Event())
+    recorder = _Recorder(result, client, stop or threading.Event(), sample=task.sample)
     policy = VALIDATOR_POLICIES[task.validator_involvement]
     messages = task.annotator_messages()
     try:

@@ -64,6 +64,8 @@ def run_batch(
     dry_run: bool = False,
     progress: bool = True,
     client: LLMClient | None = None,
+    ontology: bool | None = None,
+    sample: int = 0,
 ) -> BatchResult:
     """Annotate every cluster of a marker set with a language model, in parallel.
 
@@ -123,6 +125,13 @@ def run_batch(
     client
         A client to use instead of building one from ``model``, ``provider`` and the
         connection options (e.g. to share one pool between runs).
+    ontology
+        Map each main cell type to a Cell Ontology term (offline; see
+        :mod:`cassia_sc.ontology`). None: when the ``cassia-sc[ontology]`` extra is
+        installed; True: always (an error without the extra); False: never.
+    sample
+        Which of several repeated runs this is; each gets its own answers (and cache
+        entries) from a model sampling at a temperature above 0. 0 for a single run.
 
     Returns
     -------
@@ -179,6 +188,7 @@ def run_batch(
             tissue=tissue or None,
             additional_info=_clean_text(additional_info),
             validator_involvement=validator_involvement,
+            sample=sample,
         )
         for cluster, genes in markers.items()
     ]
@@ -197,6 +207,7 @@ def run_batch(
         "temperature": client.temperature if client else temperature,
         "reasoning": client.reasoning if client else reasoning,
         "max_workers": max_workers,
+        "sample": sample,
         "cassia_sc_version": __version__,
     }
     if dry_run:
@@ -224,8 +235,48 @@ def run_batch(
     batch = BatchResult(clusters=results, settings=settings, interrupted=interrupted)
     if interrupted:
         raise BatchInterrupted(batch)
+    if ontology is not False:
+        map_to_ontology(batch, required=bool(ontology))
     _log_outcome(batch)
     return batch
+
+
+def map_to_ontology(batch: BatchResult, *, required: bool = False) -> None:
+    """Give each answered cluster the Cell Ontology term of its main cell type, in place.
+
+    Parameters
+    ----------
+    batch
+        The batch to complete.
+    required
+        Raise when the ``cassia-sc[ontology]`` extra is missing, instead of skipping.
+
+    Raises
+    ------
+    cassia_sc.ontology.OntologyUnavailable
+        When ``required`` and the extra is missing.
+
+    Examples
+    --------
+    >>> from cassia_sc.batch import map_to_ontology
+    >>> map_to_ontology(result)  # doctest: +SKIP
+    >>> result.clusters[0].ontology_term_id  # doctest: +SKIP
+    'CL:0000236'
+    """
+    from .ontology import OntologyUnavailable, cell_ontology
+
+    answered = [c for c in batch.clusters if c.main_cell_type]
+    try:
+        matches = cell_ontology().match_many([c.main_cell_type for c in answered])
+    except OntologyUnavailable:
+        if required:
+            raise
+        logger.info("Cell Ontology terms skipped: the cassia-sc[ontology] extra is not installed.")
+        return
+    for cluster, match in zip(answered, matches, strict=True):
+        cluster.ontology_term_id = match.term_id
+        cluster.ontology_label = match.term_label
+        cluster.ontology_score = match.score
 
 
 def _run_pool(

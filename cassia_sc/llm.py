@@ -420,6 +420,7 @@ class LLMClient:
         *,
         schema: Mapping[str, Any] | None = None,
         stop: threading.Event | None = None,
+        sample: int = 0,
     ) -> Reply:
         """Get the model's reply to ``messages``, from the cache when it was asked before.
 
@@ -432,6 +433,9 @@ class LLMClient:
             ``response_format`` where the endpoint supports it.
         stop
             Set by the batch to cancel waits and retries.
+        sample
+            Which of several independent answers to the same request this is (repeated
+            runs at a temperature above 0); each sample is cached on its own.
 
         Returns
         -------
@@ -456,6 +460,8 @@ class LLMClient:
             "reasoning": self.reasoning,
             "schema": dict(schema) if schema else None,
         }
+        if sample:  # sample 0 keeps the key of a single run, so its cache stays valid
+            request["sample"] = sample
         key = request_key(request)
         with self._usage_lock:
             leader = self._in_flight.get(key)

@@ -40,6 +40,9 @@ OUR_COLUMNS = [
     "Completion Tokens",
     "Error",
     "Possible Tissues",
+    "Ontology Term ID",
+    "Ontology Label",
+    "Agreement",
 ]
 SUMMARY_COLUMNS = CASSIA_COLUMNS + OUR_COLUMNS
 
@@ -63,16 +66,48 @@ TABLE_COLUMNS = [
     "calls",
     "cached_calls",
     "error",
+    "ontology_term_id",
+    "ontology_label",
+    "ontology_score",
+    "agreement",
 ]
-_COUNT_COLUMNS = {
-    "iterations",
-    "prompt_tokens",
-    "completion_tokens",
-    "requests",
-    "calls",
-    "cached_calls",
-}
 _VALIDATION_NAMES = {True: "passed", False: "failed", None: "unknown"}
+
+
+def h5_safe_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """Return ``table`` as anndata writes it alike in every version: text as Python strings.
+
+    Parameters
+    ----------
+    table
+        Columns of numbers, booleans or text.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy whose text columns are ``object`` columns of ``str`` (pandas 3's own string
+        dtype is written differently by anndata 0.12 and 0.13) and whose index is
+        ``"0"``, ``"1"``, ...
+
+    Examples
+    --------
+    >>> h5_safe_frame(pd.DataFrame({"cluster": ["1", "2"], "n": [3, 4]})).dtypes.tolist()
+    [dtype('O'), dtype('int64')]
+    """
+    table = table.copy()
+    for column in table.columns:
+        if table[column].dtype.kind not in "biuf":
+            table[column] = table[column].astype(str).astype(object)
+    table.index = pd.Index([str(i) for i in range(len(table))], dtype=object)
+    return table
+
+
+def _number_or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _number_or_none(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def _split(text: str) -> list[str]:
@@ -151,6 +186,11 @@ class ClusterResult:
         Of those, served from the cache.
     estimated_prompt_tokens
         A dry run's estimate of the prompt tokens the cluster will need.
+    ontology_term_id, ontology_label, ontology_score
+        The Cell Ontology term of ``main_cell_type`` (``"unknown"`` when none fits), its
+        label and the match score; None when no mapping was made.
+    agreement
+        Over repeated runs: the share that agree with this answer; None for one run.
 
     Examples
     --------
@@ -183,6 +223,10 @@ class ClusterResult:
     calls: int = 0
     cached_calls: int = 0
     estimated_prompt_tokens: int | None = None
+    ontology_term_id: str | None = None
+    ontology_label: str | None = None
+    ontology_score: float | None = None
+    agreement: float | None = None
 
     def turns(self, agent: Agent) -> list[dict[str, Any]]:
         """Return the messages of one agent's conversation as plain dicts.
@@ -313,6 +357,9 @@ class BatchResult:
                     "Completion Tokens": c.completion_tokens,
                     "Error": c.error or "",
                     "Possible Tissues": ", ".join(c.possible_tissues),
+                    "Ontology Term ID": c.ontology_term_id or "",
+                    "Ontology Label": c.ontology_label or "",
+                    "Agreement": c.agreement,
                 }
             )
         return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
@@ -355,14 +402,14 @@ class BatchResult:
                 "calls": c.calls,
                 "cached_calls": c.cached_calls,
                 "error": c.error or "",
+                "ontology_term_id": c.ontology_term_id or "",
+                "ontology_label": c.ontology_label or "",
+                "ontology_score": _number_or_nan(c.ontology_score),
+                "agreement": _number_or_nan(c.agreement),
             }
             for c in self.clusters
         ]
-        table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-        text = [c for c in TABLE_COLUMNS if c not in _COUNT_COLUMNS]
-        table[text] = table[text].astype(object)
-        table.index = pd.Index([str(i) for i in range(len(table))], dtype=object)
-        return table
+        return h5_safe_frame(pd.DataFrame(rows, columns=TABLE_COLUMNS))
 
     @classmethod
     def from_uns(cls, record: Mapping[str, Any]) -> BatchResult:
@@ -425,6 +472,10 @@ class BatchResult:
                     requests=int(row["requests"]),
                     calls=int(row.get("calls", 0)),
                     cached_calls=int(row.get("cached_calls", 0)),
+                    ontology_term_id=row.get("ontology_term_id") or None,
+                    ontology_label=row.get("ontology_label") or None,
+                    ontology_score=_number_or_none(row.get("ontology_score")),
+                    agreement=_number_or_none(row.get("agreement")),
                 )
             )
         return cls(clusters=clusters, settings=dict(record.get("params", {})))

@@ -64,7 +64,8 @@ def test_annotate_in_place_adds_only_the_new_columns_and_entry(h5ad, server, tmp
     after = ad.read_h5ad(h5ad)
     out = capsys.readouterr().out
     assert f"to {h5ad}" in out and "type CD19+ B" in out
-    assert list(after.obs.columns) == [*before.obs.columns, "cassia_celltype", "cassia_subtype"]
+    new = ["cassia_celltype", "cassia_subtype", "cassia_celltype_ontology_term_id"]
+    assert list(after.obs.columns) == [*before.obs.columns, *new]
     pd.testing.assert_frame_equal(after.obs[before.obs.columns], before.obs)
     assert (
         after.obs["cassia_celltype"].astype(str) == "type " + after.obs["bulk_labels"].astype(str)

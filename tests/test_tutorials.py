@@ -184,7 +184,8 @@ def test_h5ad_from_the_shell(server, tmp_path):
     assert "Dry run: 11 clusters" in dry_run and "error" not in dry_run
     annotate = text_outputs(cell_with_id(notebook, "annotate"))
     assert "11 of 11 clusters annotated" in annotate
-    assert "Wrote obs['cassia_celltype'], obs['cassia_subtype'] and uns['cassia']" in annotate
+    assert "Wrote obs['cassia_celltype'], obs['cassia_subtype']" in annotate
+    assert "and uns['cassia'] to pbmc.h5ad" in annotate
 
     assert_requests_reached_the_server(server)
     annotated = ad.read_h5ad(folder / "pbmc.h5ad")

@@ -23,6 +23,7 @@ from anndata import AnnData
 from .._io import atomic_write_text
 from ..errors import CassiaError
 from ..results import _VALIDATION_NAMES, BatchResult, ClusterResult
+from ..uncertainty import DEFAULT_AGREEMENT_THRESHOLD
 
 
 @cache
@@ -144,7 +145,8 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
     True
     """
     prompts: dict[str, str] = {}  # system prompt text -> its label, shown once
-    clusters = [_card(c, prompts) for c in result.clusters]
+    threshold = float(result.settings.get("agreement_threshold", DEFAULT_AGREEMENT_THRESHOLD))
+    clusters = [_card(c, prompts, threshold) for c in result.clusters]
     statuses = [c.status for c in result.clusters]
     script, script_hash = _script()
     return (
@@ -155,11 +157,13 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
             settings=result.settings,
             usage=result.usage,
             clusters=clusters,
+            repeated=any(c["agreement"] is not None for c in clusters),
             counts={
                 "ok": statuses.count("ok"),
                 "failed": statuses.count("failed"),
                 "not_run": statuses.count("not_run"),
                 "passed": sum(c.validation_passed is True for c in result.clusters),
+                "flagged": sum(c["flagged"] for c in clusters),
             },
             prompts=[{"id": label, "text": text} for text, label in prompts.items()],
             embedding=base64.b64encode(embedding_png).decode() if embedding_png else None,
@@ -170,7 +174,7 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
     )
 
 
-def _card(cluster: ClusterResult, prompts: dict[str, str]) -> dict[str, Any]:
+def _card(cluster: ClusterResult, prompts: dict[str, str], threshold: float) -> dict[str, Any]:
     """Return what the template shows of a cluster; system prompts get a label, once."""
     key = {g.upper() for g in cluster.key_markers}
     turns = []
@@ -200,6 +204,13 @@ def _card(cluster: ClusterResult, prompts: dict[str, str]) -> dict[str, Any]:
         "validation": _VALIDATION_NAMES[cluster.validation_passed],
         "validation_feedback": cluster.validation_feedback,
         "iterations": cluster.iterations,
+        "ontology": (
+            f"{cluster.ontology_label} ({cluster.ontology_term_id})"
+            if cluster.ontology_term_id not in (None, "unknown")
+            else cluster.ontology_term_id
+        ),
+        "agreement": cluster.agreement,
+        "flagged": cluster.agreement is not None and cluster.agreement < threshold,
         "error": cluster.error,
         "raw_reply": cluster.raw_reply,
         "turns": turns,

@@ -217,7 +217,9 @@ def review(
 
     One row per cluster, labelled with its cell type; columns for the annotation's
     status (failed or not run), the validator's verdict, key markers cited but not in the
-    cluster's list, and revision rounds. Green is fine, yellow worth a look, red a problem.
+    cluster's list, revision rounds and, after repeated runs, the share of runs agreeing
+    (red below the threshold: flagged for review). Green is fine, yellow worth a look,
+    red a problem.
 
     Parameters
     ----------
@@ -243,15 +245,19 @@ def review(
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    table = _record(adata, key)["results"]
-    cells, texts = review_grid(table)
+    record = _record(adata, key)
+    table = record["results"]
+    repeated = "uncertainty" in record
+    threshold = record["params"].get("agreement_threshold", 0.6) if repeated else None
+    cells, texts = review_grid(table, agreement_threshold=threshold)
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 0.6 + 0.32 * len(table)))
     fig = ax.figure
     ax.imshow(cells, cmap=ListedColormap(_REVIEW_COLOURS), vmin=-1, vmax=2, aspect="auto")
     for (row, column), text in np.ndenumerate(texts):
         ax.text(column, row, text, ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(cells.shape[1]), list(REVIEW_COLUMNS), fontsize=9)
+    columns = [*REVIEW_COLUMNS, AGREEMENT_COLUMN][: cells.shape[1]]
+    ax.set_xticks(range(cells.shape[1]), columns, fontsize=9)
     ax.xaxis.tick_top()
     labels = [
         f"{c}: {t}" if t else f"{c}: —"
@@ -267,9 +273,12 @@ def review(
 
 
 REVIEW_COLUMNS = ("status", "validation", "unsupported markers", "rounds")
+AGREEMENT_COLUMN = "agreement"
 
 
-def review_grid(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def review_grid(
+    table: pd.DataFrame, *, agreement_threshold: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Return the severity and text of each review cell, per cluster and check.
 
     Severity: -1 does not apply (a cluster without an answer), 0 fine, 1 worth a look,
@@ -279,30 +288,113 @@ def review_grid(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     ----------
     table
         ``uns[key_added]["results"]``.
+    agreement_threshold
+        With repeated runs: add an ``agreement`` column, a problem below this share.
 
     Returns
     -------
     tuple of numpy.ndarray
-        Severities and texts, clusters x :data:`REVIEW_COLUMNS`.
+        Severities and texts, clusters x :data:`REVIEW_COLUMNS` (plus ``agreement``).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> row = {"status": "ok", "validation": "passed", "unsupported_markers": "",
+    ...        "iterations": 1, "agreement": 1 / 3}
+    >>> severity, text = review_grid(pd.DataFrame([row]), agreement_threshold=0.6)
+    >>> severity.tolist(), text[0, -1]
+    ([[0, 0, 0, 0, 2]], '33 %')
     """
-    severity = np.zeros((len(table), len(REVIEW_COLUMNS)), dtype=int)
+    with_agreement = agreement_threshold is not None
+    width = len(REVIEW_COLUMNS) + with_agreement
+    severity = np.zeros((len(table), width), dtype=int)
     text = np.empty(severity.shape, dtype=object)
     for i, row in enumerate(table.itertuples()):
         if row.status != "ok":
-            severity[i] = [1 if row.status == "not_run" else 2, -1, -1, -1]
-            text[i] = [row.status, "—", "—", "—"]
+            severity[i] = [1 if row.status == "not_run" else 2] + [-1] * (width - 1)
+            text[i] = [row.status] + ["—"] * (width - 1)
             continue
         unsupported = _split(row.unsupported_markers)
-        severity[i] = [
+        severity[i, :4] = [
             0,
             {"passed": 0, "unknown": 1}.get(row.validation, 2),
             2 if unsupported else 0,
             1 if row.iterations > 1 else 0,
         ]
-        text[i] = [
+        text[i, :4] = [
             row.status,
             row.validation,
             ", ".join(unsupported) or "none",
             str(row.iterations),
         ]
+        if with_agreement:
+            severity[i, 4] = 2 if row.agreement < agreement_threshold else 0
+            text[i, 4] = f"{row.agreement:.0%}".replace("%", " %")
     return severity, text
+
+
+def evaluation(
+    adata: AnnData,
+    *,
+    key: str = "cassia",
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool | None = None,
+) -> Axes | Figure | None:
+    """Plot each cluster's evaluation score: full (1), partial (0.5) or wrong (0).
+
+    Parameters
+    ----------
+    adata
+        Data evaluated by :func:`cassia_sc.tl.evaluate`.
+    key
+        The ``key_added`` of the annotation.
+    ax
+        Axes to draw on; a new figure when None.
+    show, return_fig
+        As in Scanpy's plotting functions.
+
+    Returns
+    -------
+    matplotlib.axes.Axes, matplotlib.figure.Figure or None
+        The axes when ``show=False``, the figure when ``return_fig=True``.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> cassia_sc.tl.evaluate(adata, "bulk_labels")  # doctest: +SKIP
+    >>> cassia_sc.pl.evaluation(adata, show=False)  # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    record = _record(adata, key)
+    if "evaluation" not in record:
+        raise CassiaError(
+            f"adata.uns[{key!r}] has no evaluation: run cassia_sc.tl.evaluate(adata, truth_key, "
+            f"key={key!r}) first."
+        )
+    evaluation = record["evaluation"]
+    table = evaluation["table"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 0.6 + 0.32 * len(table)))
+    colours = [_EVALUATION_COLOURS[g] for g in table["grade"]]
+    rows = np.arange(len(table))
+    ax.barh(rows, np.maximum(table["score"].to_numpy(dtype=float), 0.02), color=colours)
+    labels = [
+        f"{c}: {p or '—'} (truth: {t})"
+        for c, p, t in zip(table["cluster"], table["predicted"], table["truth"], strict=True)
+    ]
+    ax.set_yticks(rows, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xticks([0, 0.5, 1], ["wrong", "partial", "full"])
+    ax.set_title(
+        f"{key}: mean score {evaluation['mean']:.2f} ({evaluation['full']} full, "
+        f"{evaluation['partial']} partial, {evaluation['wrong']} wrong)",
+        loc="left",
+        fontsize=10,
+    )
+    return _finish(ax.figure, ax, show=show, return_fig=return_fig)
+
+
+_EVALUATION_COLOURS = {"full": "#4c9a5f", "partial": "#e0b13a", "wrong": "#c8504b"}

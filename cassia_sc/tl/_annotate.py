@@ -14,7 +14,8 @@ from anndata import AnnData
 
 from ..batch import run_batch
 from ..errors import MarkerError
-from ..results import BatchResult
+from ..results import BatchResult, h5_safe_frame
+from ..uncertainty import DEFAULT_AGREEMENT_THRESHOLD, consensus, consensus_batch, run_repeated
 
 logger = logging.getLogger("cassia_sc")
 
@@ -34,6 +35,9 @@ def annotate(
     max_workers: int = 4,
     output_name: str | os.PathLike | None = None,
     copy: bool = False,
+    n_runs: int = 1,
+    models: list[str] | None = None,
+    agreement_threshold: float = DEFAULT_AGREEMENT_THRESHOLD,
     **options: Any,
 ) -> AnnData | None:
     """Annotate every cluster with a language model, from ``adata.uns[key]``.
@@ -71,6 +75,14 @@ def annotate(
     copy
         Return an annotated copy instead of annotating ``adata``.
         With ``dry_run=True`` (see :func:`cassia_sc.run_batch`), nothing is written.
+    n_runs
+        Annotate this many times (at a ``temperature`` above 0) and keep each cluster's
+        consensus, with how many runs agree; see :mod:`cassia_sc.uncertainty`.
+    models
+        Annotate with each of these models (``n_runs`` times each) instead of ``model``,
+        and keep the consensus.
+    agreement_threshold
+        With repeated runs, clusters whose agreement is below it are flagged for review.
     **options
         Any other option of :func:`cassia_sc.run_batch` (``api_key``, ``additional_info``,
         ``validator_involvement``, ``ranking_method``, ``cache_dir``, ``progress``, ...).
@@ -102,6 +114,12 @@ def annotate(
             Totals: tokens, HTTP requests, calls and cached calls.
         ``adata.uns[key_added]["versions"]``
             Versions of cassia_sc, anndata, scanpy and openai.
+        ``adata.obs[f"{key_added}_celltype_ontology_term_id"]``
+            With the ``ontology`` extra: the Cell Ontology term of each cell's main cell
+            type (``"unknown"`` when none fits; the label and score are in ``results``).
+        ``adata.obs[f"{key_added}_agreement"]``, ``adata.uns[key_added]["uncertainty"]``
+            With repeated runs: the share of runs agreeing with each cell's label, and per
+            cluster the consensus, agreement, ``flagged`` and every run's answer.
 
     Examples
     --------
@@ -116,22 +134,32 @@ def annotate(
     if copy:
         adata = adata.copy()
     groupby = _grouping(adata, groupby, key)
-    result = run_batch(
-        adata,
-        tissue=tissue,
-        species=species,
-        model=model,
-        provider=provider,
-        key=key,
-        groupby=groupby,
-        n_genes=n_genes,
-        gene_symbols=gene_symbols,
-        max_workers=max_workers,
+    settings = {
+        "tissue": tissue,
+        "species": species,
+        "provider": provider,
+        "key": key,
+        "groupby": groupby,
+        "n_genes": n_genes,
+        "gene_symbols": gene_symbols,
+        "max_workers": max_workers,
         **options,
-    )
-    if result.dry_run:  # nothing was annotated: leave adata as it was
-        return adata if copy else None
+    }
+    agreement = None
+    if n_runs > 1 or models:
+        runs = run_repeated(adata, n_runs=n_runs, models=models, model=model, **settings)
+        if runs[0].dry_run:
+            return adata if copy else None
+        agreement = consensus(runs, threshold=agreement_threshold)
+        result = consensus_batch(runs, agreement)
+    else:
+        result = run_batch(adata, model=model, **settings)
+        if result.dry_run:  # nothing was annotated: leave adata as it was
+            return adata if copy else None
     store_result(adata, result, groupby=groupby, key=key, key_added=key_added)
+    if agreement is not None:
+        adata.uns[key_added]["uncertainty"] = h5_safe_frame(agreement)
+        adata.uns[key_added]["params"] |= {"agreement_threshold": agreement_threshold}
     if output_name is not None:
         from ..export import write_outputs
 
@@ -198,13 +226,16 @@ def label_columns(
 
     Returns
     -------
-    dict[str, pandas.Categorical]
-        ``f"{key_added}_celltype"`` and ``f"{key_added}_subtype"``; NaN for cells of a
-        cluster without an answer, which a warning names.
+    dict[str, pandas.Categorical or numpy.ndarray]
+        ``f"{key_added}_celltype"`` and ``f"{key_added}_subtype"``, and when the batch has
+        them ``f"{key_added}_celltype_ontology_term_id"`` and ``f"{key_added}_agreement"``;
+        NaN for cells of a cluster without an answer, which a warning names.
     """
     answered = [c for c in result.clusters if c.main_cell_type]
     main = {c.cluster: c.main_cell_type for c in answered}
     subtype = {c.cluster: (c.sub_cell_types or [c.main_cell_type])[0] for c in answered}
+    terms = {c.cluster: c.ontology_term_id for c in answered if c.ontology_term_id}
+    agreement = {c.cluster: c.agreement for c in answered if c.agreement is not None}
     names = pd.Series(clusters).astype(str)
     present = list(pd.unique(names))
     missing = [cluster for cluster in present if cluster not in main]
@@ -216,10 +247,15 @@ def label_columns(
             f"{key_added}_celltype",
             key_added,
         )
-    return {
+    columns = {
         f"{key_added}_celltype": _labels(names, main),
         f"{key_added}_subtype": _labels(names, subtype),
     }
+    if terms:
+        columns[f"{key_added}_celltype_ontology_term_id"] = _labels(names, terms)
+    if agreement:
+        columns[f"{key_added}_agreement"] = names.map(agreement).to_numpy(dtype=float)
+    return columns
 
 
 def _labels(clusters: pd.Series, labels: dict[str, str]) -> pd.Categorical:

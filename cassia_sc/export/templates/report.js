@@ -7,6 +7,7 @@
   var search = document.getElementById("search");
   var status = document.getElementById("status");
   var validation = document.getElementById("validation");
+  var agreement = document.getElementById("agreement");  // only after repeated runs
   var sort = document.getElementById("sort");
   var count = document.getElementById("count");
   var empty = document.getElementById("empty");
@@ -16,7 +17,8 @@
     var data = card.dataset;
     return (!term || data.search.indexOf(term) !== -1) &&
       (status.value === "all" || data.status === status.value) &&
-      (validation.value === "all" || data.validation === validation.value);
+      (validation.value === "all" || data.validation === validation.value) &&
+      (!agreement || agreement.value === "all" || data.flagged === "yes");
   }
 
   function filter() {
@@ -53,6 +55,7 @@
   });
   status.addEventListener("change", filter);
   validation.addEventListener("change", filter);
+  if (agreement) { agreement.addEventListener("change", filter); }
   sort.addEventListener("change", reorder);
   filter();
 })();

@@ -1,0 +1,71 @@
+"""``tl.evaluate``: score an annotation against known labels, per cluster."""
+
+from __future__ import annotations
+
+import pandas as pd
+from anndata import AnnData
+
+from ..errors import CassiaError
+from ..evaluation import evaluation_record, score_labels
+
+
+def evaluate(adata: AnnData, truth_key: str, *, key: str = "cassia") -> None:
+    """Score each cluster's label against the cells' known labels, with the Cell Ontology.
+
+    A cluster's truth is the most common value of ``obs[truth_key]`` among its cells. It
+    scores 1 when the predicted main cell type maps to the same Cell Ontology term (or a
+    synonym), 0.5 when one term is an ancestor of the other or they are close relatives,
+    0 otherwise; see :mod:`cassia_sc.evaluation`.
+
+    Parameters
+    ----------
+    adata
+        Data annotated by :func:`cassia_sc.tl.annotate`.
+    truth_key
+        ``obs`` column with the known labels.
+    key
+        The ``key_added`` of the annotation.
+
+    Returns
+    -------
+    None
+        Writes ``adata.uns[key]["evaluation"]``: ``table`` (per cluster: ``cluster``,
+        ``truth``, ``predicted``, their terms and term labels, ``score``, ``grade``),
+        ``mean``, ``n``, ``full``, ``partial`` and ``wrong``.
+
+    Raises
+    ------
+    cassia_sc.ontology.OntologyUnavailable
+        Without the ``cassia-sc[ontology]`` extra.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> cassia_sc.tl.evaluate(adata, "bulk_labels")  # doctest: +SKIP
+    >>> adata.uns["cassia"]["evaluation"]["mean"]  # doctest: +SKIP
+    """
+    record = adata.uns.get(key)
+    if not isinstance(record, dict) or "results" not in record:
+        raise CassiaError(
+            f"adata.uns[{key!r}] holds no cassia_sc annotation: run "
+            f"cassia_sc.tl.annotate(adata, ..., key_added={key!r}) first."
+        )
+    if truth_key not in adata.obs.columns:
+        raise CassiaError(
+            f"{truth_key!r} is not a column of adata.obs; it has {list(adata.obs.columns)}."
+        )
+    groupby = record["params"]["groupby"]
+    clusters = adata.obs[groupby].astype(str)
+    truth = (
+        pd.DataFrame({"cluster": clusters, "truth": adata.obs[truth_key].astype(str)})
+        .groupby("cluster", sort=False)["truth"]
+        .agg(lambda labels: labels.value_counts().index[0])
+    )
+    results = record["results"]
+    present = results[results["cluster"].astype(str).isin(truth.index)]
+    table = score_labels(
+        present["main_cell_type"].tolist(),
+        [truth[c] for c in present["cluster"].astype(str)],
+        clusters=present["cluster"].astype(str).tolist(),
+    )
+    record["evaluation"] = evaluation_record(table) | {"truth_key": truth_key}
