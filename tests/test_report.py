@@ -273,3 +273,31 @@ def test_an_annotated_anndata_gets_its_embedding(pbmc, tmp_path, browser):
         page.page.screenshot(path=str(tmp_path / "pbmc.png"), full_page=False)
     finally:
         page.close()
+
+
+def test_flagged_clusters_and_ontology_terms_after_repeated_runs(browser, tmp_path):
+    clusters = [
+        ClusterResult(
+            cluster=str(i),
+            markers=["MS4A1", "CD79A"],
+            status="ok",
+            main_cell_type="B cell",
+            ontology_term_id="CL:0000236",
+            ontology_label="B cell",
+            agreement=agreement,
+            iterations=1,
+            validation_passed=True,
+        )
+        for i, agreement in enumerate([1.0, 1 / 3, 2 / 3])
+    ]
+    result = BatchResult(clusters, settings={"model": "m", "species": "human", "runs": 3})
+    page = Page(browser, cassia_sc.export.report(result, tmp_path / "runs.html"))
+    try:
+        assert page.errors == []
+        page.page.select_option("#agreement", "flagged")
+        assert page.visible_clusters() == ["1"]
+        card = page.page.locator(".card[data-cluster='1']").inner_text()
+        assert "B cell (CL:0000236)" in card and "33 %" in card and "flagged for review" in card
+        assert "3 runs; flagged for review: 1" in page.page.text_content("header")
+    finally:
+        page.close()
