@@ -267,7 +267,8 @@ def map_to_ontology(batch: BatchResult, *, required: bool = False) -> None:
 
     answered = [c for c in batch.clusters if c.main_cell_type]
     try:
-        matches = cell_ontology().match_many([c.main_cell_type for c in answered])
+        ontology = cell_ontology()
+        matches = ontology.match_many([c.main_cell_type for c in answered])
     except OntologyUnavailable:
         if required:
             raise
@@ -277,6 +278,18 @@ def map_to_ontology(batch: BatchResult, *, required: bool = False) -> None:
         cluster.ontology_term_id = match.term_id
         cluster.ontology_label = match.term_label
         cluster.ontology_score = match.score
+        cluster.subtype_ontology_term_ids = [
+            m.term_id for m in ontology.match_many(cluster.sub_cell_types)
+        ]
+    unmapped = [
+        f"{c.cluster}: {c.main_cell_type}" for c in answered if c.ontology_term_id == "unknown"
+    ]
+    if unmapped:
+        logger.warning(
+            "No Cell Ontology term fits %d cell types; they are 'unknown', not forced: %s",
+            len(unmapped),
+            "; ".join(unmapped[:10]),
+        )
 
 
 def _run_pool(

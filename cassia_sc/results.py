@@ -69,6 +69,7 @@ TABLE_COLUMNS = [
     "ontology_term_id",
     "ontology_label",
     "ontology_score",
+    "subtype_ontology_term_ids",
     "agreement",
 ]
 _VALIDATION_NAMES = {True: "passed", False: "failed", None: "unknown"}
@@ -189,6 +190,8 @@ class ClusterResult:
     ontology_term_id, ontology_label, ontology_score
         The Cell Ontology term of ``main_cell_type`` (``"unknown"`` when none fits), its
         label and the match score; None when no mapping was made.
+    subtype_ontology_term_ids
+        The Cell Ontology term of each of ``sub_cell_types``, in order.
     agreement
         Over repeated runs: the share that agree with this answer; None for one run.
 
@@ -226,6 +229,7 @@ class ClusterResult:
     ontology_term_id: str | None = None
     ontology_label: str | None = None
     ontology_score: float | None = None
+    subtype_ontology_term_ids: list[str] = field(default_factory=list)
     agreement: float | None = None
 
     def turns(self, agent: Agent) -> list[dict[str, Any]]:
@@ -405,6 +409,7 @@ class BatchResult:
                 "ontology_term_id": c.ontology_term_id or "",
                 "ontology_label": c.ontology_label or "",
                 "ontology_score": _number_or_nan(c.ontology_score),
+                "subtype_ontology_term_ids": ", ".join(c.subtype_ontology_term_ids),
                 "agreement": _number_or_nan(c.agreement),
             }
             for c in self.clusters
@@ -475,6 +480,7 @@ class BatchResult:
                     ontology_term_id=row.get("ontology_term_id") or None,
                     ontology_label=row.get("ontology_label") or None,
                     ontology_score=_number_or_none(row.get("ontology_score")),
+                    subtype_ontology_term_ids=_split(row.get("subtype_ontology_term_ids", "")),
                     agreement=_number_or_none(row.get("agreement")),
                 )
             )

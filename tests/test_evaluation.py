@@ -96,3 +96,33 @@ def test_marker100_summary_against_its_truth_column(tmp_path):
     assert len(scored) == 100 and scored["score"].mean() == 1.0
     assert scored["cluster"].tolist() == summary["Cluster ID"].tolist()
     assert (summary["Ontology Term ID"] != "").sum() >= 80  # the terms are in the summary CSV too
+
+
+def test_main_and_subtypes_get_terms_and_unmapped_ones_are_named(caplog):
+    from cassia_sc.batch import map_to_ontology
+    from cassia_sc.results import BatchResult, ClusterResult
+
+    batch = BatchResult(
+        [
+            ClusterResult(
+                "0",
+                ["MS4A1"],
+                "ok",
+                main_cell_type="B cells",
+                sub_cell_types=["naive B cell", "memory B cell"],
+            ),
+            ClusterResult("1", ["XIST"], "ok", main_cell_type="Doublets"),
+            ClusterResult("2", ["CD3D"], "failed"),
+        ]
+    )
+    map_to_ontology(batch, required=True)
+    first, second, failed = batch.clusters
+    assert (first.ontology_term_id, first.ontology_label) == ("CL:0000236", "B cell")
+    assert first.subtype_ontology_term_ids == ["CL:0000788", "CL:0000787"]
+    assert second.ontology_term_id == "unknown" and "1: Doublets" in caplog.text
+    assert failed.ontology_term_id is None
+    summary = batch.summary().set_index("Cluster ID")
+    assert (
+        summary.loc["0", "Ontology Term ID"] == "CL:0000236"
+        and summary.loc["2", "Ontology Label"] == ""
+    )
