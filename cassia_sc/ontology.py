@@ -473,6 +473,7 @@ class _Index:
     ordered: dict[str, str]
     bags: dict[str, str]
     choices: list[str]
+    sorted_choices: list[str]  # each choice's words sorted: token_sort_ratio, precomputed
     choice_ids: list[str]
     whole_labels: dict[tuple[str, ...], str]
 
@@ -546,6 +547,7 @@ def _build_index(parser: Any) -> _Index:
         ordered={key: term for key, (_, term) in ordered.items()},
         bags={key: term for key, (_, term) in bags.items()},
         choices=choices,
+        sorted_choices=[" ".join(sorted(choice.split())) for choice in choices],
         choice_ids=[fuzzy[choice][1] for choice in choices],
         whole_labels=whole_labels,
     )
@@ -782,14 +784,15 @@ class CellOntology:
         cutoff = self.min_score * 100
         best: tuple[float, str] | None = None
         for words in variants[:12]:  # the most faithful rewritings are enough
-            query = " ".join(words)
-            if not query:
+            if not words:
                 continue
+            # ratio of sorted words is token_sort_ratio, with the choices sorted once.
             hits = process.extract(
-                query, index.choices, scorer=fuzz.token_sort_ratio, score_cutoff=cutoff, limit=8
-            )
-            for choice, score, position in hits:
-                if _aligned(words, tuple(choice.split())):
+                " ".join(sorted(words)), index.sorted_choices, scorer=fuzz.ratio,
+                score_cutoff=cutoff, limit=8,
+            )  # fmt: skip
+            for _, score, position in hits:
+                if _aligned(words, tuple(index.choices[position].split())):
                     if best is None or score > best[0]:
                         best = (score, index.choice_ids[position])
                     break

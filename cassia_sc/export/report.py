@@ -21,7 +21,6 @@ import jinja2
 from anndata import AnnData
 
 from .._io import atomic_write_text
-from ..errors import CassiaError
 from ..results import _VALIDATION_NAMES, BatchResult, ClusterResult
 from ..uncertainty import DEFAULT_AGREEMENT_THRESHOLD
 
@@ -78,13 +77,9 @@ def report(
     >>> cassia_sc.export.report(adata, "pbmc_report.html")  # doctest: +SKIP
     """
     if isinstance(source, AnnData):
-        record = source.uns.get(key)
-        if not isinstance(record, dict) or "results" not in record:
-            raise CassiaError(
-                f"adata.uns[{key!r}] holds no cassia_sc annotation: run "
-                f"cassia_sc.tl.annotate(adata, ..., key_added={key!r}) first."
-            )
-        result = BatchResult.from_uns(record)
+        from ..tl._annotate import annotation_record
+
+        result = BatchResult.from_uns(annotation_record(source, key))
         html = render_report(result, embedding_png=embedding_png(source, key=key, basis=basis))
     else:
         html = render_report(source)

@@ -14,20 +14,11 @@ from anndata import AnnData
 
 from ..errors import CassiaError
 from ..results import _split
+from ..tl._annotate import annotation_record
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-
-def _record(adata: AnnData, key: str) -> dict[str, Any]:
-    record = adata.uns.get(key)
-    if not isinstance(record, dict) or "results" not in record:
-        raise CassiaError(
-            f"adata.uns[{key!r}] holds no cassia_sc annotation: run "
-            f"cassia_sc.tl.annotate(adata, ..., key_added={key!r}) first."
-        )
-    return record
 
 
 def _finish(fig: Figure, ax: Axes, *, show: bool | None, return_fig: bool | None):
@@ -159,7 +150,7 @@ def markers(
     """
     import scanpy as sc
 
-    record = _record(adata, key)
+    record = annotation_record(adata, key)
     groupby = groupby or record["params"]["groupby"]
     known = _gene_lookup(adata, use_raw=use_raw, gene_symbols=gene_symbols)
     by_label: dict[str, list[str]] = {}
@@ -245,7 +236,7 @@ def review(
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    record = _record(adata, key)
+    record = annotation_record(adata, key)
     table = record["results"]
     repeated = "uncertainty" in record
     threshold = record["params"].get("agreement_threshold", 0.6) if repeated else None
@@ -367,7 +358,7 @@ def evaluation(
     """
     import matplotlib.pyplot as plt
 
-    record = _record(adata, key)
+    record = annotation_record(adata, key)
     if "evaluation" not in record:
         raise CassiaError(
             f"adata.uns[{key!r}] has no evaluation: run cassia_sc.tl.evaluate(adata, truth_key, "

@@ -13,7 +13,7 @@ import pandas as pd
 from anndata import AnnData
 
 from ..batch import run_batch
-from ..errors import MarkerError
+from ..errors import CassiaError, MarkerError
 from ..results import BatchResult, h5_safe_frame
 from ..uncertainty import DEFAULT_AGREEMENT_THRESHOLD, consensus, consensus_batch, run_repeated
 
@@ -165,6 +165,40 @@ def annotate(
 
         write_outputs(result, output_name, adata=adata, key=key_added)
     return adata if copy else None
+
+
+def annotation_record(adata: AnnData, key: str = "cassia") -> dict[str, Any]:
+    """Return ``adata.uns[key]`` as ``tl.annotate`` wrote it, or say which call makes it.
+
+    Parameters
+    ----------
+    adata
+        Data annotated by :func:`annotate`.
+    key
+        The ``key_added`` of the annotation.
+
+    Returns
+    -------
+    dict
+        The record (``params``, ``results``, ...).
+
+    Raises
+    ------
+    CassiaError
+        When there is no annotation under ``key``.
+
+    Examples
+    --------
+    >>> record = annotation_record(adata)  # doctest: +SKIP
+    >>> record["results"].head()  # doctest: +SKIP
+    """
+    record = adata.uns.get(key)
+    if not isinstance(record, dict) or "results" not in record:
+        raise CassiaError(
+            f"adata.uns[{key!r}] holds no cassia_sc annotation: run "
+            f"cassia_sc.tl.annotate(adata, ..., key_added={key!r}) first."
+        )
+    return record
 
 
 def _grouping(adata: AnnData, groupby: str | None, key: str) -> str:

@@ -7,6 +7,7 @@ from anndata import AnnData
 
 from ..errors import CassiaError
 from ..evaluation import evaluation_record, score_labels
+from ._annotate import annotation_record
 
 
 def evaluate(adata: AnnData, truth_key: str, *, key: str = "cassia") -> None:
@@ -44,12 +45,7 @@ def evaluate(adata: AnnData, truth_key: str, *, key: str = "cassia") -> None:
     >>> cassia_sc.tl.evaluate(adata, "bulk_labels")  # doctest: +SKIP
     >>> adata.uns["cassia"]["evaluation"]["mean"]  # doctest: +SKIP
     """
-    record = adata.uns.get(key)
-    if not isinstance(record, dict) or "results" not in record:
-        raise CassiaError(
-            f"adata.uns[{key!r}] holds no cassia_sc annotation: run "
-            f"cassia_sc.tl.annotate(adata, ..., key_added={key!r}) first."
-        )
+    record = annotation_record(adata, key)
     if truth_key not in adata.obs.columns:
         raise CassiaError(
             f"{truth_key!r} is not a column of adata.obs; it has {list(adata.obs.columns)}."
