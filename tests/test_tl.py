@@ -178,9 +178,15 @@ def test_missing_result_and_bad_groupby_are_clear_errors(pbmc):
 
 def test_a_dry_run_leaves_adata_as_it_was(pbmc):
     before = (pbmc.obs.copy(), pickle.dumps(pbmc.uns))
-    cassia_sc.tl.annotate(
+    plan = cassia_sc.tl.annotate(
         pbmc, tissue="blood", species="human", model="m", dry_run=True, progress=False
     )
+    repeated = cassia_sc.tl.annotate(
+        pbmc, tissue="blood", species="human", model="m", dry_run=True, progress=False, n_runs=3
+    )
+    tokens = [c.estimated_prompt_tokens for c in plan.clusters]
+    assert len(tokens) == 10 and all(t > 500 for t in tokens)
+    assert [c.estimated_prompt_tokens for c in repeated.clusters] == [3 * t for t in tokens]
     pd.testing.assert_frame_equal(pbmc.obs, before[0])
     assert pickle.dumps(pbmc.uns) == before[1]
 

@@ -39,7 +39,7 @@ def annotate(
     models: list[str] | None = None,
     agreement_threshold: float = DEFAULT_AGREEMENT_THRESHOLD,
     **options: Any,
-) -> AnnData | None:
+) -> AnnData | BatchResult | None:
     """Annotate every cluster with a language model, from ``adata.uns[key]``.
 
     Reads the markers of :func:`scanpy.tl.rank_genes_groups` (never recomputing or
@@ -74,7 +74,9 @@ def annotate(
         When given, also write ``runCASSIA_batch``'s four files with this path prefix.
     copy
         Return an annotated copy instead of annotating ``adata``.
-        With ``dry_run=True`` (see :func:`cassia_sc.run_batch`), nothing is written.
+        With ``dry_run=True`` (see :func:`cassia_sc.run_batch`), nothing is written and
+        the plan is returned instead: a :class:`~cassia_sc.BatchResult` whose clusters carry
+        their prompts and ``estimated_prompt_tokens`` (for every run, with ``n_runs``).
     n_runs
         Annotate this many times (at a ``temperature`` above 0) and keep each cluster's
         consensus, with how many runs agree; see :mod:`cassia_sc.uncertainty`.
@@ -89,8 +91,8 @@ def annotate(
 
     Returns
     -------
-    AnnData or None
-        The annotated copy when ``copy=True``, else None. Written:
+    AnnData, BatchResult or None
+        The annotated copy when ``copy=True``, the plan of a dry run, else None. Written:
 
         ``adata.obs[f"{key_added}_celltype"]``
             Categorical main cell type of each cell's cluster; NaN for cells of a
@@ -149,13 +151,13 @@ def annotate(
     if n_runs > 1 or models:
         runs = run_repeated(adata, n_runs=n_runs, models=models, model=model, **settings)
         if runs[0].dry_run:
-            return adata if copy else None
+            return runs[0]
         agreement = consensus(runs, threshold=agreement_threshold)
         result = consensus_batch(runs, agreement)
     else:
         result = run_batch(adata, model=model, **settings)
         if result.dry_run:  # nothing was annotated: leave adata as it was
-            return adata if copy else None
+            return result
     store_result(adata, result, groupby=groupby, key=key, key_added=key_added)
     if agreement is not None:
         adata.uns[key_added]["uncertainty"] = h5_safe_frame(agreement)
