@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .batch import run_batch, run_batch_to_files
+from .batch import run_batch_to_files
 from .errors import BatchInterrupted, CassiaError
 from .results import BatchResult
 
@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-added", default="cassia", help="prefix of what is written (%(default)s)"
     )
     annotate.add_argument("--gene-symbols", help="var column with gene symbols")
+    annotate.add_argument(
+        "--n-runs",
+        type=int,
+        default=1,
+        help="annotate N times (use --temperature above 0) and keep each cluster's consensus, "
+        "with obs[KEY_agreement]",
+    )
     _add_run_options(annotate)
 
     batch = commands.add_parser(
@@ -221,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _annotate(args: argparse.Namespace) -> BatchResult:
     from .h5ad import read_for_annotation, write_annotation
-    from .tl._annotate import label_columns, uns_record
+    from .tl._annotate import label_columns, run_annotation, uns_record
 
     source = Path(args.input)
     with tempfile.TemporaryDirectory() as scratch:
@@ -238,11 +245,12 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
             found.groupby,
             time.perf_counter() - started,
         )
-        result = run_batch(
+        result, agreement = run_annotation(
             found.adata,
             key=args.key,
             groupby=found.groupby,
             gene_symbols=args.gene_symbols,
+            n_runs=args.n_runs,
             **_run_options(args),
         )
         if result.dry_run:
@@ -254,7 +262,9 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
             target,
             obs_columns=columns,
             uns_key=args.key_added,
-            uns_value=uns_record(result, groupby=found.groupby, key=args.key),
+            uns_value=uns_record(
+                result, groupby=found.groupby, key=args.key, uncertainty=agreement
+            ),
         )
         logger.info("Wrote %s in %.2f s.", target, time.perf_counter() - started)
         if args.output_name:

@@ -254,3 +254,37 @@ def test_files_move_between_anndata_versions(server, tmp_path):
     subprocess.run([OTHER_PYTHON, "-c", script, "read", str(theirs)], check=True)
     back = sc.read_h5ad(theirs)  # rewritten by the other anndata, read by ours
     assert back.obs["cassia_celltype"].notna().all()
+
+
+def test_repeated_runs_from_the_shell(h5ad, pbmc, tmp_path):
+    from collections import Counter
+
+    from scripted_model import annotation_reply
+
+    seen: Counter[str] = Counter()
+
+    def annotator(request, genes):
+        seen[signature(genes)] += 1
+        main = "B cell" if seen[signature(genes)] % 3 else "T cell"  # the third run differs
+        return Reply(content=annotation_reply(main, key_markers=tuple(genes[:1])))
+
+    with LLMServer(ScriptedModel(annotator=annotator)) as server:
+        args = cli(
+            server,
+            "annotate",
+            str(h5ad),
+            "--n-runs",
+            "3",
+            "--temperature",
+            "0.7",
+            "--quiet",
+            tmp_path=tmp_path,
+        )
+        assert main(args) == 0
+    assert server.request_count == 3 * 10 * 2
+    annotated = ad.read_h5ad(h5ad)
+    assert annotated.obs["cassia_agreement"].round(3).unique().tolist() == [round(2 / 3, 3)]
+    assert (annotated.obs["cassia_celltype"] == "B cell").all()
+    assert annotated.uns["cassia"]["uncertainty"]["answers"].unique().tolist() == [
+        "B cell; B cell; T cell"
+    ]

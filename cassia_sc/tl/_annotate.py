@@ -147,26 +147,65 @@ def annotate(
         "max_workers": max_workers,
         **options,
     }
-    agreement = None
-    if n_runs > 1 or models:
-        runs = run_repeated(adata, n_runs=n_runs, models=models, model=model, **settings)
-        if runs[0].dry_run:
-            return runs[0]
-        agreement = consensus(runs, threshold=agreement_threshold)
-        result = consensus_batch(runs, agreement)
-    else:
-        result = run_batch(adata, model=model, **settings)
-        if result.dry_run:  # nothing was annotated: leave adata as it was
-            return result
-    store_result(adata, result, groupby=groupby, key=key, key_added=key_added)
-    if agreement is not None:
-        adata.uns[key_added]["uncertainty"] = h5_safe_frame(agreement)
-        adata.uns[key_added]["params"] |= {"agreement_threshold": agreement_threshold}
+    result, agreement = run_annotation(
+        adata,
+        model=model,
+        n_runs=n_runs,
+        models=models,
+        agreement_threshold=agreement_threshold,
+        **settings,
+    )
+    if result.dry_run:  # nothing was annotated: leave adata as it was
+        return result
+    store_result(
+        adata, result, groupby=groupby, key=key, key_added=key_added, uncertainty=agreement
+    )
     if output_name is not None:
         from ..export import write_outputs
 
         write_outputs(result, output_name, adata=adata, key=key_added)
     return adata if copy else None
+
+
+def run_annotation(
+    adata: AnnData,
+    *,
+    model: str | None,
+    n_runs: int = 1,
+    models: list[str] | None = None,
+    agreement_threshold: float = DEFAULT_AGREEMENT_THRESHOLD,
+    **options: Any,
+) -> tuple[BatchResult, pd.DataFrame | None]:
+    """Annotate once, or several times and keep each cluster's consensus.
+
+    Parameters
+    ----------
+    adata
+        The markers' AnnData (``uns[key]``; cells are not needed).
+    model, n_runs, models, agreement_threshold
+        As in :func:`annotate`.
+    **options
+        Options of :func:`cassia_sc.run_batch`.
+
+    Returns
+    -------
+    tuple
+        The batch (the consensus of repeated runs, or a dry run's plan) and, after
+        repeated runs, the :func:`cassia_sc.consensus` table (else None).
+
+    Examples
+    --------
+    >>> result, agreement = run_annotation(adata, model="m", n_runs=3)  # doctest: +SKIP
+    """
+    if n_runs <= 1 and not models:
+        return run_batch(adata, model=model, **options), None
+    runs = run_repeated(adata, n_runs=n_runs, models=models, model=model, **options)
+    if runs[0].dry_run:
+        return runs[0], None
+    agreement = consensus(runs, threshold=agreement_threshold)
+    result = consensus_batch(runs, agreement)
+    result.settings["agreement_threshold"] = agreement_threshold
+    return result, agreement
 
 
 def annotation_record(adata: AnnData, key: str = "cassia") -> dict[str, Any]:
@@ -222,7 +261,13 @@ def _grouping(adata: AnnData, groupby: str | None, key: str) -> str:
 
 
 def store_result(
-    adata: AnnData, result: BatchResult, *, groupby: str, key: str, key_added: str
+    adata: AnnData,
+    result: BatchResult,
+    *,
+    groupby: str,
+    key: str,
+    key_added: str,
+    uncertainty: pd.DataFrame | None = None,
 ) -> None:
     """Write a batch's labels to ``adata.obs`` and its record to ``adata.uns[key_added]``.
 
@@ -238,12 +283,14 @@ def store_result(
         The ``rank_genes_groups`` key the markers came from.
     key_added
         Prefix of the ``obs`` columns and key of the ``uns`` entry.
+    uncertainty
+        After repeated runs, their :func:`cassia_sc.consensus` table.
     """
     if "/" in key_added:
         raise ValueError(f"key_added must not contain '/': {key_added!r}.")
     for name, values in label_columns(adata.obs[groupby], result, key_added=key_added).items():
         adata.obs[name] = values
-    adata.uns[key_added] = uns_record(result, groupby=groupby, key=key)
+    adata.uns[key_added] = uns_record(result, groupby=groupby, key=key, uncertainty=uncertainty)
 
 
 def label_columns(
@@ -300,7 +347,9 @@ def _labels(clusters: pd.Series, labels: dict[str, str]) -> pd.Categorical:
     return pd.Categorical(values, categories=pd.Index(present, dtype=object))
 
 
-def uns_record(result: BatchResult, *, groupby: str, key: str) -> dict[str, Any]:
+def uns_record(
+    result: BatchResult, *, groupby: str, key: str, uncertainty: pd.DataFrame | None = None
+) -> dict[str, Any]:
     """Return what ``tl.annotate`` stores in ``uns``: only types that ``.h5ad`` keeps.
 
     Parameters
@@ -309,21 +358,27 @@ def uns_record(result: BatchResult, *, groupby: str, key: str) -> dict[str, Any]
         The batch result.
     groupby, key
         Where the clusters and their markers came from.
+    uncertainty
+        After repeated runs, their :func:`cassia_sc.consensus` table.
 
     Returns
     -------
     dict
-        ``params``, ``results``, ``conversations``, ``usage`` and ``versions``.
+        ``params``, ``results``, ``conversations``, ``usage``, ``versions`` and, after
+        repeated runs, ``uncertainty``.
     """
     params = {name: value for name, value in result.settings.items() if value is not None}
     params |= {"groupby": groupby, "key": key}
-    return {
+    record = {
         "params": {name: _h5_scalar(value) for name, value in params.items()},
         "results": result.table(),
         "conversations": json.dumps(result.conversations(), ensure_ascii=False),
         "usage": {name: int(value) for name, value in result.usage.items()},
         "versions": _versions(),
     }
+    if uncertainty is not None:
+        record["uncertainty"] = h5_safe_frame(uncertainty)
+    return record
 
 
 def _h5_scalar(value: Any) -> Any:
