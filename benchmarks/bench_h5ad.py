@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench_markers import synthetic_rank_genes_groups
 from llm_server import LLMServer
 from scripted_model import ScriptedModel
 
@@ -43,8 +44,11 @@ def build_file(path: Path, n_cells: int, n_genes: int, *, density: float = 0.05)
     indices = np.sort(rng.integers(0, n_genes, (n_cells, per_row), dtype=np.int32), axis=1).ravel()
     data = rng.random(n_cells * per_row, dtype=np.float32)
     X = sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes))
-    genes = [f"GENE{i}" for i in range(n_genes)]
-    groups = [str(i) for i in range(N_CLUSTERS)]
+    # The markers: the same synthetic Wilcoxon result as the marker benchmark's.
+    markers = synthetic_rank_genes_groups(N_CLUSTERS, n_genes)
+    result = markers.uns["rank_genes_groups"]
+    result["params"]["groupby"] = "leiden"
+    groups = list(result["names"].dtype.names)
     obs = pd.DataFrame(
         {
             "leiden": pd.Categorical(rng.choice(groups, n_cells), categories=groups),
@@ -53,27 +57,9 @@ def build_file(path: Path, n_cells: int, n_genes: int, *, density: float = 0.05)
         },
         index=[f"cell{i}" for i in range(n_cells)],
     )
-    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
+    adata = ad.AnnData(X=X, obs=obs, var=markers.var)
     adata.obsm["X_umap"] = rng.normal(size=(n_cells, 2)).astype(np.float32)
-    scores = np.sort(rng.normal(0, 3, (n_genes, N_CLUSTERS)).astype(np.float32), axis=0)[::-1]
-    order = [rng.permutation(n_genes) for _ in groups]
-
-    def records(values):
-        return np.rec.fromarrays(list(values.T), names=groups)
-
-    adata.uns["rank_genes_groups"] = {
-        "params": {
-            "groupby": "leiden",
-            "method": "wilcoxon",
-            "reference": "rest",
-            "use_raw": False,
-        },
-        "names": np.rec.fromarrays([np.array(genes, dtype=object)[o] for o in order], names=groups),
-        "scores": records(scores),
-        "logfoldchanges": records(scores / 2),
-        "pvals_adj": records(np.exp(-np.abs(scores.astype(float)))),
-        "pts": pd.DataFrame(rng.random((n_genes, N_CLUSTERS)), index=genes, columns=groups),
-    }
+    adata.uns["rank_genes_groups"] = result
     adata.write_h5ad(path)
 
 
@@ -96,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    pristine = args.workdir / f"cells{args.cells}_genes{args.genes}.h5ad"
+    pristine = args.workdir / f"cells{args.cells}_genes{args.genes}_v2.h5ad"
     if not pristine.exists():
         print(f"building {pristine} ...", flush=True)
         build_file(pristine, args.cells, args.genes)
