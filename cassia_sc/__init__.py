@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from . import export, pl, tl
-from .batch import run_batch, runCASSIA_batch
+from . import agents, export, get, pl, tl
+from ._version import __version__
+from .batch import run_batch
+from .compat import runCASSIA_batch
 from .datasets import loadmarker
 from .errors import (
     AuthenticationFailed,
@@ -14,14 +16,13 @@ from .errors import (
     MarkerError,
     MissingAPIKeyError,
     ModelNotFound,
+    OntologyUnavailable,
 )
 from .evaluation import evaluate_frame
 from .llm import LLMClient
 from .markers import read_markers, select_markers, top_markers
 from .results import BatchResult, ClusterResult
-from .uncertainty import consensus, run_repeated
-
-__version__ = "0.1.0"
+from .uncertainty import consensus, plan, run_repeated
 
 __all__ = [
     "AuthenticationFailed",
@@ -35,12 +36,16 @@ __all__ = [
     "MarkerError",
     "MissingAPIKeyError",
     "ModelNotFound",
+    "OntologyUnavailable",
     "__version__",
+    "agents",
     "consensus",
     "evaluate_frame",
     "export",
+    "get",
     "loadmarker",
     "pl",
+    "plan",
     "read_markers",
     "runCASSIA_batch",
     "run_batch",

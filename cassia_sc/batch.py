@@ -1,4 +1,4 @@
-"""Annotate every cluster of a marker set in parallel: ``run_batch`` and ``runCASSIA_batch``.
+"""Annotate every cluster of a marker set in parallel: ``run_batch``.
 
 Clusters run on a thread pool sharing one model client. One failing cluster never stops
 the others, and every cluster is in the result, in input order, whatever happened to it.
@@ -13,51 +13,51 @@ import os
 import threading
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
+from anndata import AnnData
 
-from .agents import VALIDATOR_POLICIES, ClusterTask, ValidatorInvolvement, annotate_cluster
-from .errors import BatchInterrupted, CassiaError, FatalLLMError
-from .llm import CallCancelled, LLMClient
+from ._docs import fill_docs
+from ._keys import Default, Key
+from ._version import __version__
+from .agents import ClusterTask, Pipeline, annotate_cluster, get_pipeline
+from .errors import BatchInterrupted, CallCancelled, CassiaError, FatalLLMError, OntologyUnavailable
+from .evidence import DataHandle
+from .llm import LLMClient
 from .markers import MarkerInput, RankingMethod, top_markers
+from .ontology import cell_ontology
 from .results import BatchResult, ClusterResult, Turn
 
 logger = logging.getLogger("cassia_sc")
 
-# A dry run cannot know the annotator's reply, which the validator reads; this is a
-# typical length of one (reasoning plus the JSON answer), in characters.
-_TYPICAL_ANNOTATION_CHARS = 2500
-# CASSIA's HTTP client retries every call twice before its own per-cluster retries.
-_CASSIA_CLIENT_RETRIES = 2
 # Rough characters per token of English prose and gene lists, for estimates only.
 _CHARS_PER_TOKEN = 4
 
 
+@fill_docs
 def run_batch(
     marker: MarkerInput,
     *,
     tissue: str | None,
     species: str,
     model: str | None = None,
-    provider: str = "openrouter",
+    provider: str = Default.provider,
     api_key: str | None = None,
-    max_workers: int = 4,
-    n_genes: int = 50,
+    max_workers: int = Default.max_workers,
+    n_genes: int = Default.n_genes,
     additional_info: str | None = None,
-    temperature: float | None = 0.0,
-    validator_involvement: ValidatorInvolvement = "v1",
+    temperature: float | None = Default.temperature,
+    validator_involvement: str = Default.validator_involvement,
     reasoning: str | None = None,
-    ranking_method: RankingMethod = "avg_log2FC",
+    ranking_method: RankingMethod = Default.ranking_method,
     ascending: bool | None = None,
     celltype_column: str | None = None,
     gene_column_name: str | None = None,
-    key: str = "rank_genes_groups",
+    key: str = Key.uns.markers,
     groupby: str | None = None,
     gene_symbols: str | None = None,
-    max_retries: int = 3,
-    timeout: float = 120.0,
+    max_retries: int = Default.max_retries,
+    timeout: float = Default.timeout,
     requests_per_minute: float | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
@@ -75,60 +75,36 @@ def run_batch(
 
     Parameters
     ----------
-    marker
-        Markers in any format :func:`cassia_sc.top_markers` reads, an AnnData included.
-    tissue
-        Tissue of the sample, e.g. ``"blood"``; None for a tissue-blind annotation, in
-        which the answer also proposes tissues of origin.
-    species
-        E.g. ``"human"`` or ``"mouse"``.
-    model
-        Model name as the provider spells it, e.g. ``"openai/gpt-4o"`` on OpenRouter.
-    provider
-        ``"openrouter"``, ``"openai"``, ``"anthropic"`` or the base URL of any
-        OpenAI-compatible server (Ollama, vLLM, LM Studio, a proxy).
-    api_key
-        The key; by default ``OPENROUTER_API_KEY``, ``OPENAI_API_KEY``,
-        ``ANTHROPIC_API_KEY``, or ``CASSIA_API_KEY`` for a base URL. A server on this
-        machine needs none.
-    max_workers
-        Clusters annotated at the same time.
-    n_genes
-        Markers per cluster given to the model.
-    additional_info
-        Free text about the sample (treatment, sorting, disease), or None.
-    temperature
-        Sampling temperature; sent where the endpoint accepts it.
-    validator_involvement
-        ``"v1"`` (moderate; up to 2 rounds) or ``"v0"`` (strict: a stricter review, an
-        answer citing genes outside the marker list is sent back at once, up to 3 rounds).
-    reasoning
-        Reasoning effort (``"low"``, ``"medium"``, ``"high"``) for models that reason.
-    ranking_method, ascending, celltype_column, gene_column_name, key, groupby, gene_symbols
-        Marker selection; see :func:`cassia_sc.top_markers`.
-    max_retries
-        Further attempts of a failed request (HTTP 408/409/429/5xx, timeouts, connection
-        errors, malformed or empty replies), with exponential backoff.
-    timeout
-        Seconds before one request is abandoned and retried.
-    requests_per_minute
-        Cap on requests per minute across all workers.
-    cache
-        Keep every reply on disk: a re-run costs nothing and an interrupted run resumes.
-    cache_dir
-        Cache folder; default ``$CASSIA_SC_CACHE_DIR`` or the user cache folder.
+    {marker}
+    {tissue}
+    {species}
+    {model}
+    {provider}
+    {api_key}
+    {max_workers}
+    {n_genes}
+    {additional_info}
+    {temperature}
+    {validator_involvement}
+    {reasoning}
+    {ranking_method}
+    {ascending}
+    {celltype_column}
+    {gene_column_name}
+    {key}
+    {groupby}
+    {gene_symbols}
+    {max_retries}
+    {timeout}
+    {requests_per_minute}
+    {cache}
+    {cache_dir}
     dry_run
         Build every prompt and estimate the prompt tokens, without calling a model;
         works offline and needs no key.
-    progress
-        Show a progress bar.
-    client
-        A client to use instead of building one from ``model``, ``provider`` and the
-        connection options (e.g. to share one pool between runs).
-    ontology
-        Map each main cell type to a Cell Ontology term (offline; see
-        :mod:`cassia_sc.ontology`). None: when the ``cassia-sc[ontology]`` extra is
-        installed; True: always (an error without the extra); False: never.
+    {progress}
+    {client}
+    {ontology}
     sample
         Which of several repeated runs this is; each gets its own answers (and cache
         entries) from a model sampling at a temperature above 0. 0 for a single run.
@@ -157,11 +133,7 @@ def run_batch(
     >>> len(plan), plan.clusters[0].status
     (11, 'not_run')
     """
-    if validator_involvement not in VALIDATOR_POLICIES:
-        raise CassiaError(
-            f"validator_involvement must be one of {list(VALIDATOR_POLICIES)}, "
-            f"not {validator_involvement!r}."
-        )
+    pipeline = get_pipeline(validator_involvement)
     if not isinstance(max_workers, int) or max_workers < 1:
         raise CassiaError(f"max_workers must be a positive integer, not {max_workers!r}.")
     if not species or not isinstance(species, str):
@@ -180,6 +152,11 @@ def run_batch(
         groupby=groupby,
         gene_symbols=gene_symbols,
     )
+    data = (
+        DataHandle.from_markers(marker, key=key, groupby=groupby, gene_symbols=gene_symbols)
+        if isinstance(marker, AnnData)
+        else None
+    )
     tasks = [
         ClusterTask(
             cluster=cluster,
@@ -187,13 +164,12 @@ def run_batch(
             species=species,
             tissue=tissue or None,
             additional_info=_clean_text(additional_info),
-            validator_involvement=validator_involvement,
+            pipeline=pipeline.name,
             sample=sample,
+            data=data,
         )
         for cluster, genes in markers.items()
     ]
-    from . import __version__
-
     settings: dict[str, Any] = {
         "model": client.model if client else model,
         "provider": client.provider if client else provider,
@@ -211,7 +187,7 @@ def run_batch(
         "cassia_sc_version": __version__,
     }
     if dry_run:
-        return _dry_run(tasks, settings)
+        return _dry_run(tasks, settings, pipeline)
 
     own_client = client is None
     if client is None:
@@ -232,7 +208,9 @@ def run_batch(
     finally:
         if own_client:
             client.close()
-    batch = BatchResult(clusters=results, settings=settings, interrupted=interrupted)
+    batch = BatchResult(
+        clusters=results, settings=settings, interrupted=interrupted, fields=pipeline.fields
+    )
     if interrupted:
         raise BatchInterrupted(batch)
     if ontology is not False:
@@ -253,7 +231,7 @@ def map_to_ontology(batch: BatchResult, *, required: bool = False) -> None:
 
     Raises
     ------
-    cassia_sc.ontology.OntologyUnavailable
+    OntologyUnavailable
         When ``required`` and the extra is missing.
 
     Examples
@@ -263,8 +241,6 @@ def map_to_ontology(batch: BatchResult, *, required: bool = False) -> None:
     >>> result.clusters[0].ontology_term_id  # doctest: +SKIP
     'CL:0000236'
     """
-    from .ontology import OntologyUnavailable, cell_ontology
-
     answered = [c for c in batch.clusters if c.main_cell_type]
     try:
         ontology = cell_ontology()
@@ -375,19 +351,18 @@ def _outcome(future: Future, task: ClusterTask) -> ClusterResult:
         )
 
 
-def _dry_run(tasks: list[ClusterTask], settings: dict[str, Any]) -> BatchResult:
+def _dry_run(tasks: list[ClusterTask], settings: dict[str, Any], pipeline: Pipeline) -> BatchResult:
     """Build each cluster's prompts and estimate their tokens; call nothing."""
     results = []
-    placeholder = "x" * _TYPICAL_ANNOTATION_CHARS
     for task in tasks:
-        annotator = task.annotator_messages()
-        validator = task.validator_messages(placeholder, [])
-        characters = sum(len(m["content"]) for m in annotator + validator)
+        planned = pipeline.plan(task)
+        characters = sum(len(m["content"]) for _, messages in planned for m in messages)
+        first_agent, first_messages = planned[0]  # the opening prompts, shown in the report
         results.append(
             ClusterResult(
                 cluster=task.cluster,
                 markers=list(task.markers),
-                conversation=[Turn("annotator", m["role"], m["content"]) for m in annotator],
+                conversation=[Turn(first_agent, m["role"], m["content"]) for m in first_messages],
                 estimated_prompt_tokens=-(-characters // _CHARS_PER_TOKEN),
             )
         )
@@ -399,7 +374,7 @@ def _dry_run(tasks: list[ClusterTask], settings: dict[str, Any]) -> BatchResult:
         total,
         total // max(len(results), 1),
     )
-    return BatchResult(clusters=results, settings=settings, dry_run=True)
+    return BatchResult(clusters=results, settings=settings, dry_run=True, fields=pipeline.fields)
 
 
 def _log_outcome(batch: BatchResult) -> None:
@@ -431,131 +406,3 @@ def _clean_text(text: str | None) -> str | None:
         return None
     text = str(text).strip()
     return None if not text or text.lower() in {"none", "nan", "null"} else text
-
-
-def runCASSIA_batch(  # CASSIA's name, kept for its users
-    marker: MarkerInput,
-    output_name: str,
-    model: str,
-    tissue: str | None,
-    species: str,
-    provider: str = "openrouter",
-    max_workers: int = 4,
-    n_genes: int = 50,
-    additional_info: str | None = None,
-    temperature: float = 0,
-    validator_involvement: ValidatorInvolvement = "v1",
-    reasoning: str | None = None,
-    ranking_method: RankingMethod = "avg_log2FC",
-    ascending: bool | None = None,
-    celltype_column: str | None = None,
-    gene_column_name: str | None = None,
-    max_retries: int = 1,
-    **options: Any,
-) -> pd.DataFrame:
-    """Annotate every cluster and write CASSIA's four output files.
-
-    The same parameters as CASSIA's ``runCASSIA_batch``; the work is done by
-    :func:`run_batch`. Writes, each atomically:
-
-    - ``{output_name}_summary.csv``: one row per cluster, failed ones included;
-    - ``{output_name}_full.csv``: the summary plus each cluster's conversation;
-    - ``{output_name}_conversations.json``: per cluster, the annotator, validator and
-      formatter turns;
-    - ``{output_name}_report.html``: a self-contained report.
-
-    A dry run (``dry_run=True``) writes nothing.
-
-    Parameters
-    ----------
-    marker
-        Markers in any format :func:`cassia_sc.top_markers` reads.
-    output_name
-        Path prefix of the output files (a ``.csv`` or ``.json`` suffix is dropped).
-    model, tissue, species, provider, max_workers, n_genes, additional_info, temperature
-        As in :func:`run_batch`.
-    validator_involvement, reasoning, ranking_method, ascending, celltype_column
-        As in :func:`run_batch`.
-    gene_column_name
-        As in :func:`run_batch`.
-    max_retries
-        As in CASSIA: further attempts for a cluster whose calls failed. CASSIA repeats
-        the whole cluster on top of its HTTP client's 2 retries per call; here each failed
-        call is retried up to ``2 + max_retries`` times, which covers the same faults
-        without repeating the calls that had succeeded.
-    **options
-        Any other option of :func:`run_batch` (``api_key``, ``cache_dir``, ``timeout``,
-        ``requests_per_minute``, ``progress``, ``dry_run``, ...).
-
-    Returns
-    -------
-    pandas.DataFrame
-        The summary table, as written to ``{output_name}_summary.csv``.
-
-    Examples
-    --------
-    >>> import cassia_sc
-    >>> summary = cassia_sc.runCASSIA_batch(  # doctest: +SKIP
-    ...     cassia_sc.loadmarker("unprocessed"), "pbmc", "openai/gpt-4o", "blood", "human"
-    ... )
-    """
-    return run_batch_to_files(
-        marker,
-        output_name,
-        tissue=tissue,
-        species=species,
-        model=model,
-        provider=provider,
-        max_workers=max_workers,
-        n_genes=n_genes,
-        additional_info=additional_info,
-        temperature=temperature,
-        validator_involvement=validator_involvement,
-        reasoning=reasoning,
-        ranking_method=ranking_method,
-        ascending=ascending,
-        celltype_column=celltype_column,
-        gene_column_name=gene_column_name,
-        max_retries=_CASSIA_CLIENT_RETRIES + max_retries,
-        **options,
-    ).summary()
-
-
-def run_batch_to_files(
-    marker: MarkerInput, output_name: str | os.PathLike, **options: Any
-) -> BatchResult:
-    """Run :func:`run_batch` and write its four files; also when Ctrl-C cuts it short.
-
-    Parameters
-    ----------
-    marker
-        Markers in any format :func:`cassia_sc.top_markers` reads.
-    output_name
-        Path prefix of the output files (a ``.csv``, ``.json`` or ``.html`` suffix is dropped).
-    **options
-        Options of :func:`run_batch`. A dry run writes nothing.
-
-    Returns
-    -------
-    BatchResult
-        The batch.
-    """
-    from .export import write_outputs
-
-    prefix = _output_prefix(output_name)
-    try:
-        result = run_batch(marker, **options)
-    except BatchInterrupted as interruption:
-        write_outputs(interruption.result, prefix)  # keep what finished, then stop
-        raise
-    if not result.dry_run:
-        paths = write_outputs(result, prefix)
-        logger.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
-    return result
-
-
-def _output_prefix(output_name: str | os.PathLike) -> Path:
-    path = Path(output_name)
-    if path.suffix.lower() in {".csv", ".json", ".html"}:
-        path = path.with_suffix("")
-    return path

@@ -10,10 +10,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .batch import run_batch_to_files
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from ._docs import cli_help
+from ._keys import Default, Key
+from ._version import __version__
+from .agents import PIPELINES
+from .compat import run_batch_to_files
 from .errors import BatchInterrupted, CassiaError
+from .export import write_outputs
+from .export.adata import check_key_added, label_columns, uns_record
+from .h5ad import read_embedding, read_for_annotation, write_annotation
 from .results import BatchResult
+from .uncertainty import run_annotation
 
 logger = logging.getLogger("cassia_sc")
 
@@ -82,22 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument(
         "--output", type=Path, help="write here instead of editing INPUT in place"
     )
+    annotate.add_argument("--groupby", help=cli_help("groupby"))
     annotate.add_argument(
-        "--groupby", help="obs column of the clusters (default: the one of the markers)"
+        "--key", default=Key.uns.markers, help=cli_help("key").replace(" (default", " (now")
     )
-    annotate.add_argument(
-        "--key", default="rank_genes_groups", help="uns key of the markers (%(default)s)"
+    annotate.add_argument("--key-added", default=Default.key_added, help=cli_help("key_added"))
+    annotate.add_argument("--gene-symbols", help=cli_help("gene_symbols"))
+    repeated = annotate.add_argument_group("repeated runs")
+    repeated.add_argument(
+        "--n-runs", type=int, default=Default.n_runs, metavar="N", help=cli_help("n_runs")
     )
-    annotate.add_argument(
-        "--key-added", default="cassia", help="prefix of what is written (%(default)s)"
-    )
-    annotate.add_argument("--gene-symbols", help="var column with gene symbols")
-    annotate.add_argument(
-        "--n-runs",
-        type=int,
-        default=1,
-        help="annotate N times (use --temperature above 0) and keep each cluster's consensus, "
-        "with obs[KEY_agreement]",
+    repeated.add_argument("--models", nargs="+", metavar="MODEL", help=cli_help("models"))
+    repeated.add_argument(
+        "--agreement-threshold",
+        type=float,
+        default=Default.agreement_threshold,
+        metavar="SHARE",
+        help=cli_help("agreement_threshold"),
     )
     _add_run_options(annotate)
 
@@ -109,52 +121,55 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     batch.add_argument("markers", metavar="MARKERS", help="marker table (CSV or TSV)")
-    batch.add_argument("--celltype-column", help="column naming the cluster")
-    batch.add_argument("--gene-column-name", help="column naming the genes")
+    batch.add_argument("--celltype-column", help=cli_help("celltype_column"))
+    batch.add_argument("--gene-column-name", help=cli_help("gene_column_name"))
     _add_run_options(batch)
     return parser
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     required = parser.add_argument_group("what to annotate with")
-    required.add_argument("--species", required=True, help="e.g. human, mouse")
-    required.add_argument(
-        "--tissue", help="e.g. blood, lung; leave out for a tissue-blind annotation"
-    )
-    required.add_argument(
-        "--model", required=True, help="model name, e.g. openai/gpt-4o-mini on OpenRouter"
-    )
-    required.add_argument(
-        "--provider",
-        default="openrouter",
-        help="openrouter, openai, anthropic or an OpenAI-compatible base URL (%(default)s)",
-    )
+    required.add_argument("--species", required=True, help=cli_help("species"))
+    required.add_argument("--tissue", help=cli_help("tissue"))
+    required.add_argument("--model", help=cli_help("model") + " Required unless --models.")
+    required.add_argument("--provider", default=Default.provider, help=cli_help("provider"))
     options = parser.add_argument_group("options")
+    options.add_argument("--output-name", metavar="PREFIX", help=cli_help("output_name"))
     options.add_argument(
-        "--output-name",
-        help="also write PREFIX_summary.csv, _full.csv, _conversations.json, _report.html",
+        "--max-workers", type=int, default=Default.max_workers, help=cli_help("max_workers")
     )
+    options.add_argument("--n-genes", type=int, default=Default.n_genes, help=cli_help("n_genes"))
+    options.add_argument("--additional-info", help=cli_help("additional_info"))
     options.add_argument(
-        "--max-workers", type=int, default=4, help="clusters at once (%(default)s)"
-    )
-    options.add_argument(
-        "--n-genes", type=int, default=50, help="markers per cluster (%(default)s)"
-    )
-    options.add_argument("--additional-info", help="free text about the sample")
-    options.add_argument(
-        "--validator-involvement", choices=["v1", "v0"], default="v1", help="v1 moderate, v0 strict"
+        "--validator-involvement",
+        choices=list(PIPELINES),
+        default=Default.validator_involvement,
+        help=cli_help("validator_involvement"),
     )
     options.add_argument(
         "--ranking-method",
         choices=["avg_log2FC", "p_val_adj", "pct_diff", "Score"],
-        default="avg_log2FC",
+        default=Default.ranking_method,
+        help=cli_help("ranking_method"),
     )
-    options.add_argument("--temperature", type=float, default=0.0)
-    options.add_argument("--reasoning", choices=["low", "medium", "high"])
-    options.add_argument("--max-retries", type=int, default=3)
-    options.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    options.add_argument("--requests-per-minute", type=float)
-    options.add_argument("--cache-dir", type=Path, help="reply cache (default: user cache folder)")
+    options.add_argument(
+        "--ascending",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=cli_help("ascending"),
+    )
+    options.add_argument(
+        "--temperature", type=float, default=Default.temperature, help=cli_help("temperature")
+    )
+    options.add_argument(
+        "--reasoning", choices=["low", "medium", "high"], help=cli_help("reasoning")
+    )
+    options.add_argument(
+        "--max-retries", type=int, default=Default.max_retries, help=cli_help("max_retries")
+    )
+    options.add_argument("--timeout", type=float, default=Default.timeout, help=cli_help("timeout"))
+    options.add_argument("--requests-per-minute", type=float, help=cli_help("requests_per_minute"))
+    options.add_argument("--cache-dir", type=Path, help=cli_help("cache_dir"))
     options.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     options.add_argument(
         "--dry-run", action="store_true", help="show the prompts' token estimate; call nothing"
@@ -174,6 +189,7 @@ def _run_options(args: argparse.Namespace) -> dict:
         "additional_info": args.additional_info,
         "validator_involvement": args.validator_involvement,
         "ranking_method": args.ranking_method,
+        "ascending": args.ascending,
         "temperature": args.temperature,
         "reasoning": args.reasoning,
         "max_retries": args.max_retries,
@@ -206,7 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ...       "--model", "any-model", "--dry-run", "--quiet"])
     0
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.model and not getattr(args, "models", None):
+        parser.error("--model is required (or --models for annotate)")
     logging.basicConfig(format="cassia-sc: %(message)s", level=logging.WARNING)
     if args.verbose:  # ours only: the HTTP libraries would log every request
         logger.setLevel(logging.INFO)
@@ -227,9 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> BatchResult:
-    from .h5ad import read_for_annotation, write_annotation
-    from .tl._annotate import label_columns, run_annotation, uns_record
-
+    check_key_added(args.key_added)
     source = Path(args.input)
     with tempfile.TemporaryDirectory() as scratch:
         target = args.output
@@ -251,6 +268,8 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
             groupby=found.groupby,
             gene_symbols=args.gene_symbols,
             n_runs=args.n_runs,
+            models=args.models,
+            agreement_threshold=args.agreement_threshold,
             **_run_options(args),
         )
         if result.dry_run:
@@ -281,23 +300,19 @@ def _write_files(
     result: BatchResult, output_name: str, source: Path, columns: dict, *, key_added: str
 ) -> None:
     """CASSIA's four files; the report shows the cells on the UMAP when the file has one."""
-    import numpy as np
-    import pandas as pd
-    from anndata import AnnData
-
-    from .export import write_outputs
-    from .h5ad import read_embedding
-
-    coordinates = read_embedding(source, basis="umap")
+    coordinates = read_embedding(source, basis=Default.basis)
     cells = None
     if coordinates is not None:
         names = pd.Index(np.arange(len(coordinates)).astype(str))
-        cells = AnnData(obs=pd.DataFrame(columns, index=names), obsm={"X_umap": coordinates})
+        cells = AnnData(
+            obs=pd.DataFrame(columns, index=names),
+            obsm={Key.obsm.basis(Default.basis): coordinates},
+        )
     write_outputs(result, output_name, adata=cells, key=key_added)
 
 
 def _materialise_example(name: str, folder: Path) -> Path:
-    import scanpy as sc
+    import scanpy as sc  # only for the bundled example: a second and 150 MB otherwise
 
     path = folder / f"{name}.h5ad"
     getattr(sc.datasets, name)().write_h5ad(path)

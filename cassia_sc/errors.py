@@ -37,3 +37,17 @@ class BatchInterrupted(KeyboardInterrupt):
     def __init__(self, result: object) -> None:
         super().__init__("interrupted; the clusters that finished are kept in .result")
         self.result = result
+
+
+class CallCancelled(CassiaError):
+    """The run was stopped while this call waited or was being retried."""
+
+
+class OntologyUnavailable(CassiaError, ImportError):
+    """The optional packages that hold the Cell Ontology are not installed."""
+
+    def __init__(self, missing: str = "cellxgene-ontology-guide") -> None:
+        super().__init__(
+            f"mapping labels to the Cell Ontology needs {missing}: "
+            'install with pip install "cassia-sc[ontology]"'
+        )

@@ -1,7 +1,7 @@
 """The model client of a run: one pooled ``openai.OpenAI`` behind retries, pacing and a cache.
 
-Provider and key resolution, retries with backoff, pacing shared by all workers, the
-reply cache and token usage all live here.
+Retries with backoff, pacing shared by all workers, the reply cache and token usage live
+here; where each provider is and how it differs lives in :mod:`cassia_sc.providers`.
 
 Every provider is spoken to through the chat-completions API of the ``openai`` SDK.
 The SDK's own retries are switched off so that only this module decides what is
@@ -10,7 +10,6 @@ retried, how long to wait, and when the whole pool must slow down.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import random
@@ -24,142 +23,28 @@ from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import openai
 
+from ._keys import Default
 from .cache import ResponseCache, default_cache_dir, request_key
 from .errors import (
     AuthenticationFailed,
+    CallCancelled,
     CassiaError,
     LLMError,
-    MissingAPIKeyError,
     ModelNotFound,
 )
+from .providers import OPTIONAL_PARAMETERS, resolve_api_key, resolve_endpoint
 
 logger = logging.getLogger("cassia_sc")
 
-#: provider name -> (base URL, environment variable holding its key)
-PROVIDERS: dict[str, tuple[str, str]] = {
-    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "anthropic": ("https://api.anthropic.com/v1/", "ANTHROPIC_API_KEY"),
-}
-#: Key variable for a provider given as a base URL (Ollama, vLLM, LM Studio, a proxy).
-CUSTOM_KEY_ENV = "CASSIA_API_KEY"
-# Local servers ignore the key, but the SDK insists on one.
-_LOCAL_PLACEHOLDER_KEY = "no-key-needed"
-
 _RETRY_STATUSES = frozenset({408, 409, 429})
-# Optional parameters an endpoint may refuse (named in its 400 message), and the request
-# options that carry them; the first one names the parameter when it is dropped.
-_OPTIONAL_PARAMETERS = {
-    "response_format": ("response_format",),
-    "json_schema": ("response_format",),
-    "temperature": ("temperature",),
-    "reasoning": ("reasoning", "reasoning_effort"),
-}
 _UNKNOWN_MODEL = re.compile(
     r"model.*(not (a )?valid|not found|does not exist|unknown|not available|no endpoints)"
     r"|(invalid|unknown|not a valid) model",
     re.IGNORECASE,
 )
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where requests go and which environment variable holds the key.
-
-    Attributes
-    ----------
-    provider
-        The provider as the user gave it: a name or a base URL.
-    base_url
-        Base URL of the OpenAI-compatible API.
-    key_variable
-        Environment variable read when no ``api_key`` is given.
-    """
-
-    provider: str
-    base_url: str
-    key_variable: str
-
-    @property
-    def is_loopback(self) -> bool:
-        """Whether the server runs on this machine, where no key is needed."""
-        host = urlsplit(self.base_url).hostname or ""
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
-
-
-def resolve_endpoint(provider: str) -> Endpoint:
-    """Turn a provider name or base URL into an :class:`Endpoint`.
-
-    Parameters
-    ----------
-    provider
-        ``"openrouter"``, ``"openai"``, ``"anthropic"`` (its OpenAI-compatible endpoint), or
-        the base URL of any OpenAI-compatible server, e.g. ``"http://localhost:11434/v1"``
-        for Ollama.
-
-    Returns
-    -------
-    Endpoint
-        The base URL and the key variable to use.
-
-    Examples
-    --------
-    >>> resolve_endpoint("openrouter").key_variable
-    'OPENROUTER_API_KEY'
-    >>> resolve_endpoint("http://127.0.0.1:8000/v1").is_loopback
-    True
-    """
-    name = provider.strip()
-    if name.lower() in PROVIDERS:
-        base_url, variable = PROVIDERS[name.lower()]
-        return Endpoint(name.lower(), base_url, variable)
-    if urlsplit(name).scheme in {"http", "https"} and urlsplit(name).hostname:
-        return Endpoint(name, name.rstrip("/"), CUSTOM_KEY_ENV)
-    raise CassiaError(
-        f"Unknown provider {provider!r}: use one of {list(PROVIDERS)} or the base URL of an "
-        "OpenAI-compatible server, e.g. 'http://localhost:11434/v1'."
-    )
-
-
-def resolve_api_key(endpoint: Endpoint, api_key: str | None = None) -> str:
-    """Find the API key: ``api_key`` if given, else the endpoint's environment variable.
-
-    Parameters
-    ----------
-    endpoint
-        From :func:`resolve_endpoint`.
-    api_key
-        An explicit key, which wins.
-
-    Returns
-    -------
-    str
-        The key (a placeholder for a server on this machine that needs none).
-
-    Raises
-    ------
-    MissingAPIKeyError
-        When there is no key and the server is not on this machine.
-    """
-    if api_key:
-        return api_key
-    if os.environ.get(endpoint.key_variable):
-        return os.environ[endpoint.key_variable]
-    if endpoint.is_loopback:
-        return _LOCAL_PLACEHOLDER_KEY
-    raise MissingAPIKeyError(
-        f"No API key for provider {endpoint.provider!r}: set the environment variable "
-        f"{endpoint.key_variable} (or pass api_key= in Python)."
-    )
 
 
 @dataclass(frozen=True)
@@ -219,10 +104,6 @@ class Usage:
         self.cached_calls += reply.cached
         self.prompt_tokens += reply.prompt_tokens
         self.completion_tokens += reply.completion_tokens
-
-
-class CallCancelled(CassiaError):
-    """The run was stopped while this call waited or was being retried."""
 
 
 class _Retryable(Exception):
@@ -316,7 +197,7 @@ class LLMClient:
     model
         Model name as the provider spells it, e.g. ``"openai/gpt-4o"`` on OpenRouter.
     provider
-        Provider name or base URL; see :func:`resolve_endpoint`.
+        Provider name or base URL; see :func:`cassia_sc.providers.resolve_endpoint`.
     api_key
         The key; by default read from the provider's environment variable.
     temperature
@@ -354,12 +235,12 @@ class LLMClient:
         self,
         *,
         model: str,
-        provider: str = "openrouter",
+        provider: str = Default.provider,
         api_key: str | None = None,
-        temperature: float | None = 0.0,
+        temperature: float | None = Default.temperature,
         reasoning: str | None = None,
-        timeout: float = 120.0,
-        max_retries: int = 3,
+        timeout: float = Default.timeout,
+        max_retries: int = Default.max_retries,
         requests_per_minute: float | None = None,
         cache: bool = True,
         cache_dir: str | os.PathLike | None = None,
@@ -567,10 +448,7 @@ class LLMClient:
         if request["temperature"] is not None and "temperature" not in refused:
             body["temperature"] = request["temperature"]
         if request["reasoning"] and "reasoning" not in refused:
-            if self.endpoint.provider == "openrouter":
-                body["reasoning"] = {"effort": request["reasoning"]}
-            else:
-                body["reasoning_effort"] = request["reasoning"]
+            body.update(self.endpoint.reasoning_fields(request["reasoning"]))
         if request["schema"] and "response_format" not in refused:
             body["response_format"] = {
                 "type": "json_schema",
@@ -593,7 +471,7 @@ class LLMClient:
                 f"(HTTP {status}: {detail}). Check the model name, or the base URL."
             ) from None
         if status == 400:
-            for parameter, sent_as in _OPTIONAL_PARAMETERS.items():
+            for parameter, sent_as in OPTIONAL_PARAMETERS.items():
                 if parameter in detail.lower() and any(option in sent for option in sent_as):
                     name = sent_as[0]
                     if self._downgrades.drop(name):

@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from .errors import CassiaError
+from .errors import OntologyUnavailable
 
 __all__ = [
     "ABBREVIATIONS",
@@ -66,8 +66,6 @@ __all__ = [
 UNKNOWN = "unknown"
 
 MatchMethod = Literal["label", "synonym", "normalised", "fuzzy", "unmapped"]
-
-_INSTALL_HINT = 'install with pip install "cassia-sc[ontology]"'
 
 #: Parents too general to make two terms "close relatives" in :meth:`CellOntology.relation`.
 #: Chosen from the shipped CL's structure: the root and the groupings by a property that cuts
@@ -262,13 +260,6 @@ class OntologyMatch:
     def mapped(self) -> bool:
         """Whether the label found a CL term."""
         return self.term_id != UNKNOWN
-
-
-class OntologyUnavailable(CassiaError, ImportError):
-    """The optional packages that hold the Cell Ontology are not installed."""
-
-    def __init__(self, missing: str = "cellxgene-ontology-guide") -> None:
-        super().__init__(f"mapping labels to the Cell Ontology needs {missing}: {_INSTALL_HINT}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,76 +3,293 @@
 A cluster is always present, whatever happened to it: ``status`` is ``"ok"``, ``"failed"``
 (with ``error`` saying why, and the model's raw text when there was one) or ``"not_run"``
 (a dry run, or a run stopped before the cluster's turn).
+
+What a cluster's result holds is declared once, as :class:`Field` entries: the core fields
+in :data:`CORE_FIELDS`, and those each step of a pipeline adds (see
+:mod:`cassia_sc.agents`). The declarations drive the annotator's JSON schema, the table
+stored in ``uns``, its reading back, the summary CSV, the report and ``pl.review``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import pandas as pd
 
+from ._keys import Default, Key
+
 Status = Literal["ok", "failed", "not_run"]
-Agent = Literal["annotator", "validator", "formatter"]
+#: The agents of the core pipelines; a step may speak as any other name too.
+Agent = str
+CORE_AGENTS = ("annotator", "validator", "formatter")
+#: How a value is stored: free text, a list of names, a whole or real number, or a verdict.
+Kind = Literal["text", "list", "int", "float", "verdict"]
+#: A validator's verdict by its name in tables.
+VALIDATION_NAMES: dict[bool | None, str] = {True: "passed", False: "failed", None: "unknown"}
 
-#: Columns of the summary table: CASSIA's first, in its order, then ours.
-CASSIA_COLUMNS = [
-    "Cluster ID",
-    "Predicted General Cell Type",
-    "Predicted Detailed Cell Type",
-    "Possible Mixed Cell Types",
-    "Marker Number",
-    "Marker List",
-    "Iterations",
-    "Model",
-    "Provider",
-    "Tissue",
-    "Species",
-]
-OUR_COLUMNS = [
-    "Status",
-    "Validation Passed",
-    "Key Markers",
-    "Unsupported Markers",
-    "Prompt Tokens",
-    "Completion Tokens",
-    "Error",
-    "Possible Tissues",
-    "Ontology Term ID",
-    "Ontology Label",
-    "Agreement",
-]
-SUMMARY_COLUMNS = CASSIA_COLUMNS + OUR_COLUMNS
+#: A review cell: severity (-1 does not apply, 0 fine, 1 worth a look, 2 a problem) and text.
+Grade = tuple[int, str]
 
-#: Columns of :meth:`BatchResult.table`, stored by ``tl.annotate`` in ``uns``.
-TABLE_COLUMNS = [
-    "cluster",
-    "main_cell_type",
-    "sub_cell_types",
-    "possible_mixed_cell_types",
-    "possible_tissues",
-    "key_markers",
-    "unsupported_markers",
-    "markers",
-    "status",
-    "validation",
-    "validation_feedback",
-    "iterations",
-    "prompt_tokens",
-    "completion_tokens",
-    "requests",
-    "calls",
-    "cached_calls",
-    "error",
-    "ontology_term_id",
-    "ontology_label",
-    "ontology_score",
-    "subtype_ontology_term_ids",
-    "agreement",
-]
-_VALIDATION_NAMES = {True: "passed", False: "failed", None: "unknown"}
+
+@dataclass(frozen=True)
+class Review:
+    """How ``pl.review`` shows a field: a column title and a grading of each answered cluster.
+
+    Attributes
+    ----------
+    title
+        The column's title.
+    grade
+        ``(row, params) -> (severity, text)``, from the cluster's row of the ``uns`` table
+        and the run's parameters.
+    always
+        Show the column even when no cluster has a value (else only when one has).
+    """
+
+    title: str
+    grade: Callable[[Mapping[str, Any], Mapping[str, Any]], Grade]
+    always: bool = True
+
+
+@dataclass(frozen=True)
+class Field:
+    """One value of a cluster's result, declared once for every table and file.
+
+    Attributes
+    ----------
+    name
+        Column of the ``uns`` table (and key in the conversations JSON).
+    kind
+        How it is stored: ``"text"``, ``"list"`` (joined with ``", "`` in tables),
+        ``"int"``, ``"float"`` (NaN when missing) or ``"verdict"`` (True/False/None, named
+        ``passed``/``failed``/``unknown`` in tables).
+    doc
+        What it holds, for the documentation.
+    attribute
+        The :class:`ClusterResult` attribute, when it differs from ``name``.
+    csv
+        Its column in the summary CSV, after CASSIA's own; None to leave it out.
+    answer
+        Part of the annotator's JSON answer (and so of its schema).
+    required
+        Required in that schema.
+    report
+        Label of the value on the report's cluster card, for fields added by steps (the
+        core fields have their own places on the card).
+    review
+        How ``pl.review`` shows it, or None.
+    default
+        Its value before the step that sets it ran.
+    """
+
+    name: str
+    kind: Kind
+    doc: str
+    attribute: str | None = None
+    csv: str | None = None
+    answer: bool = False
+    required: bool = False
+    report: str | None = None
+    review: Review | None = None
+    default: Any = None
+
+    @property
+    def key(self) -> str:
+        """The attribute of :class:`ClusterResult` that holds the value."""
+        return self.attribute or self.name
+
+    def to_table(self, value: Any) -> Any:
+        """Return ``value`` as the ``uns`` table stores it: text, a number or NaN."""
+        if self.kind == "list":
+            return Key.list_separator.join(value or ())
+        if self.kind == "verdict":
+            return VALIDATION_NAMES[value]
+        if self.kind == "int":
+            return int(value or 0)
+        if self.kind == "float":
+            return math.nan if value is None else float(value)
+        return "" if value is None else str(value)
+
+    def to_csv(self, value: Any) -> Any:
+        """Return ``value`` as the summary CSV holds it (a verdict stays True/False/None)."""
+        return value if self.kind == "verdict" else self.to_table(value)
+
+    def from_table(self, value: Any) -> Any:
+        """Return the value of a stored cell, as :class:`ClusterResult` holds it."""
+        if self.kind == "list":
+            return split_list(value)
+        if self.kind == "verdict":
+            return {name: verdict for verdict, name in VALIDATION_NAMES.items()}.get(value)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return self.default
+        if self.kind == "int":
+            return int(value)
+        if self.kind == "float":
+            return float(value)
+        return str(value) if value != "" else self.default
+
+    def schema(self) -> dict[str, Any]:
+        """Return the JSON schema of the value, for structured output."""
+        if self.kind == "list":
+            return {"type": "array", "items": {"type": "string"}}
+        return {"type": {"int": "integer", "float": "number"}.get(self.kind, "string")}
+
+
+def split_list(text: Any) -> list[str]:
+    """Split a list stored as ``"a, b"`` text back into its items.
+
+    Parameters
+    ----------
+    text
+        The stored text.
+
+    Returns
+    -------
+    list of str
+        The items, stripped, without empty ones.
+
+    Examples
+    --------
+    >>> split_list("CD3D, CD3E,")
+    ['CD3D', 'CD3E']
+    """
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+def _grade_status(row: Mapping[str, Any], params: Mapping[str, Any]) -> Grade:
+    return 0, str(row["status"])
+
+
+def _grade_validation(row: Mapping[str, Any], params: Mapping[str, Any]) -> Grade:
+    return {"passed": 0, "unknown": 1}.get(row["validation"], 2), str(row["validation"])
+
+
+def _grade_unsupported(row: Mapping[str, Any], params: Mapping[str, Any]) -> Grade:
+    unsupported = split_list(row["unsupported_markers"])
+    return (2 if unsupported else 0), ", ".join(unsupported) or "none"
+
+
+def _grade_rounds(row: Mapping[str, Any], params: Mapping[str, Any]) -> Grade:
+    return (1 if int(row["iterations"]) > 1 else 0), str(int(row["iterations"]))
+
+
+def _grade_agreement(row: Mapping[str, Any], params: Mapping[str, Any]) -> Grade:
+    agreement = float(row["agreement"])
+    threshold = float(params.get("agreement_threshold", Default.agreement_threshold))
+    return (2 if agreement < threshold else 0), f"{agreement:.0%}".replace("%", " %")
+
+
+def _text(name: str, doc: str, **options: Any) -> Field:
+    return Field(name, "text", doc, **options)
+
+
+def _list(name: str, doc: str, **options: Any) -> Field:
+    return Field(name, "list", doc, default=[], **options)
+
+
+def _count(name: str, doc: str, **options: Any) -> Field:
+    return Field(name, "int", doc, default=0, **options)
+
+
+#: The fields every pipeline fills, in the order of the ``uns`` table; those with ``csv``
+#: follow CASSIA's columns in the summary CSV, in this order.
+CORE_FIELDS: tuple[Field, ...] = (
+    _text("cluster", "the cluster's name"),
+    _text("main_cell_type", "the main cell type", answer=True, required=True),
+    _list("sub_cell_types", "up to three subtypes, most likely first", answer=True, required=True),
+    _list(
+        "possible_mixed_cell_types",
+        "other populations the cluster may contain",
+        answer=True,
+        required=True,
+    ),
+    _list("markers", "the ranked markers the model was given"),
+    _text(
+        "status",
+        "``ok``, ``failed`` or ``not_run``",
+        csv="Status",
+        default="not_run",
+        review=Review("status", _grade_status),
+    ),
+    Field(
+        "validation",
+        "verdict",
+        "``passed``, ``failed`` (still rejected after the last round) or ``unknown``",
+        attribute="validation_passed",
+        csv="Validation Passed",
+        review=Review("validation", _grade_validation),
+    ),
+    _text("validation_feedback", "the validator's last feedback", default=""),
+    _list(
+        "key_markers",
+        "the markers the answer rests on, as cited",
+        csv="Key Markers",
+        answer=True,
+        required=True,
+    ),
+    _list(
+        "unsupported_markers",
+        "cited key markers that are not in the cluster's marker list",
+        csv="Unsupported Markers",
+        review=Review("unsupported markers", _grade_unsupported),
+    ),
+    _count("iterations", "annotation rounds", review=Review("rounds", _grade_rounds)),
+    _count("prompt_tokens", "prompt tokens of the cluster's calls", csv="Prompt Tokens"),
+    _count("completion_tokens", "completion tokens of its calls", csv="Completion Tokens"),
+    _count("requests", "HTTP requests sent, retries included (0 when all came from the cache)"),
+    _count("calls", "model replies used"),
+    _count("cached_calls", "of those, served from the cache"),
+    _text("error", "why the cluster failed", csv="Error"),
+    _list(
+        "possible_tissues",
+        "tissues of origin (tissue-blind runs)",
+        csv="Possible Tissues",
+        answer=True,
+    ),
+    _text(
+        "ontology_term_id", "the Cell Ontology term of the main cell type", csv="Ontology Term ID"
+    ),
+    _text("ontology_label", "that term's label", csv="Ontology Label"),
+    Field("ontology_score", "float", "the match score of that term"),
+    _list("subtype_ontology_term_ids", "the Cell Ontology term of each subtype, in order"),
+    Field(
+        "agreement",
+        "float",
+        "after repeated runs: the share of runs agreeing with the answer",
+        csv="Agreement",
+        review=Review("agreement", _grade_agreement, always=False),
+    ),
+)
+
+
+def answer_schema(declared: Iterable[Field] = CORE_FIELDS) -> dict[str, Any]:
+    """Return the JSON schema of the annotator's answer, from the fields declared part of it.
+
+    Parameters
+    ----------
+    declared
+        The fields; those with ``answer=True`` are in the schema.
+
+    Returns
+    -------
+    dict
+        A JSON schema object.
+
+    Examples
+    --------
+    >>> answer_schema()["required"]
+    ['main_cell_type', 'sub_cell_types', 'possible_mixed_cell_types', 'key_markers']
+    """
+    answer = [f for f in declared if f.answer]
+    return {
+        "type": "object",
+        "properties": {f.name: f.schema() for f in answer},
+        "required": [f.name for f in answer if f.required],
+    }
 
 
 def h5_safe_frame(table: pd.DataFrame) -> pd.DataFrame:
@@ -103,16 +320,23 @@ def h5_safe_frame(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _number_or_nan(value: float | None) -> float:
-    return float("nan") if value is None else float(value)
+def inferred_field(name: str, column: pd.Series) -> Field:
+    """Declare a stored column that no known step declares: a number or text.
 
+    Parameters
+    ----------
+    name
+        The column's name.
+    column
+        Its values.
 
-def _number_or_none(value: Any) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in str(text).split(",") if part.strip()]
+    Returns
+    -------
+    Field
+        A ``float`` field for a numeric column, else a ``text`` one.
+    """
+    kind: Kind = "float" if column.dtype.kind in "biuf" else "text"
+    return Field(name, kind, "stored by a step this version does not know")
 
 
 @dataclass(frozen=True)
@@ -194,6 +418,9 @@ class ClusterResult:
         The Cell Ontology term of each of ``sub_cell_types``, in order.
     agreement
         Over repeated runs: the share that agree with this answer; None for one run.
+    extra
+        Values of the fields that a pipeline's further steps declare (a score, say), by
+        name; read them as attributes (``result.score``) or with :meth:`get`.
 
     Examples
     --------
@@ -231,6 +458,46 @@ class ClusterResult:
     ontology_score: float | None = None
     subtype_ontology_term_ids: list[str] = field(default_factory=list)
     agreement: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: a value a step added under its field's name.
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def get(self, declared: Field) -> Any:
+        """Return the value of a declared field, or its default when nothing set it.
+
+        Parameters
+        ----------
+        declared
+            The field.
+
+        Returns
+        -------
+        Any
+            The value.
+        """
+        if declared.key in _ATTRIBUTES:
+            return getattr(self, declared.key)
+        return self.extra.get(declared.key, declared.default)
+
+    def set(self, name: str, value: Any) -> None:
+        """Set a core attribute, or the value of a field a step declares.
+
+        Parameters
+        ----------
+        name
+            The attribute or field name.
+        value
+            Its value.
+        """
+        if name in _ATTRIBUTES:
+            setattr(self, name, value)
+        else:
+            self.extra[name] = value
 
     def turns(self, agent: Agent) -> list[dict[str, Any]]:
         """Return the messages of one agent's conversation as plain dicts.
@@ -267,6 +534,9 @@ class ClusterResult:
         return "\n\n".join(f"[{t.agent} / {t.role}]\n{t.content}" for t in self.conversation)
 
 
+_ATTRIBUTES = frozenset(f.name for f in fields(ClusterResult))
+
+
 @dataclass
 class BatchResult:
     """The result of a batch: one :class:`ClusterResult` per cluster, in cluster order.
@@ -281,6 +551,9 @@ class BatchResult:
         Whether no model was called.
     interrupted
         Whether the run was stopped before every cluster was done.
+    fields
+        What each cluster holds: :data:`CORE_FIELDS` and the fields of the pipeline's
+        further steps, in table order.
 
     Examples
     --------
@@ -295,6 +568,7 @@ class BatchResult:
     settings: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False
     interrupted: bool = False
+    fields: tuple[Field, ...] = CORE_FIELDS
 
     def __len__(self) -> int:
         return len(self.clusters)
@@ -327,8 +601,8 @@ class BatchResult:
         Returns
         -------
         pandas.DataFrame
-            One row per cluster, with the columns of :data:`SUMMARY_COLUMNS`; lists
-            are joined with ``", "``.
+            One row per cluster: CASSIA's eleven columns, then every declared field with
+            a CSV column; lists are joined with ``", "``.
 
         Examples
         --------
@@ -338,35 +612,26 @@ class BatchResult:
         >>> plan.summary()["Cluster ID"].tolist()[:3]
         ['0', '1', '2']
         """
+        ours = [f for f in self.fields if f.csv]
+        joined = Key.list_separator.join
         rows = []
         for c in self.clusters:
-            rows.append(
-                {
-                    "Cluster ID": c.cluster,
-                    "Predicted General Cell Type": c.main_cell_type or "",
-                    "Predicted Detailed Cell Type": ", ".join(c.sub_cell_types),
-                    "Possible Mixed Cell Types": ", ".join(c.possible_mixed_cell_types),
-                    "Marker Number": len(c.markers),
-                    "Marker List": ", ".join(c.markers),
-                    "Iterations": c.iterations,
-                    "Model": self.settings.get("model", ""),
-                    "Provider": self.settings.get("provider", ""),
-                    "Tissue": self.settings.get("tissue") or "",
-                    "Species": self.settings.get("species", ""),
-                    "Status": c.status,
-                    "Validation Passed": c.validation_passed,
-                    "Key Markers": ", ".join(c.key_markers),
-                    "Unsupported Markers": ", ".join(c.unsupported_markers),
-                    "Prompt Tokens": c.prompt_tokens,
-                    "Completion Tokens": c.completion_tokens,
-                    "Error": c.error or "",
-                    "Possible Tissues": ", ".join(c.possible_tissues),
-                    "Ontology Term ID": c.ontology_term_id or "",
-                    "Ontology Label": c.ontology_label or "",
-                    "Agreement": c.agreement,
-                }
-            )
-        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+            row = {
+                Key.csv.cluster: c.cluster,
+                Key.csv.main_cell_type: c.main_cell_type or "",
+                Key.csv.sub_cell_types: joined(c.sub_cell_types),
+                Key.csv.possible_mixed_cell_types: joined(c.possible_mixed_cell_types),
+                Key.csv.marker_number: len(c.markers),
+                Key.csv.markers: joined(c.markers),
+                Key.csv.iterations: c.iterations,
+                Key.csv.model: self.settings.get("model", ""),
+                Key.csv.provider: self.settings.get("provider", ""),
+                Key.csv.tissue: self.settings.get("tissue") or "",
+                Key.csv.species: self.settings.get("species", ""),
+            }
+            row |= {f.csv: f.to_csv(c.get(f)) for f in ours}
+            rows.append(row)
+        return pd.DataFrame(rows, columns=summary_columns(self.fields))
 
     def table(self) -> pd.DataFrame:
         """Return one row per cluster in plain columns, as ``tl.annotate`` stores it in ``uns``.
@@ -374,9 +639,9 @@ class BatchResult:
         Returns
         -------
         pandas.DataFrame
-            The columns of :data:`TABLE_COLUMNS`; text as Python strings, lists joined
-            with ``", "``, no missing values (empty strings instead), so that it survives
-            ``write_h5ad`` with any anndata.
+            A column per declared field; text as Python strings, lists joined with
+            ``", "``, no missing text (empty strings instead), NaN for a missing number,
+            so that it survives ``write_h5ad`` with any anndata.
 
         Examples
         --------
@@ -386,44 +651,23 @@ class BatchResult:
         >>> plan.table().columns[:3].tolist()
         ['cluster', 'main_cell_type', 'sub_cell_types']
         """
-        rows = [
-            {
-                "cluster": c.cluster,
-                "main_cell_type": c.main_cell_type or "",
-                "sub_cell_types": ", ".join(c.sub_cell_types),
-                "possible_mixed_cell_types": ", ".join(c.possible_mixed_cell_types),
-                "possible_tissues": ", ".join(c.possible_tissues),
-                "key_markers": ", ".join(c.key_markers),
-                "unsupported_markers": ", ".join(c.unsupported_markers),
-                "markers": ", ".join(c.markers),
-                "status": c.status,
-                "validation": _VALIDATION_NAMES[c.validation_passed],
-                "validation_feedback": c.validation_feedback,
-                "iterations": c.iterations,
-                "prompt_tokens": c.prompt_tokens,
-                "completion_tokens": c.completion_tokens,
-                "requests": c.requests,
-                "calls": c.calls,
-                "cached_calls": c.cached_calls,
-                "error": c.error or "",
-                "ontology_term_id": c.ontology_term_id or "",
-                "ontology_label": c.ontology_label or "",
-                "ontology_score": _number_or_nan(c.ontology_score),
-                "subtype_ontology_term_ids": ", ".join(c.subtype_ontology_term_ids),
-                "agreement": _number_or_nan(c.agreement),
-            }
-            for c in self.clusters
-        ]
-        return h5_safe_frame(pd.DataFrame(rows, columns=TABLE_COLUMNS))
+        rows = [{f.name: f.to_table(c.get(f)) for f in self.fields} for c in self.clusters]
+        return h5_safe_frame(pd.DataFrame(rows, columns=[f.name for f in self.fields]))
 
     @classmethod
-    def from_uns(cls, record: Mapping[str, Any]) -> BatchResult:
+    def from_uns(
+        cls, record: Mapping[str, Any], *, declared: Sequence[Field] = CORE_FIELDS
+    ) -> BatchResult:
         """Rebuild a batch from what ``tl.annotate`` stored in ``uns[key_added]``.
 
         Parameters
         ----------
         record
             ``adata.uns[key_added]``, with ``params``, ``results`` and ``conversations``.
+        declared
+            The fields the annotation's pipeline declares (see
+            :func:`cassia_sc.get.fields`); a stored column none of them declares is read
+            as a number or as text.
 
         Returns
         -------
@@ -434,57 +678,21 @@ class BatchResult:
         --------
         >>> result = cassia_sc.BatchResult.from_uns(adata.uns["cassia"])  # doctest: +SKIP
         """
-        stored = {c["cluster"]: c for c in json.loads(record.get("conversations") or "[]")}
-        verdicts = {name: verdict for verdict, name in _VALIDATION_NAMES.items()}
+        table: pd.DataFrame = record[Key.uns.results]
+        by_name = {f.name: f for f in declared}
+        stored = [by_name.get(name) or inferred_field(name, table[name]) for name in table]
+        stored_names = {f.name for f in stored}
+        kept = tuple(stored) + tuple(f for f in declared if f.name not in stored_names)
+        conversations = json.loads(record.get(Key.uns.conversations) or "[]")
+        turns_by_cluster = {c["cluster"]: c for c in conversations}
         clusters = []
-        for row in record["results"].to_dict("records"):
-            turns = sorted(
-                (
-                    (turn.get("step", 0), agent, turn)
-                    for agent in ("annotator", "validator", "formatter")
-                    for turn in stored.get(row["cluster"], {}).get(agent, [])
-                ),
-                key=lambda item: item[0],
-            )
-            clusters.append(
-                ClusterResult(
-                    cluster=str(row["cluster"]),
-                    markers=_split(row["markers"]),
-                    status=row["status"],
-                    main_cell_type=row["main_cell_type"] or None,
-                    sub_cell_types=_split(row["sub_cell_types"]),
-                    possible_mixed_cell_types=_split(row["possible_mixed_cell_types"]),
-                    possible_tissues=_split(row["possible_tissues"]),
-                    key_markers=_split(row["key_markers"]),
-                    unsupported_markers=_split(row["unsupported_markers"]),
-                    validation_passed=verdicts.get(row["validation"]),
-                    validation_feedback=row["validation_feedback"],
-                    iterations=int(row["iterations"]),
-                    error=row["error"] or None,
-                    conversation=[
-                        Turn(
-                            agent,
-                            t["role"],
-                            t["content"],
-                            t.get("cached", False),
-                            t.get("prompt_tokens", 0),
-                            t.get("completion_tokens", 0),
-                        )
-                        for _, agent, t in turns
-                    ],
-                    prompt_tokens=int(row["prompt_tokens"]),
-                    completion_tokens=int(row["completion_tokens"]),
-                    requests=int(row["requests"]),
-                    calls=int(row.get("calls", 0)),
-                    cached_calls=int(row.get("cached_calls", 0)),
-                    ontology_term_id=row.get("ontology_term_id") or None,
-                    ontology_label=row.get("ontology_label") or None,
-                    ontology_score=_number_or_none(row.get("ontology_score")),
-                    subtype_ontology_term_ids=_split(row.get("subtype_ontology_term_ids", "")),
-                    agreement=_number_or_none(row.get("agreement")),
-                )
-            )
-        return cls(clusters=clusters, settings=dict(record.get("params", {})))
+        for row in table.to_dict("records"):
+            result = ClusterResult(cluster=str(row["cluster"]), markers=[])
+            for declaration in stored:
+                result.set(declaration.key, declaration.from_table(row[declaration.name]))
+            result.conversation = _turns(turns_by_cluster.get(row["cluster"], {}))
+            clusters.append(result)
+        return cls(clusters=clusters, settings=dict(record.get(Key.uns.params, {})), fields=kept)
 
     def full(self) -> pd.DataFrame:
         """Return the summary table plus each cluster's conversation.
@@ -496,9 +704,9 @@ class BatchResult:
             ``Conversation History`` columns.
         """
         table = self.summary()
-        table["Validation Feedback"] = [c.validation_feedback for c in self.clusters]
-        table["Raw Reply"] = [c.raw_reply or "" for c in self.clusters]
-        table["Conversation History"] = [c.conversation_text() for c in self.clusters]
+        table[Key.csv.validation_feedback] = [c.validation_feedback for c in self.clusters]
+        table[Key.csv.raw_reply] = [c.raw_reply or "" for c in self.clusters]
+        table[Key.csv.conversation] = [c.conversation_text() for c in self.clusters]
         return table
 
     def conversations(self) -> list[dict[str, Any]]:
@@ -507,18 +715,13 @@ class BatchResult:
         Returns
         -------
         list of dict
-            Per cluster: ``cluster``, ``status``, ``error`` and the ``annotator``,
-            ``validator`` and ``formatter`` turns.
+            Per cluster: ``cluster``, ``status``, ``error`` and the turns of the
+            ``annotator``, ``validator`` and ``formatter``, then of any other agent that
+            spoke.
         """
         return [
-            {
-                "cluster": c.cluster,
-                "status": c.status,
-                "error": c.error,
-                "annotator": c.turns("annotator"),
-                "validator": c.turns("validator"),
-                "formatter": c.turns("formatter"),
-            }
+            {"cluster": c.cluster, "status": c.status, "error": c.error}
+            | {agent: c.turns(agent) for agent in _agents(c)}
             for c in self.clusters
         ]
 
@@ -540,3 +743,70 @@ class BatchResult:
             ensure_ascii=False,
             indent=1,
         )
+
+
+def summary_columns(declared: Iterable[Field] = CORE_FIELDS) -> list[str]:
+    """Return the columns of the summary CSV: CASSIA's eleven, then the declared ones.
+
+    Parameters
+    ----------
+    declared
+        The fields of the batch.
+
+    Returns
+    -------
+    list of str
+        Column names, in order.
+
+    Examples
+    --------
+    >>> summary_columns()[:2]
+    ['Cluster ID', 'Predicted General Cell Type']
+    """
+    cassia = [
+        Key.csv.cluster,
+        Key.csv.main_cell_type,
+        Key.csv.sub_cell_types,
+        Key.csv.possible_mixed_cell_types,
+        Key.csv.marker_number,
+        Key.csv.markers,
+        Key.csv.iterations,
+        Key.csv.model,
+        Key.csv.provider,
+        Key.csv.tissue,
+        Key.csv.species,
+    ]
+    return cassia + [f.csv for f in declared if f.csv]
+
+
+#: Columns of the summary table of the core pipelines.
+SUMMARY_COLUMNS = summary_columns()
+
+
+def _agents(cluster: ClusterResult) -> list[str]:
+    spoke = dict.fromkeys(t.agent for t in cluster.conversation)
+    return [*CORE_AGENTS, *(agent for agent in spoke if agent not in CORE_AGENTS)]
+
+
+def _turns(stored: Mapping[str, Any]) -> list[Turn]:
+    """Rebuild a cluster's conversation, in step order, from its stored agents' turns."""
+    ordered = sorted(
+        (
+            (turn.get("step", 0), agent, turn)
+            for agent, turns in stored.items()
+            if isinstance(turns, list)
+            for turn in turns
+        ),
+        key=lambda item: item[0],
+    )
+    return [
+        Turn(
+            agent,
+            t["role"],
+            t["content"],
+            t.get("cached", False),
+            t.get("prompt_tokens", 0),
+            t.get("completion_tokens", 0),
+        )
+        for _, agent, t in ordered
+    ]

@@ -15,18 +15,109 @@ from typing import Any
 
 import pandas as pd
 
+from ._docs import fill_docs
+from ._keys import Default
 from .batch import run_batch
-from .errors import CassiaError
+from .errors import CassiaError, OntologyUnavailable
 from .evaluation import same_text
 from .markers import MarkerInput
+from .ontology import cell_ontology
 from .results import BatchResult, ClusterResult
 
 logger = logging.getLogger("cassia_sc")
 
-#: Clusters whose agreement is below this are flagged for review.
-DEFAULT_AGREEMENT_THRESHOLD = 0.6
-
 UNCERTAINTY_COLUMNS = ["cluster", "consensus", "agreement", "flagged", "answers", "consensus_run"]
+
+
+@fill_docs
+def run_annotation(
+    marker: MarkerInput,
+    *,
+    model: str | None,
+    n_runs: int = Default.n_runs,
+    models: Sequence[str] | None = None,
+    agreement_threshold: float = Default.agreement_threshold,
+    **options: Any,
+) -> tuple[BatchResult, pd.DataFrame | None]:
+    """Annotate once, or several times and keep each cluster's consensus.
+
+    What :func:`cassia_sc.tl.annotate` and ``cassia-sc annotate`` run.
+
+    Parameters
+    ----------
+    {marker}
+    {model}
+    {n_runs}
+    {models}
+    {agreement_threshold}
+    **options
+        Options of :func:`cassia_sc.run_batch`.
+
+    Returns
+    -------
+    tuple
+        The batch (the consensus of repeated runs, or a dry run's plan) and, after
+        repeated runs, the :func:`consensus` table (else None).
+
+    Examples
+    --------
+    >>> result, agreement = run_annotation(adata, model="m", n_runs=3)  # doctest: +SKIP
+    """
+    if n_runs <= 1 and not models:
+        return run_batch(marker, model=model, **options), None
+    runs = run_repeated(marker, n_runs=n_runs, models=models, model=model, **options)
+    if runs[0].dry_run:
+        return runs[0], None
+    agreement = consensus(runs, threshold=agreement_threshold)
+    result = consensus_batch(runs, agreement)
+    result.settings["agreement_threshold"] = agreement_threshold
+    return result, agreement
+
+
+@fill_docs
+def plan(
+    marker: MarkerInput,
+    *,
+    model: str | None = None,
+    n_runs: int = Default.n_runs,
+    models: Sequence[str] | None = None,
+    **options: Any,
+) -> BatchResult:
+    """Show what an annotation would send and cost, without calling a model.
+
+    Builds every prompt of the run that :func:`cassia_sc.tl.annotate` (or
+    :func:`cassia_sc.run_batch`) would make with the same arguments, and estimates its
+    prompt tokens; works offline and needs no key. Nothing is written.
+
+    Parameters
+    ----------
+    {marker}
+    {model}
+    {n_runs}
+    {models}
+    **options
+        Any other option of :func:`cassia_sc.run_batch` (``tissue``, ``species``, ...).
+
+    Returns
+    -------
+    BatchResult
+        A dry run: every cluster ``not_run``, with its opening prompts in its
+        conversation and ``estimated_prompt_tokens`` covering every run.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> preview = cassia_sc.plan(cassia_sc.loadmarker("processed"), tissue="blood",
+    ...     species="human", model="any-model", n_runs=3, progress=False)
+    >>> preview.dry_run, preview.settings["runs"]
+    (True, 3)
+    """
+    options.pop("dry_run", None)
+    result, _ = run_annotation(
+        marker, model=model, n_runs=n_runs, models=models, dry_run=True, **options
+    )
+    result.settings.setdefault("runs", max(n_runs, 1) * max(len(models or ()), 1))
+    return result
 
 
 def run_repeated(
@@ -77,30 +168,31 @@ def run_repeated(
     chosen = list(models) if models else [model or (client.model if client else None)]
     if not all(chosen):
         raise CassiaError("model must be given, e.g. model='openai/gpt-4o', or models=[...].")
-    plan = [(name, sample) for name in chosen for sample in range(n_runs)]
-    if len(plan) > 1 and n_runs > 1 and not options.get("temperature"):
+    schedule = [(name, sample) for name in chosen for sample in range(n_runs)]
+    if len(schedule) > 1 and n_runs > 1 and not options.get("temperature"):
         logger.warning(
             "Repeating runs of one model at temperature 0 mostly repeats its answer; "
             "set temperature above 0 (e.g. 0.7) or compare models=[...]."
         )
     if options.get("dry_run"):
         single = run_batch(marker, model=chosen[0], **options)
-        return [_scaled_plan(single, len(plan))]
-    return [run_batch(marker, model=name, sample=sample, **options) for name, sample in plan]
+        return [_scaled_plan(single, len(schedule))]
+    return [run_batch(marker, model=name, sample=sample, **options) for name, sample in schedule]
 
 
-def _scaled_plan(plan: BatchResult, runs: int) -> BatchResult:
+def _scaled_plan(single: BatchResult, runs: int) -> BatchResult:
     clusters = [
         replace(c, estimated_prompt_tokens=(c.estimated_prompt_tokens or 0) * runs)
-        for c in plan.clusters
+        for c in single.clusters
     ]
     total = sum(c.estimated_prompt_tokens for c in clusters)
     logger.info("Dry run of %d runs: about %d prompt tokens in all.", runs, total)
-    return BatchResult(clusters=clusters, settings=plan.settings | {"runs": runs}, dry_run=True)
+    settings = single.settings | {"runs": runs}
+    return BatchResult(clusters=clusters, settings=settings, dry_run=True, fields=single.fields)
 
 
 def consensus(
-    runs: Sequence[BatchResult], *, threshold: float = DEFAULT_AGREEMENT_THRESHOLD
+    runs: Sequence[BatchResult], *, threshold: float = Default.agreement_threshold
 ) -> pd.DataFrame:
     """Return each cluster's consensus label and how many runs agree with it.
 
@@ -183,7 +275,7 @@ def consensus_batch(runs: Sequence[BatchResult], table: pd.DataFrame) -> BatchRe
         clusters.append(replace(source, agreement=float(row.agreement)))
     models = list(dict.fromkeys(str(run.settings.get("model", "")) for run in runs))
     settings = runs[0].settings | {"runs": len(runs), "models": ", ".join(models)}
-    return BatchResult(clusters=clusters, settings=settings)
+    return BatchResult(clusters=clusters, settings=settings, fields=runs[0].fields)
 
 
 def _agree(a: ClusterResult, b: ClusterResult, ancestors) -> bool:
@@ -198,8 +290,6 @@ def _agree(a: ClusterResult, b: ClusterResult, ancestors) -> bool:
 
 def _ancestry():
     """Return the ontology's ancestor lookup, or None without the extra."""
-    from .ontology import OntologyUnavailable, cell_ontology
-
     try:
         ontology = cell_ontology()
         ontology.ancestors("CL:0000000")  # loads it, or says it cannot

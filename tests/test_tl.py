@@ -166,24 +166,22 @@ def test_the_api_key_is_not_stored(pbmc, tmp_path, monkeypatch):
 
 def test_missing_result_and_bad_groupby_are_clear_errors(pbmc):
     with pytest.raises(cassia_sc.MarkerError, match=r"not a column of adata\.obs"):
-        cassia_sc.tl.annotate(
-            pbmc, "clusters", tissue="blood", species="human", model="m", dry_run=True
-        )
+        cassia_sc.tl.annotate(pbmc, "clusters", tissue="blood", species="human", model="m")
     del pbmc.uns["rank_genes_groups"]
     with pytest.raises(
         cassia_sc.MarkerError, match=r"run sc\.tl\.rank_genes_groups\(adata, groupby\)"
     ):
-        cassia_sc.tl.annotate(pbmc, tissue="blood", species="human", model="m", dry_run=True)
+        cassia_sc.tl.annotate(pbmc, tissue="blood", species="human", model="m")
 
 
-def test_a_dry_run_leaves_adata_as_it_was(pbmc):
+def test_a_plan_leaves_adata_as_it_was_and_annotate_points_to_it(pbmc):
     before = (pbmc.obs.copy(), pickle.dumps(pbmc.uns))
-    plan = cassia_sc.tl.annotate(
-        pbmc, tissue="blood", species="human", model="m", dry_run=True, progress=False
+    plan = cassia_sc.plan(pbmc, tissue="blood", species="human", model="m", progress=False)
+    repeated = cassia_sc.plan(
+        pbmc, tissue="blood", species="human", model="m", progress=False, n_runs=3
     )
-    repeated = cassia_sc.tl.annotate(
-        pbmc, tissue="blood", species="human", model="m", dry_run=True, progress=False, n_runs=3
-    )
+    with pytest.raises(cassia_sc.CassiaError, match=r"cassia_sc\.plan\(adata"):
+        cassia_sc.tl.annotate(pbmc, tissue="blood", species="human", model="m", dry_run=True)
     tokens = [c.estimated_prompt_tokens for c in plan.clusters]
     assert len(tokens) == 10 and all(t > 500 for t in tokens)
     assert [c.estimated_prompt_tokens for c in repeated.clusters] == [3 * t for t in tokens]

@@ -1,4 +1,8 @@
-"""Output files of a batch: summary and full CSV, conversations JSON, HTML report."""
+"""Everything written: CASSIA's four files, and the AnnData writers.
+
+The four files are the summary and full CSV, the conversations JSON and the HTML report;
+the AnnData writers are in :mod:`cassia_sc.export.adata`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,45 @@ from pathlib import Path
 from anndata import AnnData
 
 from .._io import atomic_write_text
+from .._keys import Default, Key
 from ..results import BatchResult
+from .adata import label_columns, store_result, uns_record
 from .report import embedding_png, render_report, report
 
-__all__ = ["render_report", "report", "write_outputs"]
+__all__ = [
+    "label_columns",
+    "output_paths",
+    "render_report",
+    "report",
+    "store_result",
+    "uns_record",
+    "write_outputs",
+]
+
+
+def output_paths(output_name: str | os.PathLike) -> dict[str, Path]:
+    """Return the four files of ``runCASSIA_batch`` for a path prefix, by kind.
+
+    Parameters
+    ----------
+    output_name
+        The prefix; a ``.csv``, ``.json`` or ``.html`` suffix is dropped, as CASSIA users
+        often pass a file name.
+
+    Returns
+    -------
+    dict[str, pathlib.Path]
+        ``summary``, ``full``, ``conversations`` and ``report``.
+
+    Examples
+    --------
+    >>> output_paths("runs/pbmc.csv")["summary"].as_posix()
+    'runs/pbmc_summary.csv'
+    """
+    prefix = Path(output_name)
+    if prefix.suffix.lower() in {".csv", ".json", ".html"}:
+        prefix = prefix.with_suffix("")
+    return {kind: Path(f"{prefix}{suffix}") for kind, suffix in Key.files.suffixes.items()}
 
 
 def write_outputs(
@@ -20,8 +59,8 @@ def write_outputs(
     output_name: str | os.PathLike,
     *,
     adata: AnnData | None = None,
-    key: str = "cassia",
-    basis: str = "umap",
+    key: str = Default.key_added,
+    basis: str = Default.basis,
 ) -> dict[str, Path]:
     """Write the four files of ``runCASSIA_batch`` for ``result``, each atomically.
 
@@ -31,7 +70,7 @@ def write_outputs(
         The batch to write.
     output_name
         Path prefix: ``{output_name}_summary.csv``, ``_full.csv``, ``_conversations.json``
-        and ``_report.html`` are written.
+        and ``_report.html`` are written (see :func:`output_paths`).
     adata
         The annotated data the batch came from, to show its cells on ``basis`` in the
         report.
@@ -52,13 +91,7 @@ def write_outputs(
     >>> sorted(paths)
     ['conversations', 'full', 'report', 'summary']
     """
-    prefix = str(output_name)
-    paths = {
-        "summary": Path(f"{prefix}_summary.csv"),
-        "full": Path(f"{prefix}_full.csv"),
-        "conversations": Path(f"{prefix}_conversations.json"),
-        "report": Path(f"{prefix}_report.html"),
-    }
+    paths = output_paths(output_name)
     atomic_write_text(paths["summary"], result.summary().to_csv(index=False))
     atomic_write_text(paths["full"], result.full().to_csv(index=False))
     conversations = {"settings": result.settings, "clusters": result.conversations()}

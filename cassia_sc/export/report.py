@@ -21,8 +21,10 @@ import jinja2
 from anndata import AnnData
 
 from .._io import atomic_write_text
-from ..results import _VALIDATION_NAMES, BatchResult, ClusterResult
-from ..uncertainty import DEFAULT_AGREEMENT_THRESHOLD
+from .._keys import Default, Key
+from ..get import annotation
+from ..pl import annotations
+from ..results import CORE_FIELDS, VALIDATION_NAMES, BatchResult, ClusterResult, Field
 
 
 @cache
@@ -48,8 +50,8 @@ def report(
     source: BatchResult | AnnData,
     path: str | os.PathLike,
     *,
-    key: str = "cassia",
-    basis: str = "umap",
+    key: str = Default.key_added,
+    basis: str = Default.basis,
 ) -> Path:
     """Write the HTML report of an annotation run.
 
@@ -77,16 +79,16 @@ def report(
     >>> cassia_sc.export.report(adata, "pbmc_report.html")  # doctest: +SKIP
     """
     if isinstance(source, AnnData):
-        from ..tl._annotate import annotation_record
-
-        result = BatchResult.from_uns(annotation_record(source, key))
+        result = annotation(source, key)
         html = render_report(result, embedding_png=embedding_png(source, key=key, basis=basis))
     else:
         html = render_report(source)
     return atomic_write_text(path, html)
 
 
-def embedding_png(adata: AnnData, *, key: str = "cassia", basis: str = "umap") -> bytes | None:
+def embedding_png(
+    adata: AnnData, *, key: str = Default.key_added, basis: str = Default.basis
+) -> bytes | None:
     """Draw the cells on ``basis`` coloured by main cell type, as PNG bytes.
 
     Parameters
@@ -103,11 +105,9 @@ def embedding_png(adata: AnnData, *, key: str = "cassia", basis: str = "umap") -
     bytes or None
         The image, or None when there is no such embedding or annotation.
     """
-    if f"X_{basis}" not in adata.obsm or f"{key}_celltype" not in adata.obs:
+    if Key.obsm.basis(basis) not in adata.obsm or Key.obs.celltype(key) not in adata.obs:
         return None
-    import matplotlib.pyplot as plt
-
-    from ..pl import annotations
+    import matplotlib.pyplot as plt  # only when drawing: the command line never plots
 
     figure = annotations(adata, basis=basis, key=key, return_fig=True, show=False)
     buffer = io.BytesIO()
@@ -140,8 +140,9 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
     True
     """
     prompts: dict[str, str] = {}  # system prompt text -> its label, shown once
-    threshold = float(result.settings.get("agreement_threshold", DEFAULT_AGREEMENT_THRESHOLD))
-    clusters = [_card(c, prompts, threshold) for c in result.clusters]
+    threshold = float(result.settings.get("agreement_threshold", Default.agreement_threshold))
+    added = [f for f in result.fields if f.report and f not in CORE_FIELDS]
+    clusters = [_card(c, prompts, threshold, added) for c in result.clusters]
     statuses = [c.status for c in result.clusters]
     script, script_hash = _script()
     return (
@@ -169,7 +170,9 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
     )
 
 
-def _card(cluster: ClusterResult, prompts: dict[str, str], threshold: float) -> dict[str, Any]:
+def _card(
+    cluster: ClusterResult, prompts: dict[str, str], threshold: float, added: list[Field]
+) -> dict[str, Any]:
     """Return what the template shows of a cluster; system prompts get a label, once."""
     key = {g.upper() for g in cluster.key_markers}
     turns = []
@@ -196,7 +199,7 @@ def _card(cluster: ClusterResult, prompts: dict[str, str], threshold: float) -> 
         "unsupported_markers": cluster.unsupported_markers,
         "markers": [{"name": g, "key": g.upper() in key} for g in cluster.markers],
         "status": cluster.status,
-        "validation": _VALIDATION_NAMES[cluster.validation_passed],
+        "validation": VALIDATION_NAMES[cluster.validation_passed],
         "validation_feedback": cluster.validation_feedback,
         "iterations": cluster.iterations,
         "ontology": (
@@ -209,5 +212,6 @@ def _card(cluster: ClusterResult, prompts: dict[str, str], threshold: float) -> 
         "error": cluster.error,
         "raw_reply": cluster.raw_reply,
         "turns": turns,
+        "added": [(f.report, f.to_table(cluster.get(f))) for f in added if cluster.get(f)],
         "search": " ".join(words).lower(),
     }

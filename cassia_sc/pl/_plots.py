@@ -6,15 +6,19 @@ Scanpy and pyplot are imported when a plot is drawn, not with the package: the
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._docs import fill_docs
+from .._keys import Default, Key
 from ..errors import CassiaError
-from ..results import _split
-from ..tl._annotate import annotation_record
+from ..get import annotation_record
+from ..get import fields as declared_fields
+from ..results import CORE_FIELDS, Field, split_list
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -35,11 +39,12 @@ def _finish(fig: Figure, ax: Axes, *, show: bool | None, return_fig: bool | None
     return ax
 
 
+@fill_docs
 def annotations(
     adata: AnnData,
     *,
-    basis: str = "umap",
-    key: str = "cassia",
+    basis: str = Default.basis,
+    key: str = Default.key_added,
     label: str = "celltype",
     legend_loc: str | None = "right margin",
     ax: Axes | None = None,
@@ -53,10 +58,8 @@ def annotations(
     ----------
     adata
         Data annotated by :func:`cassia_sc.tl.annotate`.
-    basis
-        Embedding in ``adata.obsm[f"X_{basis}"]``, e.g. ``"umap"``.
-    key
-        The ``key_added`` of the annotation.
+    {basis}
+    {key_read}
     label
         ``"celltype"`` (main cell type) or ``"subtype"``.
     legend_loc
@@ -78,16 +81,17 @@ def annotations(
     """
     import scanpy as sc
 
-    column = f"{key}_{label}"
+    column = Key.obs.label(key, label)
     if column not in adata.obs.columns:
         raise CassiaError(
             f"adata.obs has no {column!r} column: run cassia_sc.tl.annotate(adata, ..., "
             f"key_added={key!r}) first (label is 'celltype' or 'subtype')."
         )
-    if f"X_{basis}" not in adata.obsm:
+    if Key.obsm.basis(basis) not in adata.obsm:
         raise CassiaError(
-            f"adata.obsm has no 'X_{basis}': compute it first (e.g. sc.tl.{basis}(adata)) "
-            f"or choose basis= among {[k.removeprefix('X_') for k in adata.obsm]}."
+            f"adata.obsm has no {Key.obsm.basis(basis)!r}: compute it first "
+            f"(e.g. sc.tl.{basis}(adata)) or choose basis= among "
+            f"{[k.removeprefix('X_') for k in adata.obsm]}."
         )
     kwargs.setdefault("title", f"{key}: {label.replace('celltype', 'cell type')}")
     return sc.pl.embedding(
@@ -102,10 +106,11 @@ def annotations(
     )
 
 
+@fill_docs
 def markers(
     adata: AnnData,
     *,
-    key: str = "cassia",
+    key: str = Default.key_added,
     n_genes: int = 3,
     groupby: str | None = None,
     use_raw: bool | None = None,
@@ -124,8 +129,7 @@ def markers(
     ----------
     adata
         Data annotated by :func:`cassia_sc.tl.annotate`.
-    key
-        The ``key_added`` of the annotation.
+    {key_read}
     n_genes
         Key markers shown per cell type.
     groupby
@@ -151,14 +155,14 @@ def markers(
     import scanpy as sc
 
     record = annotation_record(adata, key)
-    groupby = groupby or record["params"]["groupby"]
+    groupby = groupby or record[Key.uns.params]["groupby"]
     known = _gene_lookup(adata, use_raw=use_raw, gene_symbols=gene_symbols)
     by_label: dict[str, list[str]] = {}
-    table = record["results"]
+    table = record[Key.uns.results]
     for row in table[table["status"] == "ok"].itertuples():
-        unsupported = {g.upper() for g in _split(row.unsupported_markers)}
+        unsupported = {g.upper() for g in split_list(row.unsupported_markers)}
         genes = by_label.setdefault(row.main_cell_type, [])
-        for gene in _split(row.key_markers):
+        for gene in split_list(row.key_markers):
             name = known.get(gene.upper())
             if (
                 name
@@ -196,32 +200,31 @@ def _gene_lookup(
 _REVIEW_COLOURS = ["#eeeeee", "#d7eedb", "#ffe7a8", "#f6b3b3"]
 
 
+@fill_docs
 def review(
     adata: AnnData,
     *,
-    key: str = "cassia",
+    key: str = Default.key_added,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool | None = None,
 ) -> Axes | Figure | None:
     """Show at a glance which clusters need a look.
 
-    One row per cluster, labelled with its cell type; columns for the annotation's
-    status (failed or not run), the validator's verdict, key markers cited but not in the
-    cluster's list, revision rounds and, after repeated runs, the share of runs agreeing
-    (red below the threshold: flagged for review). Green is fine, yellow worth a look,
-    red a problem.
+    One row per cluster, labelled with its cell type; a column per check that the
+    annotation's fields declare: the status (failed or not run), the validator's verdict,
+    key markers cited but not in the cluster's list, revision rounds, after repeated runs
+    the share of runs agreeing (red below the threshold: flagged for review), and what
+    further steps of the pipeline add. Green is fine, yellow worth a look, red a problem.
 
     Parameters
     ----------
     adata
         Data annotated by :func:`cassia_sc.tl.annotate`.
-    key
-        The ``key_added`` of the annotation.
-    ax
-        Axes to draw on; a new figure when None.
-    show, return_fig
-        As in Scanpy's plotting functions.
+    {key_read}
+    {ax}
+    {show}
+    {return_fig}
 
     Returns
     -------
@@ -237,18 +240,17 @@ def review(
     from matplotlib.colors import ListedColormap
 
     record = annotation_record(adata, key)
-    table = record["results"]
-    repeated = "uncertainty" in record
-    threshold = record["params"].get("agreement_threshold", 0.6) if repeated else None
-    cells, texts = review_grid(table, agreement_threshold=threshold)
+    table = record[Key.uns.results]
+    titles, cells, texts = review_grid(
+        table, params=record[Key.uns.params], declared=declared_fields(adata, key)
+    )
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 0.6 + 0.32 * len(table)))
     fig = ax.figure
     ax.imshow(cells, cmap=ListedColormap(_REVIEW_COLOURS), vmin=-1, vmax=2, aspect="auto")
     for (row, column), text in np.ndenumerate(texts):
         ax.text(column, row, text, ha="center", va="center", fontsize=8)
-    columns = [*REVIEW_COLUMNS, AGREEMENT_COLUMN][: cells.shape[1]]
-    ax.set_xticks(range(cells.shape[1]), columns, fontsize=9)
+    ax.set_xticks(range(cells.shape[1]), titles, fontsize=9)
     ax.xaxis.tick_top()
     labels = [
         f"{c}: {t}" if t else f"{c}: —"
@@ -263,15 +265,16 @@ def review(
     return _finish(fig, ax, show=show, return_fig=return_fig)
 
 
-REVIEW_COLUMNS = ("status", "validation", "unsupported markers", "rounds")
-AGREEMENT_COLUMN = "agreement"
-
-
 def review_grid(
-    table: pd.DataFrame, *, agreement_threshold: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return the severity and text of each review cell, per cluster and check.
+    table: pd.DataFrame,
+    *,
+    params: Mapping[str, Any] | None = None,
+    declared: Sequence[Field] = CORE_FIELDS,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Return the titles, severity and text of each review cell, per cluster and check.
 
+    The checks are the fields with a :class:`~cassia_sc.results.Review`, in field order;
+    one that applies only sometimes (agreement) is shown when a cluster has a value.
     Severity: -1 does not apply (a cluster without an answer), 0 fine, 1 worth a look,
     2 a problem.
 
@@ -279,55 +282,56 @@ def review_grid(
     ----------
     table
         ``uns[key_added]["results"]``.
-    agreement_threshold
-        With repeated runs: add an ``agreement`` column, a problem below this share.
+    params
+        ``uns[key_added]["params"]`` (e.g. the agreement threshold).
+    declared
+        The annotation's fields.
 
     Returns
     -------
-    tuple of numpy.ndarray
-        Severities and texts, clusters x :data:`REVIEW_COLUMNS` (plus ``agreement``).
+    tuple
+        The column titles, then severities and texts as arrays, clusters x checks.
 
     Examples
     --------
     >>> import pandas as pd
     >>> row = {"status": "ok", "validation": "passed", "unsupported_markers": "",
     ...        "iterations": 1, "agreement": 1 / 3}
-    >>> severity, text = review_grid(pd.DataFrame([row]), agreement_threshold=0.6)
-    >>> severity.tolist(), text[0, -1]
-    ([[0, 0, 0, 0, 2]], '33 %')
+    >>> titles, severity, text = review_grid(
+    ...     pd.DataFrame([row]), params={"agreement_threshold": 0.6})
+    >>> titles[-1], severity.tolist(), text[0, -1]
+    ('agreement', [[0, 0, 0, 0, 2]], '33 %')
     """
-    with_agreement = agreement_threshold is not None
-    width = len(REVIEW_COLUMNS) + with_agreement
-    severity = np.zeros((len(table), width), dtype=int)
+    checks = [
+        f
+        for f in declared
+        if f.review is not None
+        and f.name in table.columns
+        and (f.review.always or _has_values(table[f.name]))
+    ]
+    severity = np.zeros((len(table), len(checks)), dtype=int)
     text = np.empty(severity.shape, dtype=object)
-    for i, row in enumerate(table.itertuples()):
-        if row.status != "ok":
-            severity[i] = [1 if row.status == "not_run" else 2] + [-1] * (width - 1)
-            text[i] = [row.status] + ["—"] * (width - 1)
+    for i, row in enumerate(table.to_dict("records")):
+        if row["status"] != "ok":  # no answer to check: only its status applies
+            severity[i] = [1 if row["status"] == "not_run" else 2] + [-1] * (len(checks) - 1)
+            text[i] = [row["status"]] + ["—"] * (len(checks) - 1)
             continue
-        unsupported = _split(row.unsupported_markers)
-        severity[i, :4] = [
-            0,
-            {"passed": 0, "unknown": 1}.get(row.validation, 2),
-            2 if unsupported else 0,
-            1 if row.iterations > 1 else 0,
-        ]
-        text[i, :4] = [
-            row.status,
-            row.validation,
-            ", ".join(unsupported) or "none",
-            str(row.iterations),
-        ]
-        if with_agreement:
-            severity[i, 4] = 2 if row.agreement < agreement_threshold else 0
-            text[i, 4] = f"{row.agreement:.0%}".replace("%", " %")
-    return severity, text
+        for j, check in enumerate(checks):
+            severity[i, j], text[i, j] = check.review.grade(row, params or {})
+    return [c.review.title for c in checks], severity, text
 
 
+def _has_values(column: pd.Series) -> bool:
+    if column.dtype.kind in "biuf":
+        return bool(column.notna().any())
+    return bool((column.astype(str) != "").any())
+
+
+@fill_docs
 def evaluation(
     adata: AnnData,
     *,
-    key: str = "cassia",
+    key: str = Default.key_added,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool | None = None,
@@ -338,12 +342,10 @@ def evaluation(
     ----------
     adata
         Data evaluated by :func:`cassia_sc.tl.evaluate`.
-    key
-        The ``key_added`` of the annotation.
-    ax
-        Axes to draw on; a new figure when None.
-    show, return_fig
-        As in Scanpy's plotting functions.
+    {key_read}
+    {ax}
+    {show}
+    {return_fig}
 
     Returns
     -------
@@ -359,12 +361,12 @@ def evaluation(
     import matplotlib.pyplot as plt
 
     record = annotation_record(adata, key)
-    if "evaluation" not in record:
+    if Key.uns.evaluation not in record:
         raise CassiaError(
             f"adata.uns[{key!r}] has no evaluation: run cassia_sc.tl.evaluate(adata, truth_key, "
             f"key={key!r}) first."
         )
-    evaluation = record["evaluation"]
+    evaluation = record[Key.uns.evaluation]
     table = evaluation["table"]
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 0.6 + 0.32 * len(table)))

@@ -5,12 +5,17 @@ from __future__ import annotations
 import pandas as pd
 from anndata import AnnData
 
+from .._docs import fill_docs
+from .._keys import Default, Key
 from ..errors import CassiaError
 from ..evaluation import evaluation_record, score_labels
-from ._annotate import annotation_record
+from ..get import annotation_record
 
 
-def evaluate(adata: AnnData, truth_key: str, *, key: str = "cassia") -> None:
+@fill_docs
+def evaluate(
+    adata: AnnData, truth_key: str, *, key: str = Default.key_added, copy: bool = False
+) -> AnnData | None:
     """Score each cluster's label against the cells' known labels, with the Cell Ontology.
 
     A cluster's truth is the most common value of ``obs[truth_key]`` among its cells. It
@@ -24,19 +29,21 @@ def evaluate(adata: AnnData, truth_key: str, *, key: str = "cassia") -> None:
         Data annotated by :func:`cassia_sc.tl.annotate`.
     truth_key
         ``obs`` column with the known labels.
-    key
-        The ``key_added`` of the annotation.
+    {key_read}
+    copy
+        Return an evaluated copy instead of writing to ``adata``.
 
     Returns
     -------
-    None
-        Writes ``adata.uns[key]["evaluation"]``: ``table`` (per cluster: ``cluster``,
-        ``truth``, ``predicted``, their terms and term labels, ``score``, ``grade``),
-        ``mean``, ``n``, ``full``, ``partial`` and ``wrong``.
+    AnnData or None
+        The evaluated copy when ``copy=True``, else None. Writes
+        ``adata.uns[key]["evaluation"]``: ``table`` (per cluster: ``cluster``, ``truth``,
+        ``predicted``, their terms and term labels, ``score``, ``grade``), ``mean``, ``n``,
+        ``full``, ``partial`` and ``wrong``.
 
     Raises
     ------
-    cassia_sc.ontology.OntologyUnavailable
+    OntologyUnavailable
         Without the ``cassia-sc[ontology]`` extra.
 
     Examples
@@ -45,23 +52,26 @@ def evaluate(adata: AnnData, truth_key: str, *, key: str = "cassia") -> None:
     >>> cassia_sc.tl.evaluate(adata, "bulk_labels")  # doctest: +SKIP
     >>> adata.uns["cassia"]["evaluation"]["mean"]  # doctest: +SKIP
     """
+    if copy:
+        adata = adata.copy()
     record = annotation_record(adata, key)
     if truth_key not in adata.obs.columns:
         raise CassiaError(
             f"{truth_key!r} is not a column of adata.obs; it has {list(adata.obs.columns)}."
         )
-    groupby = record["params"]["groupby"]
+    groupby = record[Key.uns.params]["groupby"]
     clusters = adata.obs[groupby].astype(str)
     truth = (
         pd.DataFrame({"cluster": clusters, "truth": adata.obs[truth_key].astype(str)})
         .groupby("cluster", sort=False)["truth"]
         .agg(lambda labels: labels.value_counts().index[0])
     )
-    results = record["results"]
+    results = record[Key.uns.results]
     present = results[results["cluster"].astype(str).isin(truth.index)]
     table = score_labels(
         present["main_cell_type"].tolist(),
         [truth[c] for c in present["cluster"].astype(str)],
         clusters=present["cluster"].astype(str).tolist(),
     )
-    record["evaluation"] = evaluation_record(table) | {"truth_key": truth_key}
+    record[Key.uns.evaluation] = evaluation_record(table) | {"truth_key": truth_key}
+    return adata if copy else None

@@ -1,0 +1,192 @@
+"""Parameter descriptions shared by every function and the command line, written once.
+
+A docstring names a shared parameter on a line of its own, in braces (``{tissue}``), where
+its numpydoc entry goes; :func:`fill_docs` puts the entry there. The command line takes its
+help texts from the same descriptions with :func:`cli_help`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+from ._keys import Default, Key
+
+F = TypeVar("F", bound=Callable)
+
+#: Parameter name -> its description (numpydoc body, reStructuredText).
+PARAMETERS: dict[str, str] = {
+    "marker": (
+        "Markers in any format :func:`cassia_sc.top_markers` reads: an AnnData with a "
+        ":func:`scanpy.tl.rank_genes_groups` result, a Seurat ``FindAllMarkers`` or Scanpy "
+        "``rank_genes_groups_df`` table (a DataFrame or a CSV/TSV path), or two columns "
+        "(cluster, genes)."
+    ),
+    "tissue": (
+        'Tissue of the sample, e.g. ``"blood"``; None for a tissue-blind annotation, in which '
+        "the answer also proposes tissues of origin."
+    ),
+    "species": 'Species of the sample, e.g. ``"human"`` or ``"mouse"``.',
+    "model": 'Model name as the provider spells it, e.g. ``"openai/gpt-4o-mini"`` on OpenRouter.',
+    "provider": (
+        f'``"openrouter"`` (default: ``"{Default.provider}"``), ``"openai"``, ``"anthropic"`` '
+        "or the base URL of any OpenAI-compatible server (Ollama, vLLM, LM Studio, a proxy)."
+    ),
+    "api_key": (
+        "The key; by default ``OPENROUTER_API_KEY``, ``OPENAI_API_KEY``, "
+        "``ANTHROPIC_API_KEY``, or ``CASSIA_API_KEY`` for a base URL. A server on this "
+        "machine needs none."
+    ),
+    "max_workers": f"Clusters annotated at the same time (default {Default.max_workers}).",
+    "n_genes": f"Markers per cluster given to the model (default {Default.n_genes}).",
+    "additional_info": "Free text about the sample (treatment, sorting, disease), or None.",
+    "temperature": "Sampling temperature; sent where the endpoint accepts it.",
+    "validator_involvement": (
+        '``"v1"`` (moderate; up to 2 rounds) or ``"v0"`` (strict: a stricter review, an '
+        "answer citing genes outside the marker list is sent back at once, up to 3 rounds); "
+        "the name of a pipeline of :mod:`cassia_sc.agents`."
+    ),
+    "reasoning": (
+        'Reasoning effort (``"low"``, ``"medium"``, ``"high"``) for models that reason; sent '
+        "as each provider expects it."
+    ),
+    "ranking_method": (
+        '``"avg_log2FC"`` (descending), ``"p_val_adj"`` (ascending), ``"pct_diff"`` '
+        '(fraction in the cluster minus fraction outside, descending) or ``"Score"`` '
+        "(Scanpy's ``scores``, descending)."
+    ),
+    "ascending": "Override the ranking direction of ``ranking_method``.",
+    "celltype_column": "Column of a marker table that names the cluster; overrides detection.",
+    "gene_column_name": (
+        "Column of a marker table that names the gene (or lists the genes); overrides detection."
+    ),
+    "key": (
+        f"Key of the :func:`scanpy.tl.rank_genes_groups` result in ``adata.uns`` "
+        f'(default ``"{Key.uns.markers}"``).'
+    ),
+    "groupby": (
+        "The ``obs`` column of the clusters; by default the one the markers were computed for."
+    ),
+    "gene_symbols": (
+        "Column of ``adata.var`` (or ``adata.raw.var``) holding gene symbols, for when "
+        "``var_names`` are IDs such as Ensembl's."
+    ),
+    "max_retries": (
+        "Further attempts of a failed request (HTTP 408/409/429/5xx, timeouts, connection "
+        "errors, malformed or empty replies), with exponential backoff."
+    ),
+    "timeout": "Seconds before one request is abandoned and retried.",
+    "requests_per_minute": "Cap on requests per minute across all workers.",
+    "cache": "Keep every reply on disk: a re-run costs nothing and an interrupted run resumes.",
+    "cache_dir": "Cache folder; default ``$CASSIA_SC_CACHE_DIR`` or the user cache folder.",
+    "progress": "Show a progress bar.",
+    "client": (
+        "A client to use instead of building one from ``model``, ``provider`` and the "
+        "connection options (e.g. to share one pool between runs)."
+    ),
+    "ontology": (
+        "Map each main cell type to a Cell Ontology term (offline; see "
+        ":mod:`cassia_sc.ontology`). None: when the ``cassia-sc[ontology]`` extra is "
+        "installed; True: always (an error without the extra); False: never."
+    ),
+    "n_runs": (
+        "Annotate this many times (at a ``temperature`` above 0) and keep each cluster's "
+        "consensus, with the share of runs that agree; see :mod:`cassia_sc.uncertainty`."
+    ),
+    "models": (
+        "Annotate with each of these models (``n_runs`` times each) instead of ``model``, and "
+        "keep the consensus."
+    ),
+    "agreement_threshold": (
+        "With repeated runs, clusters whose agreement is below it are flagged for review "
+        f"(default {Default.agreement_threshold})."
+    ),
+    "key_added": (
+        "Prefix of the ``obs`` columns and key of the ``uns`` entry "
+        f'(default "{Default.key_added}").'
+    ),
+    "key_read": f'The ``key_added`` of the annotation (default "{Default.key_added}").',
+    "output_name": (
+        "Path prefix of CASSIA's four files, ``_summary.csv``, ``_full.csv``, "
+        "``_conversations.json`` and ``_report.html`` (a ``.csv``, ``.json`` or ``.html`` "
+        "suffix is dropped)."
+    ),
+    "basis": f'Embedding in ``adata.obsm[f"X_{{basis}}"]`` (default "{Default.basis}").',
+    "ax": "Axes to draw on; a new figure when None.",
+    "show": "Show the figure; by default as Scanpy's ``settings.autoshow`` says.",
+    "return_fig": "Return the figure instead of the axes.",
+    "copy": "Return an annotated copy instead of writing to ``adata``.",
+}
+
+_PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)\{(?P<name>\w+)\}[ \t]*$", re.MULTILINE)
+
+
+def _entry(name: str, indent: str) -> str:
+    shown = "key" if name == "key_read" else name
+    body = PARAMETERS[name]
+    return f"{indent}{shown}\n{indent}    {body}"
+
+
+def fill_docs(function: F) -> F:
+    """Put the shared description of each ``{name}`` line into the docstring of ``function``.
+
+    Parameters
+    ----------
+    function
+        A function whose docstring has placeholder lines such as ``    {tissue}``.
+
+    Returns
+    -------
+    callable
+        ``function``, its docstring filled.
+
+    Raises
+    ------
+    KeyError
+        When a placeholder names no shared parameter (a typo is a bug, not a blank).
+
+    Examples
+    --------
+    >>> @fill_docs
+    ... def f(*, tissue):
+    ...     '''Do it.
+    ...
+    ...     Parameters
+    ...     ----------
+    ...     {tissue}
+    ...     '''
+    >>> "tissue-blind" in f.__doc__
+    True
+    """
+    if function.__doc__:
+        function.__doc__ = _PLACEHOLDER.sub(
+            lambda found: _entry(found["name"], found["indent"]), function.__doc__
+        )
+    return function
+
+
+_ROLE = re.compile(r":\w+:`~?([^`]+)`")
+
+
+def cli_help(name: str) -> str:
+    """Return a parameter's description as plain text for ``--help``.
+
+    Parameters
+    ----------
+    name
+        A key of :data:`PARAMETERS`.
+
+    Returns
+    -------
+    str
+        The description without reStructuredText markup, and with ``%`` escaped for
+        :mod:`argparse`.
+
+    Examples
+    --------
+    >>> cli_help("timeout")
+    'Seconds before one request is abandoned and retried.'
+    """
+    text = _ROLE.sub(lambda found: found[1].rsplit(".", 1)[-1], PARAMETERS[name])
+    return text.replace("``", "").replace("%", "%%")

@@ -1,0 +1,123 @@
+"""Every name cassia_sc reads or writes, and every shared default, in one place.
+
+Readers and writers (``tl``, ``pl``, ``get``, ``export``, ``h5ad``, the command line) take
+their names from here, so an ``obs`` column, an ``uns`` entry or a CSV column is spelled
+once. A new name is a line in this module.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class Key:
+    """Names of the AnnData entries and the output files (in the spirit of squidpy's ``Key``).
+
+    Examples
+    --------
+    >>> from cassia_sc._keys import Key
+    >>> Key.obs.celltype("cassia"), Key.uns.results
+    ('cassia_celltype', 'results')
+    """
+
+    class obs:
+        """Columns of ``adata.obs`` written by ``tl.annotate``, prefixed by ``key_added``."""
+
+        #: Label kinds of :meth:`label`: the main cell type and the most likely subtype.
+        labels: Final = ("celltype", "subtype")
+
+        @staticmethod
+        def label(key_added: str, label: str) -> str:
+            """Return the column of one label kind, ``"celltype"`` or ``"subtype"``."""
+            return f"{key_added}_{label}"
+
+        @staticmethod
+        def celltype(key_added: str) -> str:
+            """Return the column of each cell's main cell type."""
+            return f"{key_added}_celltype"
+
+        @staticmethod
+        def subtype(key_added: str) -> str:
+            """Return the column of each cell's most likely subtype."""
+            return f"{key_added}_subtype"
+
+        @staticmethod
+        def ontology_term_id(key_added: str) -> str:
+            """Return the column of each cell's Cell Ontology term."""
+            return f"{key_added}_celltype_ontology_term_id"
+
+        @staticmethod
+        def agreement(key_added: str) -> str:
+            """Return the column of the share of repeated runs agreeing with each cell's label."""
+            return f"{key_added}_agreement"
+
+    class uns:
+        """Keys of ``adata.uns`` read, and the sub-keys of the entry ``tl.annotate`` writes."""
+
+        #: Where :func:`scanpy.tl.rank_genes_groups` leaves its result by default.
+        markers: Final = "rank_genes_groups"
+        params: Final = "params"
+        results: Final = "results"
+        conversations: Final = "conversations"
+        usage: Final = "usage"
+        versions: Final = "versions"
+        uncertainty: Final = "uncertainty"
+        evaluation: Final = "evaluation"
+
+    class obsm:
+        """Embeddings in ``adata.obsm``."""
+
+        @staticmethod
+        def basis(basis: str) -> str:
+            """Return the key of an embedding, e.g. ``"X_umap"`` for ``"umap"``."""
+            return f"X_{basis}"
+
+    class files:
+        """Suffixes of the four files of ``runCASSIA_batch``, by kind."""
+
+        suffixes: Final = {
+            "summary": "_summary.csv",
+            "full": "_full.csv",
+            "conversations": "_conversations.json",
+            "report": "_report.html",
+        }
+
+    class csv:
+        """Columns of the summary CSV that are CASSIA's own, in its order."""
+
+        cluster: Final = "Cluster ID"
+        main_cell_type: Final = "Predicted General Cell Type"
+        sub_cell_types: Final = "Predicted Detailed Cell Type"
+        possible_mixed_cell_types: Final = "Possible Mixed Cell Types"
+        marker_number: Final = "Marker Number"
+        markers: Final = "Marker List"
+        iterations: Final = "Iterations"
+        model: Final = "Model"
+        provider: Final = "Provider"
+        tissue: Final = "Tissue"
+        species: Final = "Species"
+        #: The columns the full CSV adds to the summary.
+        validation_feedback: Final = "Validation Feedback"
+        raw_reply: Final = "Raw Reply"
+        conversation: Final = "Conversation History"
+
+    #: Separator of list values in tables, as CASSIA writes them.
+    list_separator: Final = ", "
+
+
+class Default:
+    """Defaults shared by the Python functions and the command line."""
+
+    key_added: Final = "cassia"
+    provider: Final = "openrouter"
+    n_genes: Final = 50
+    max_workers: Final = 4
+    temperature: Final = 0.0
+    validator_involvement: Final = "v1"
+    ranking_method: Final = "avg_log2FC"
+    max_retries: Final = 3
+    timeout: Final = 120.0
+    #: Clusters whose share of agreeing repeated runs is below this are flagged for review.
+    agreement_threshold: Final = 0.6
+    basis: Final = "umap"
+    n_runs: Final = 1

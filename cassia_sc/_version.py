@@ -1,0 +1,3 @@
+"""The package's version, in a module of its own so that any room can read it without a cycle."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,96 @@
+"""The annotator: reasons from the markers to a cell type and ends with a JSON answer.
+
+A formatting call is made only when no JSON can be recovered from its reply; from the
+second round on it revises its answer with the validator's feedback.
+"""
+
+from __future__ import annotations
+
+from ..prompts import render
+from ..replies import Annotation, extract_json_object, parse_annotation
+from ..replies import unsupported_markers as find_unsupported
+from ..results import Field, answer_schema
+from .context import ClusterContext, ClusterTask, Messages, StepFailed
+
+#: The JSON schema of the answer, from the fields declared part of it.
+ANNOTATION_SCHEMA = answer_schema()
+
+
+class Annotator:
+    """Annotate a cluster from its markers; revise when the validator rejected the answer.
+
+    Examples
+    --------
+    >>> from cassia_sc.agents import Annotator, ClusterTask
+    >>> task = ClusterTask("0", ("CD3D", "CD3E"), species="human", tissue="blood")
+    >>> [m["role"] for m in Annotator().plan(task)]
+    ['system', 'user']
+    """
+
+    name = "annotator"
+    fields: tuple[Field, ...] = ()  # its answer's fields are core fields
+
+    def plan(self, task: ClusterTask) -> Messages:
+        """Return the annotator's opening messages (system and task)."""
+        return [
+            {
+                "role": "system",
+                "content": render("annotator_system", tissue_blind=task.tissue_blind),
+            },
+            {
+                "role": "user",
+                "content": render(
+                    "annotator_task",
+                    species=task.species,
+                    tissue=task.tissue,
+                    markers=task.markers,
+                    additional_info=task.additional_info,
+                ),
+            },
+        ]
+
+    def __call__(self, context: ClusterContext) -> None:
+        """Ask for (or revise) the annotation and store it on the result."""
+        result = context.result
+        if context.round == 1:
+            messages = self.plan(context.task)
+        else:
+            revision = render(
+                "annotator_revision",
+                feedback=result.validation_feedback,
+                unsupported=result.unsupported_markers,
+            )
+            messages = [
+                *context.state[self.name],
+                {"role": "assistant", "content": context.annotation_text},
+                {"role": "user", "content": revision},
+            ]
+        reply = context.ask(self.name, messages, continues=context.round > 1)
+        context.state[self.name] = messages
+        context.annotation_text = reply.content
+        answer = _read_annotation(reply.content, context)
+        if answer is None:
+            raise StepFailed(
+                "No annotation could be read from the model's reply, even after a formatting call.",
+                raw_reply=reply.content,
+            )
+        result.main_cell_type = answer.main_cell_type
+        result.sub_cell_types = list(answer.sub_cell_types)
+        result.possible_mixed_cell_types = list(answer.possible_mixed_cell_types)
+        result.possible_tissues = list(answer.possible_tissues)
+        result.key_markers = list(answer.key_markers)
+        result.unsupported_markers = find_unsupported(answer.key_markers, context.task.markers)
+
+
+def _read_annotation(text: str, context: ClusterContext) -> Annotation | None:
+    """Read the JSON answer from the reply; only when there is none, ask for it formatted."""
+    answer = parse_annotation(extract_json_object(text))
+    if answer is not None:
+        return answer
+    system = render("formatter_system", tissue_blind=context.task.tissue_blind)
+    formatted = context.ask(
+        "formatter",
+        [{"role": "system", "content": system}, {"role": "user", "content": text}],
+        schema=ANNOTATION_SCHEMA,
+    )
+    return parse_annotation(extract_json_object(formatted.content))

@@ -1,0 +1,185 @@
+"""What a step works on: one cluster's task, its growing result, the model, and the data."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import CassiaError
+from ..evidence import DataHandle
+from ..llm import LLMClient, Reply
+from ..results import Field, Turn
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class ClusterTask:
+    """What one cluster's annotation needs to know.
+
+    Attributes
+    ----------
+    cluster
+        The cluster's name (never shown to the model, so renaming reuses the cache).
+    markers
+        Its ranked marker genes.
+    species
+        E.g. ``"human"``.
+    tissue
+        E.g. ``"blood"``; None for a tissue-blind annotation.
+    additional_info
+        Free text about the sample, or None.
+    pipeline
+        Name of the pipeline of steps that annotates it (``"v1"``, ``"v0"``, ...); see
+        :func:`cassia_sc.agents.get_pipeline`.
+    sample
+        Which repeated run this is (0 for a single run); see :meth:`LLMClient.complete`.
+    data
+        The expression data the markers came from, when they came from an AnnData.
+    """
+
+    cluster: str
+    markers: tuple[str, ...]
+    species: str
+    tissue: str | None = None
+    additional_info: str | None = None
+    pipeline: str = "v1"
+    sample: int = 0
+    data: DataHandle | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def tissue_blind(self) -> bool:
+        """Whether the tissue is unknown."""
+        return not self.tissue
+
+
+class StepFailed(CassiaError):
+    """A step could not do its work for this cluster; the cluster is marked failed.
+
+    Parameters
+    ----------
+    message
+        Why, for the cluster's ``error``.
+    raw_reply
+        The model's text that could not be used, kept for the user.
+    """
+
+    def __init__(self, message: str, *, raw_reply: str | None = None) -> None:
+        super().__init__(message)
+        self.raw_reply = raw_reply
+
+
+@dataclass
+class ClusterContext:
+    """One cluster's work in progress, handed to each step of its pipeline in turn.
+
+    Attributes
+    ----------
+    task
+        The cluster and its sample.
+    result
+        The result the steps fill in.
+    client
+        The run's model client.
+    stop
+        Set by the batch to cancel.
+    round
+        The annotation round (1, then 2, ... while the validator rejects the answer).
+    annotation_text
+        The annotator's latest reply, for the steps that review it.
+    state
+        Anything a step keeps for its own next round, by the step's name.
+    """
+
+    task: ClusterTask
+    result: Any
+    client: LLMClient
+    stop: threading.Event
+    round: int = 1
+    annotation_text: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    _sent: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def data(self) -> DataHandle | None:
+        """The expression data behind the markers, or None (a marker table, a file's markers)."""
+        return self.task.data
+
+    def ask(
+        self,
+        agent: str,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        schema: Mapping[str, Any] | None = None,
+        continues: bool = False,
+    ) -> Reply:
+        """Send ``messages`` to the model as ``agent``, recording the turns and their cost.
+
+        Parameters
+        ----------
+        agent
+            Who speaks: ``"annotator"``, ``"validator"``, ``"formatter"`` or a step's own.
+        messages
+            The whole conversation to send.
+        schema
+            JSON schema of the reply, sent as structured output where supported.
+        continues
+            The messages extend this agent's previous call: only the new ones are recorded.
+
+        Returns
+        -------
+        Reply
+            The reply, from the cache or the network.
+        """
+        start = self._sent.get(agent, 0) if continues else 0
+        for message in messages[start:]:
+            self.result.conversation.append(Turn(agent, message["role"], message["content"]))
+        reply = self.client.complete(
+            messages, schema=schema, stop=self.stop, sample=self.task.sample
+        )
+        self._sent[agent] = len(messages) + 1
+        self.result.conversation.append(
+            Turn(
+                agent,
+                "assistant",
+                reply.content,
+                reply.cached,
+                reply.prompt_tokens,
+                reply.completion_tokens,
+            )
+        )
+        self.result.calls += 1
+        self.result.cached_calls += reply.cached
+        self.result.requests += reply.requests
+        self.result.prompt_tokens += reply.prompt_tokens
+        self.result.completion_tokens += reply.completion_tokens
+        return reply
+
+
+@runtime_checkable
+class Step(Protocol):
+    """One agent's work on a cluster: a name, the fields it adds, and a call on the context.
+
+    A new agent is a module of :mod:`cassia_sc.agents` with a class like this, plus its
+    prompt templates in :mod:`cassia_sc.prompts`; add it to a pipeline with
+    :func:`cassia_sc.agents.register_pipeline`. Its fields then appear in the ``uns``
+    table, the summary CSV, the report and ``pl.review`` with no further edit.
+
+    Attributes
+    ----------
+    name
+        The step's name (also how it speaks in the conversation, by convention).
+    fields
+        The values it adds to each cluster's result (``result.set(name, value)``).
+    """
+
+    name: str
+    fields: tuple[Field, ...]
+
+    def __call__(self, context: ClusterContext) -> None:
+        """Do the step's work on one cluster; raise :class:`StepFailed` when it cannot."""
+
+    def plan(self, task: ClusterTask) -> Messages:
+        """Return the messages it would send on the happy path, for a dry run's estimate."""

@@ -1,0 +1,181 @@
+"""Write an annotation into an AnnData: labels to ``obs``, the record to ``uns``.
+
+The one place that writes; :mod:`cassia_sc.get` reads back. ``cassia-sc annotate`` uses
+the same columns and record to edit an ``.h5ad`` file in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._keys import Key
+from ..results import BatchResult, h5_safe_frame
+
+logger = logging.getLogger("cassia_sc")
+
+
+def check_key_added(key_added: str) -> None:
+    """Refuse a ``key_added`` that cannot be an ``uns`` key.
+
+    Parameters
+    ----------
+    key_added
+        The prefix of the ``obs`` columns and key of the ``uns`` entry.
+
+    Raises
+    ------
+    ValueError
+        When it contains ``/``.
+    """
+    if "/" in key_added:
+        raise ValueError(f"key_added must not contain '/': {key_added!r}.")
+
+
+def store_result(
+    adata: AnnData,
+    result: BatchResult,
+    *,
+    groupby: str,
+    key: str,
+    key_added: str,
+    uncertainty: pd.DataFrame | None = None,
+) -> list[str]:
+    """Write a batch's labels to ``adata.obs`` and its record to ``adata.uns[key_added]``.
+
+    Parameters
+    ----------
+    adata
+        The data whose clusters were annotated.
+    result
+        The batch result.
+    groupby
+        The ``obs`` column of the clusters.
+    key
+        The ``rank_genes_groups`` key the markers came from.
+    key_added
+        Prefix of the ``obs`` columns and key of the ``uns`` entry.
+    uncertainty
+        After repeated runs, their :func:`cassia_sc.consensus` table.
+
+    Returns
+    -------
+    list of str
+        The ``obs`` columns written.
+    """
+    check_key_added(key_added)
+    columns = label_columns(adata.obs[groupby], result, key_added=key_added)
+    for name, values in columns.items():
+        adata.obs[name] = values
+    adata.uns[key_added] = uns_record(result, groupby=groupby, key=key, uncertainty=uncertainty)
+    return list(columns)
+
+
+def label_columns(
+    clusters: pd.Series, result: BatchResult, *, key_added: str
+) -> dict[str, pd.Categorical | np.ndarray]:
+    """Return the ``obs`` columns of a batch: each cell's main cell type and subtype.
+
+    Parameters
+    ----------
+    clusters
+        Each cell's cluster (the ``groupby`` column).
+    result
+        The batch result.
+    key_added
+        Prefix of the column names.
+
+    Returns
+    -------
+    dict[str, pandas.Categorical or numpy.ndarray]
+        :meth:`Key.obs.celltype <cassia_sc._keys.Key.obs.celltype>` and ``subtype``, and
+        when the batch has them the ontology term and the agreement; NaN for cells of a
+        cluster without an answer, which a warning names.
+    """
+    answered = [c for c in result.clusters if c.main_cell_type]
+    main = {c.cluster: c.main_cell_type for c in answered}
+    subtype = {c.cluster: (c.sub_cell_types or [c.main_cell_type])[0] for c in answered}
+    terms = {c.cluster: c.ontology_term_id for c in answered if c.ontology_term_id}
+    agreement = {c.cluster: c.agreement for c in answered if c.agreement is not None}
+    names = pd.Series(clusters).astype(str)
+    missing = [cluster for cluster in pd.unique(names) if cluster not in main]
+    if missing:
+        logger.warning(
+            "No cell type for clusters %s (failed or not run); their cells are NaN in "
+            "obs[%r]. See uns[%r][%r].",
+            missing,
+            Key.obs.celltype(key_added),
+            key_added,
+            Key.uns.results,
+        )
+    columns: dict[str, pd.Categorical | np.ndarray] = {
+        Key.obs.celltype(key_added): _labels(names, main),
+        Key.obs.subtype(key_added): _labels(names, subtype),
+    }
+    if terms:
+        columns[Key.obs.ontology_term_id(key_added)] = _labels(names, terms)
+    if agreement:
+        columns[Key.obs.agreement(key_added)] = names.map(agreement).to_numpy(dtype=float)
+    return columns
+
+
+def _labels(clusters: pd.Series, labels: dict[str, str]) -> pd.Categorical:
+    values = clusters.map(labels).to_numpy(dtype=object)
+    present = pd.unique(pd.Series(list(labels.values()), dtype=object))
+    return pd.Categorical(values, categories=pd.Index(present, dtype=object))
+
+
+def uns_record(
+    result: BatchResult, *, groupby: str, key: str, uncertainty: pd.DataFrame | None = None
+) -> dict[str, Any]:
+    """Return what ``tl.annotate`` stores in ``uns``: only types that ``.h5ad`` keeps.
+
+    Parameters
+    ----------
+    result
+        The batch result.
+    groupby, key
+        Where the clusters and their markers came from.
+    uncertainty
+        After repeated runs, their :func:`cassia_sc.consensus` table.
+
+    Returns
+    -------
+    dict
+        ``params``, ``results``, ``conversations``, ``usage``, ``versions`` and, after
+        repeated runs, ``uncertainty``.
+    """
+    params = {name: value for name, value in result.settings.items() if value is not None}
+    params |= {"groupby": groupby, "key": key}
+    record = {
+        Key.uns.params: {name: _h5_scalar(value) for name, value in params.items()},
+        Key.uns.results: result.table(),
+        Key.uns.conversations: json.dumps(result.conversations(), ensure_ascii=False),
+        Key.uns.usage: {name: int(value) for name, value in result.usage.items()},
+        Key.uns.versions: _versions(),
+    }
+    if uncertainty is not None:
+        record[Key.uns.uncertainty] = h5_safe_frame(uncertainty)
+    return record
+
+
+def _h5_scalar(value: Any) -> Any:
+    if isinstance(value, bool | int | float | str | np.generic):
+        return value
+    return str(value)
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in ("cassia-sc", "anndata", "scanpy", "openai", "pandas"):
+        try:
+            found[package.replace("-", "_")] = version(package)
+        except PackageNotFoundError:
+            found[package.replace("-", "_")] = "unknown"
+    return found
