@@ -30,8 +30,9 @@ PARAMETERS: dict[str, str] = {
     "species": 'Species of the sample, e.g. ``"human"`` or ``"mouse"``.',
     "model": 'Model name as the provider spells it, e.g. ``"openai/gpt-4o-mini"`` on OpenRouter.',
     "provider": (
-        f'``"openrouter"`` (default: ``"{Default.provider}"``), ``"openai"``, ``"anthropic"`` '
-        "or the base URL of any OpenAI-compatible server (Ollama, vLLM, LM Studio, a proxy)."
+        '``"openrouter"``, ``"openai"``, ``"anthropic"`` or the base URL of any '
+        "OpenAI-compatible server (Ollama, vLLM, LM Studio, a proxy); default "
+        f'``"{Default.provider}"``.'
     ),
     "api_key": (
         "The key; by default ``OPENROUTER_API_KEY``, ``OPENAI_API_KEY``, "

@@ -11,6 +11,8 @@ from typing import Literal
 
 import pandas as pd
 
+from .markers import top_markers
+
 EXAMPLE_FILES = {
     "processed": "pbmc68k_louvain_processed.csv",
     "unprocessed": "pbmc68k_louvain_unprocessed.csv",
@@ -89,9 +91,7 @@ def build_example_markers() -> dict[str, pd.DataFrame]:
     dict[str, pandas.DataFrame]
         The ``"processed"``, ``"unprocessed"`` and ``"truth"`` tables.
     """
-    import scanpy as sc
-
-    from .markers import top_markers
+    import scanpy as sc  # only to rebuild the files: not needed to read them
 
     adata = sc.datasets.pbmc68k_reduced()
     sc.tl.rank_genes_groups(adata, "louvain", method="wilcoxon", pts=True, key_added="wilcoxon")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .ontology import cell_ontology
 from .results import h5_safe_frame
 
 EVALUATION_COLUMNS = [
@@ -58,7 +59,7 @@ def score_labels(
 
     Raises
     ------
-    cassia_sc.ontology.OntologyUnavailable
+    OntologyUnavailable
         Without the ``cassia-sc[ontology]`` extra.
 
     Examples
@@ -68,8 +69,6 @@ def score_labels(
     >>> table["score"].tolist()  # doctest: +SKIP
     [1.0, 0.5]
     """
-    from .ontology import cell_ontology
-
     if len(predicted) != len(truth):
         raise ValueError(f"{len(predicted)} predictions for {len(truth)} true labels.")
     ontology = cell_ontology()

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._keys import Default, Key
 from .errors import CassiaError, MarkerError
 
 try:  # anndata >= 0.11
@@ -54,7 +55,7 @@ class FileMarkers:
 
 
 def read_for_annotation(
-    path: str | os.PathLike, *, key: str = "rank_genes_groups", groupby: str | None = None
+    path: str | os.PathLike, *, key: str = Key.uns.markers, groupby: str | None = None
 ) -> FileMarkers:
     """Read the parts of an ``.h5ad`` file that annotation needs, and nothing else.
 
@@ -126,7 +127,7 @@ def read_for_annotation(
     return FileMarkers(AnnData(var=var, uns={key: result}), groupby, clusters)
 
 
-def read_embedding(path: str | os.PathLike, *, basis: str = "umap") -> np.ndarray | None:
+def read_embedding(path: str | os.PathLike, *, basis: str = Default.basis) -> np.ndarray | None:
     """Read ``obsm[f"X_{basis}"]`` of an ``.h5ad`` file, or None when it has none.
 
     Parameters

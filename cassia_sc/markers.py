@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._keys import Default, Key
 from .errors import MarkerError
 
 logger = logging.getLogger("cassia_sc")
@@ -77,12 +78,12 @@ _EMPTY_TOKENS = frozenset({"", "nan", "none", "null", "na"})
 def top_markers(
     marker: MarkerInput,
     *,
-    n_genes: int = 50,
-    ranking_method: RankingMethod = "avg_log2FC",
+    n_genes: int = Default.n_genes,
+    ranking_method: RankingMethod = Default.ranking_method,
     ascending: bool | None = None,
     celltype_column: str | None = None,
     gene_column_name: str | None = None,
-    key: str = "rank_genes_groups",
+    key: str = Key.uns.markers,
     groupby: str | None = None,
     gene_symbols: str | None = None,
 ) -> dict[str, list[str]]:
@@ -177,7 +178,7 @@ def read_markers(
     *,
     celltype_column: str | None = None,
     gene_column_name: str | None = None,
-    key: str = "rank_genes_groups",
+    key: str = Key.uns.markers,
     groupby: str | None = None,
     gene_symbols: str | None = None,
     candidates_for: int | None = None,
@@ -518,8 +519,8 @@ def _finish(table: pd.DataFrame, cluster_order: np.ndarray) -> pd.DataFrame:
 def select_markers(
     table: pd.DataFrame,
     *,
-    n_genes: int = 50,
-    ranking_method: RankingMethod = "avg_log2FC",
+    n_genes: int = Default.n_genes,
+    ranking_method: RankingMethod = Default.ranking_method,
     ascending: bool | None = None,
 ) -> pd.DataFrame:
     """Filter, rank and cut the canonical table to each cluster's top markers.
