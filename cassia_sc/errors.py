@@ -51,3 +51,44 @@ class OntologyUnavailable(CassiaError, ImportError):
             f"mapping labels to the Cell Ontology needs {missing}: "
             'install with pip install "cassia-sc[ontology]"'
         )
+
+
+class StepFailed(CassiaError):
+    """A step of a pipeline could not do its work for one cluster, which is marked failed.
+
+    Parameters
+    ----------
+    message
+        Why, for the cluster's ``error``.
+    raw_reply
+        The model's text that could not be used, kept for the user.
+    """
+
+    def __init__(self, message: str, *, raw_reply: str | None = None) -> None:
+        super().__init__(message)
+        self.raw_reply = raw_reply
+
+
+class TransientFailure(Exception):
+    """Inside the model client: a failed request worth another attempt; never escapes it.
+
+    Parameters
+    ----------
+    message
+        What failed.
+    retry_after
+        Seconds the server asked to wait, if it said.
+    rate_limited
+        Whether it was HTTP 429, which pauses every worker.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, rate_limited: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.rate_limited = rate_limited
+
+
+class ParameterRefused(Exception):
+    """Inside the model client: the endpoint refused an optional parameter; send again without."""

@@ -34,6 +34,8 @@ from .errors import (
     CassiaError,
     LLMError,
     ModelNotFound,
+    ParameterRefused,
+    TransientFailure,
 )
 from .providers import OPTIONAL_PARAMETERS, resolve_api_key, resolve_endpoint
 
@@ -104,17 +106,6 @@ class Usage:
         self.cached_calls += reply.cached
         self.prompt_tokens += reply.prompt_tokens
         self.completion_tokens += reply.completion_tokens
-
-
-class _Retryable(Exception):
-    """A failure worth another attempt, with the wait the server asked for, if any."""
-
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, rate_limited: bool = False
-    ):
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.rate_limited = rate_limited
 
 
 class RequestPacer:
@@ -402,7 +393,7 @@ class LLMClient:
             try:
                 content, prompt_tokens, completion_tokens = self._send(request)
                 return Reply(content, prompt_tokens, completion_tokens, False, requests)
-            except _Retryable as failure:
+            except TransientFailure as failure:
                 if attempt >= self.max_retries:
                     raise LLMError(f"{failure} (gave up after {requests} attempts)") from None
                 delay = self._backoff(attempt, failure.retry_after)
@@ -412,7 +403,7 @@ class LLMClient:
                 attempt += 1
                 if stop.wait(delay):
                     raise CallCancelled("stopped") from None
-            except _RetryWithout:
+            except ParameterRefused:
                 continue  # same attempt, without the parameter the endpoint refused
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -432,14 +423,14 @@ class LLMClient:
             self._raise_for_status(err, body)
         except openai.APIConnectionError as err:  # timeouts included
             kind = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
-            raise _Retryable(f"request {kind} ({self.endpoint.base_url})") from None
+            raise TransientFailure(f"request {kind} ({self.endpoint.base_url})") from None
         except ValueError as err:  # the SDK could not decode the body
-            raise _Retryable(f"malformed reply from the server: {err}") from None
+            raise TransientFailure(f"malformed reply from the server: {err}") from None
         content, usage = _content_and_usage(response)
         if content is None:
-            raise _Retryable("malformed reply from the server: no message in it")
+            raise TransientFailure("malformed reply from the server: no message in it")
         if not content.strip():
-            raise _Retryable("the model returned an empty reply")
+            raise TransientFailure("the model returned an empty reply")
         return content, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
 
     def _body(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -478,19 +469,15 @@ class LLMClient:
                         logger.warning(
                             "The endpoint refused %r; continuing without it (%s).", name, detail
                         )
-                    raise _RetryWithout() from None
+                    raise ParameterRefused() from None
             raise LLMError(f"The server rejected the request (HTTP 400: {detail}).") from None
         if status in _RETRY_STATUSES or status >= 500:
-            raise _Retryable(
+            raise TransientFailure(
                 f"HTTP {status} from the server: {detail}",
                 retry_after=_retry_after(err.response.headers),
                 rate_limited=status == 429,
             ) from None
         raise LLMError(f"The server answered HTTP {status}: {detail}.") from None
-
-
-class _RetryWithout(Exception):
-    """The endpoint refused an optional parameter; send again without it."""
 
 
 def _wait_for(leader: Future, stop: threading.Event) -> Reply:

@@ -374,7 +374,7 @@ def _from_rank_genes_groups(
     if result is None:
         raise MarkerError(
             f"adata.uns[{key!r}] not found: run {run} first"
-            + (f" (with key_added={key!r})" if key != "rank_genes_groups" else "")
+            + (f" (with key_added={key!r})" if key != Key.uns.markers else "")
             + ", or pass key= naming the result to use."
         )
     if not isinstance(result, Mapping) or "names" not in result:

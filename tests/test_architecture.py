@@ -7,7 +7,9 @@ import fails here before it can fail at import time in some order of imports.
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
+import pkgutil
 import typing
 from pathlib import Path
 
@@ -288,3 +290,18 @@ def test_pl_functions_take_adata_then_keywords_and_show(name):
         for p in parameters[1:]
     )
     assert {"show", "return_fig"} <= set(signature.parameters)
+
+
+def test_every_exception_class_lives_in_errors():
+    elsewhere = []
+    for info in pkgutil.walk_packages(cassia_sc.__path__, prefix="cassia_sc."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseException)
+                and value.__module__.startswith("cassia_sc")
+                and value.__module__ != "cassia_sc.errors"
+            ):
+                elsewhere.append(f"{value.__module__}.{name}")
+    assert elsewhere == []

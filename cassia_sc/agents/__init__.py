@@ -6,8 +6,9 @@ expression data. Pipelines (:class:`Pipeline`) chain steps; ``"v1"`` and ``"v0"`
 registered here, and :func:`register_pipeline` adds more.
 """
 
+from ..errors import StepFailed
 from .annotator import ANNOTATION_SCHEMA, Annotator
-from .context import ClusterContext, ClusterTask, Step, StepFailed
+from .context import ClusterContext, ClusterTask, Step
 from .pipelines import PIPELINES, Pipeline, annotate_cluster, get_pipeline, register_pipeline
 from .validator import VERDICT_SCHEMA, Validator
 

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import CassiaError
 from ..evidence import DataHandle
 from ..llm import LLMClient, Reply
 from ..results import Field, Turn
@@ -53,22 +52,6 @@ class ClusterTask:
     def tissue_blind(self) -> bool:
         """Whether the tissue is unknown."""
         return not self.tissue
-
-
-class StepFailed(CassiaError):
-    """A step could not do its work for this cluster; the cluster is marked failed.
-
-    Parameters
-    ----------
-    message
-        Why, for the cluster's ``error``.
-    raw_reply
-        The model's text that could not be used, kept for the user.
-    """
-
-    def __init__(self, message: str, *, raw_reply: str | None = None) -> None:
-        super().__init__(message)
-        self.raw_reply = raw_reply
 
 
 @dataclass
@@ -179,7 +162,7 @@ class Step(Protocol):
     fields: tuple[Field, ...]
 
     def __call__(self, context: ClusterContext) -> None:
-        """Do the step's work on one cluster; raise :class:`StepFailed` when it cannot."""
+        """Do the step's work on one cluster; raise :class:`~cassia_sc.agents.StepFailed` when it cannot."""
 
     def plan(self, task: ClusterTask) -> Messages:
         """Return the messages it would send on the happy path, for a dry run's estimate."""

@@ -11,11 +11,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CallCancelled, CassiaError, FatalLLMError, LLMError
+from ..errors import CallCancelled, CassiaError, FatalLLMError, LLMError, StepFailed
 from ..llm import LLMClient
 from ..results import CORE_FIELDS, ClusterResult, Field
 from .annotator import Annotator
-from .context import ClusterContext, ClusterTask, Messages, Step, StepFailed
+from .context import ClusterContext, ClusterTask, Messages, Step
 from .validator import Validator
 
 
