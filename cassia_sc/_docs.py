@@ -108,6 +108,7 @@ PARAMETERS: dict[str, str] = {
         f'(default "{Default.key_added}").'
     ),
     "key_read": f'The ``key_added`` of the annotation (default "{Default.key_added}").',
+    "annotated": "Data annotated by :func:`cassia_sc.tl.annotate`.",
     "output_name": (
         "Path prefix of CASSIA's four files, ``_summary.csv``, ``_full.csv``, "
         "``_conversations.json`` and ``_report.html`` (a ``.csv``, ``.json`` or ``.html`` "
@@ -123,8 +124,12 @@ PARAMETERS: dict[str, str] = {
 _PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)\{(?P<name>\w+)\}[ \t]*$", re.MULTILINE)
 
 
+#: Placeholders whose entry documents a parameter of another name.
+_SHOWN_AS = {"key_read": "key", "annotated": "adata"}
+
+
 def _entry(name: str, indent: str) -> str:
-    shown = "key" if name == "key_read" else name
+    shown = _SHOWN_AS.get(name, name)
     body = PARAMETERS[name]
     return f"{indent}{shown}\n{indent}    {body}"
 

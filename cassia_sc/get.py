@@ -23,8 +23,7 @@ def annotation_record(adata: AnnData, key: str = Default.key_added) -> dict[str,
 
     Parameters
     ----------
-    adata
-        Data annotated by :func:`cassia_sc.tl.annotate`.
+    {annotated}
     {key_read}
 
     Returns
@@ -57,8 +56,7 @@ def results(adata: AnnData, key: str = Default.key_added) -> pd.DataFrame:
 
     Parameters
     ----------
-    adata
-        Data annotated by :func:`cassia_sc.tl.annotate`.
+    {annotated}
     {key_read}
 
     Returns
@@ -79,8 +77,7 @@ def fields(adata: AnnData, key: str = Default.key_added) -> tuple[Field, ...]:
 
     Parameters
     ----------
-    adata
-        Data annotated by :func:`cassia_sc.tl.annotate`.
+    {annotated}
     {key_read}
 
     Returns
@@ -100,8 +97,7 @@ def annotation(adata: AnnData, key: str = Default.key_added) -> BatchResult:
 
     Parameters
     ----------
-    adata
-        Data annotated by :func:`cassia_sc.tl.annotate`.
+    {annotated}
     {key_read}
 
     Returns

@@ -225,7 +225,18 @@ def test_parameters_are_described_once_and_the_same_everywhere():
     for function in functions:
         doc = function.__doc__ or ""
         assert "As in :func:" not in doc and "as in run_batch" not in doc.lower()
-        assert not [line for line in doc.splitlines() if line.strip().startswith("{")]
+    unfilled = [
+        f"{info.name}.{name}"
+        for info in pkgutil.walk_packages(cassia_sc.__path__, prefix="cassia_sc.")
+        for name, value in vars(importlib.import_module(info.name)).items()
+        if callable(value)
+        and any(
+            line.strip().strip("{}") in PARAMETERS
+            for line in (value.__doc__ or "").split("\n")
+            if line.strip().startswith("{")
+        )
+    ]
+    assert unfilled == []
     for name in ("tissue", "species", "model", "provider", "n_genes", "max_workers"):
         entry = f"{name}\n    {PARAMETERS[name]}"
         for function in (cassia_sc.run_batch, tl.annotate, compat.runCASSIA_batch):

@@ -162,7 +162,7 @@ class Step(Protocol):
     fields: tuple[Field, ...]
 
     def __call__(self, context: ClusterContext) -> None:
-        """Do the step's work on one cluster; raise :class:`~cassia_sc.agents.StepFailed` when it cannot."""
+        """Do its work on one cluster; raise :class:`~cassia_sc.agents.StepFailed` if it cannot."""
 
     def plan(self, task: ClusterTask) -> Messages:
         """Return the messages it would send on the happy path, for a dry run's estimate."""

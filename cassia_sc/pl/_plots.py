@@ -56,8 +56,7 @@ def annotations(
 
     Parameters
     ----------
-    adata
-        Data annotated by :func:`cassia_sc.tl.annotate`.
+    {annotated}
     {basis}
     {key_read}
     label
@@ -127,8 +126,7 @@ def markers(
 
     Parameters
     ----------
-    adata
-        Data annotated by :func:`cassia_sc.tl.annotate`.
+    {annotated}
     {key_read}
     n_genes
         Key markers shown per cell type.
@@ -219,8 +217,7 @@ def review(
 
     Parameters
     ----------
-    adata
-        Data annotated by :func:`cassia_sc.tl.annotate`.
+    {annotated}
     {key_read}
     {ax}
     {show}

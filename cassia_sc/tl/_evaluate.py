@@ -25,8 +25,7 @@ def evaluate(
 
     Parameters
     ----------
-    adata
-        Data annotated by :func:`cassia_sc.tl.annotate`.
+    {annotated}
     truth_key
         ``obs`` column with the known labels.
     {key_read}
