@@ -14,7 +14,8 @@ from ._docs import fill_docs
 from ._keys import Default, Key
 from .agents import PIPELINES
 from .errors import CassiaError
-from .results import CORE_FIELDS, BatchResult, Field
+from .fields import CORE_FIELDS, Field
+from .results import BatchResult
 
 
 @fill_docs

@@ -31,8 +31,8 @@ from cassia_sc.agents import (
     register_pipeline,
 )
 from cassia_sc.evidence import DataHandle
+from cassia_sc.fields import Field, Review
 from cassia_sc.providers import resolve_endpoint
-from cassia_sc.results import Field, Review
 
 SCORER_PROMPT = "You grade a cell-type annotation from 0 to 100. Reply with the number only."
 

@@ -7,10 +7,10 @@ second round on it revises its answer with the validator's feedback.
 from __future__ import annotations
 
 from ..errors import StepFailed
+from ..fields import Field, answer_schema
 from ..prompts import render
 from ..replies import Annotation, extract_json_object, parse_annotation
 from ..replies import unsupported_markers as find_unsupported
-from ..results import Field, answer_schema
 from .context import ClusterContext, ClusterTask, Messages
 
 #: The JSON schema of the answer, from the fields declared part of it.

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..evidence import DataHandle
+from ..fields import Field
 from ..llm import LLMClient, Reply
-from ..results import Field, Turn
+from ..results import Turn
 
 Messages = list[dict[str, str]]
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CallCancelled, CassiaError, FatalLLMError, LLMError, StepFailed
+from ..fields import CORE_FIELDS, Field
 from ..llm import LLMClient
-from ..results import CORE_FIELDS, ClusterResult, Field
+from ..results import ClusterResult
 from .annotator import Annotator
 from .context import ClusterContext, ClusterTask, Messages, Step
 from .validator import Validator

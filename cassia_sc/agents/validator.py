@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ..fields import Field
 from ..prompts import render
 from ..replies import Verdict, parse_verdict
-from ..results import Field
 from .context import ClusterContext, ClusterTask, Messages
 
 VERDICT_SCHEMA = {

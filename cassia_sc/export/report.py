@@ -22,9 +22,10 @@ from anndata import AnnData
 
 from .._io import atomic_write_text
 from .._keys import Default, Key
+from ..fields import CORE_FIELDS, VALIDATION_NAMES, Field
 from ..get import annotation
 from ..pl import annotations
-from ..results import CORE_FIELDS, VALIDATION_NAMES, BatchResult, ClusterResult, Field
+from ..results import BatchResult, ClusterResult
 
 
 @cache

@@ -16,9 +16,9 @@ from anndata import AnnData
 from .._docs import fill_docs
 from .._keys import Default, Key
 from ..errors import CassiaError
+from ..fields import CORE_FIELDS, Field, split_list
 from ..get import annotation_record
 from ..get import fields as declared_fields
-from ..results import CORE_FIELDS, Field, split_list
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -270,7 +270,7 @@ def review_grid(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Return the titles, severity and text of each review cell, per cluster and check.
 
-    The checks are the fields with a :class:`~cassia_sc.results.Review`, in field order;
+    The checks are the fields with a :class:`~cassia_sc.fields.Review`, in field order;
     one that applies only sometimes (agreement) is shown when a cluster has a value.
     Severity: -1 does not apply (a cluster without an answer), 0 fine, 1 worth a look,
     2 a problem.
