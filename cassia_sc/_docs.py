@@ -24,8 +24,8 @@ PARAMETERS: dict[str, str] = {
         "(cluster, genes)."
     ),
     "tissue": (
-        'Tissue of the sample, e.g. ``"blood"``; None for a tissue-blind annotation, in which '
-        "the answer also proposes tissues of origin."
+        'Tissue of the sample, e.g. ``"blood"``; leave it out (None) for a tissue-blind '
+        "annotation, in which the answer also proposes tissues of origin."
     ),
     "species": 'Species of the sample, e.g. ``"human"`` or ``"mouse"``.',
     "model": 'Model name as the provider spells it, e.g. ``"openai/gpt-4o-mini"`` on OpenRouter.',
@@ -41,7 +41,7 @@ PARAMETERS: dict[str, str] = {
     ),
     "max_workers": f"Clusters annotated at the same time (default {Default.max_workers}).",
     "n_genes": f"Markers per cluster given to the model (default {Default.n_genes}).",
-    "additional_info": "Free text about the sample (treatment, sorting, disease), or None.",
+    "additional_info": "Free text about the sample (treatment, sorting, disease), if any.",
     "temperature": "Sampling temperature; sent where the endpoint accepts it.",
     "validator_involvement": (
         '``"v1"`` (moderate; up to 2 rounds) or ``"v0"`` (strict: a stricter review, an '
@@ -93,7 +93,7 @@ PARAMETERS: dict[str, str] = {
     ),
     "n_runs": (
         "Annotate this many times (at a ``temperature`` above 0) and keep each cluster's "
-        "consensus, with the share of runs that agree; see :mod:`cassia_sc.uncertainty`."
+        "consensus, with the share of runs that agree (see the uncertainty guide)."
     ),
     "models": (
         "Annotate with each of these models (``n_runs`` times each) instead of ``model``, and "

@@ -94,9 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, help="write here instead of editing INPUT in place"
     )
     annotate.add_argument("--groupby", help=cli_help("groupby"))
-    annotate.add_argument(
-        "--key", default=Key.uns.markers, help=cli_help("key").replace(" (default", " (now")
-    )
+    annotate.add_argument("--key", default=Key.uns.markers, help=cli_help("key"))
     annotate.add_argument("--key-added", default=Default.key_added, help=cli_help("key_added"))
     annotate.add_argument("--gene-symbols", help=cli_help("gene_symbols"))
     repeated = annotate.add_argument_group("repeated runs")
