@@ -422,8 +422,16 @@ def test_400_refusing_structured_output_falls_back_without_it(scripted_llm, capl
 
 
 def test_concurrency_never_exceeds_max_workers(scripted_llm):
-    llm = scripted_llm(KNOWN, delay=0.1)
-    run(llm, max_workers=3)
+    model = ScriptedModel(KNOWN, delay=0.1)
+    first_round = threading.Barrier(3, timeout=60)  # the first three replies wait for each other
+
+    def handler(request: RecordedRequest, index: int) -> Reply:
+        if index < 3:
+            first_round.wait()
+        return model(request, index)
+
+    llm = scripted_llm(handler=handler)
+    run(llm, max_workers=3, client_options={"timeout": 60})  # 60 s: only a hang waits this long
     assert llm.server.max_concurrency == 3
 
 

@@ -228,8 +228,14 @@ def test_handler_exception_becomes_500() -> None:
 
 
 def test_max_concurrency_parallel_requests() -> None:
-    with LLMServer(lambda r, i: Reply(content="ok", delay=0.3)) as srv:
-        with make_client(srv) as client:
+    all_in = threading.Barrier(4, timeout=60)  # no reply before all four requests are in
+
+    def handler(request: RecordedRequest, index: int) -> Reply:
+        all_in.wait()
+        return Reply(content="ok")
+
+    with LLMServer(handler) as srv:
+        with make_client(srv, timeout=60) as client:  # 60 s: only a hang waits this long
             errors: list[BaseException] = []
 
             def worker() -> None:
