@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
+import threading
 import time
 
 import pandas as pd
 import pytest
-from conftest import MARKER100
+from conftest import MARKER100, ScriptedLLM
 from llm_server import LLMServer, RecordedRequest, Reply
 from scripted_model import (
     ScriptedModel,
@@ -22,7 +22,6 @@ from scripted_model import (
 )
 
 import cassia_sc
-from cassia_sc import LLMClient
 from cassia_sc.datasets import example_truth
 from cassia_sc.results import SUMMARY_COLUMNS
 
@@ -31,28 +30,19 @@ SIGNATURES = {row.cluster: signature(row.markers.split(", ")) for row in EXAMPLE
 TRUTH = dict(zip(example_truth()["cluster"], example_truth()["cell_type"], strict=True))
 #: The scripted model knows each example cluster's truth.
 KNOWN = {SIGNATURES[c]: TRUTH[c] for c in SIGNATURES}
+#: Client settings for quick retries: no test waits out a real backoff.
+FAST_RETRIES = {"retry_delay": 0.01, "max_retry_delay": 2.0, "timeout": 5.0}
 
 
 @pytest.fixture
-def server():
-    with LLMServer(ScriptedModel(KNOWN)) as running:
-        yield running
+def llm(scripted_llm) -> ScriptedLLM:
+    """The scripted model that knows each example cluster's truth."""
+    return scripted_llm(KNOWN)
 
 
-def client_for(server: LLMServer, tmp_path, **options) -> LLMClient:
-    defaults = {
-        "model": "test-model",
-        "provider": server.base_url,
-        "cache_dir": tmp_path / "cache",
-        "retry_delay": 0.01,
-        "max_retry_delay": 2.0,
-        "timeout": 5.0,
-    }
-    return LLMClient(**(defaults | options))
-
-
-def run(server, tmp_path, marker=EXAMPLE, *, client_options=None, **options):
-    client = client_for(server, tmp_path, **(client_options or {}))
+def run(llm: ScriptedLLM, marker=EXAMPLE, *, client_options=None, **options):
+    """run_batch on ``marker`` through a fresh client of ``llm`` (its shared cache)."""
+    client = llm.client(**(FAST_RETRIES | (client_options or {})))
     settings = {"tissue": "blood", "species": "human", "progress": False, "client": client}
     try:
         return cassia_sc.run_batch(marker, **(settings | options))
@@ -72,14 +62,14 @@ def requests_by_cluster(server: LLMServer) -> dict[str, int]:
 # --------------------------------------------------------------------------- happy path
 
 
-def test_happy_path_two_round_trips_per_cluster_in_cluster_order(server, tmp_path):
-    result = run(server, tmp_path, max_workers=4)
+def test_happy_path_two_round_trips_per_cluster_in_cluster_order(llm):
+    result = run(llm, max_workers=4)
 
     assert [c.cluster for c in result.clusters] == [str(i) for i in range(11)]
     assert all(c.status == "ok" for c in result.clusters)
     assert [c.main_cell_type for c in result.clusters] == [TRUTH[str(i)] for i in range(11)]
-    assert set(requests_by_cluster(server).values()) == {2}  # annotator, validator
-    assert [agent_of(r) for r in server.requests].count("formatter") == 0
+    assert set(requests_by_cluster(llm.server).values()) == {2}  # annotator, validator
+    assert [agent_of(r) for r in llm.server.requests].count("formatter") == 0
     first = result["0"]
     assert first.iterations == 1 and first.validation_passed is True
     assert first.key_markers == first.markers[:3] and first.unsupported_markers == []
@@ -89,36 +79,40 @@ def test_happy_path_two_round_trips_per_cluster_in_cluster_order(server, tmp_pat
     assert result.usage["requests"] == 22
 
 
-def test_prompts_carry_context_and_never_the_text_none(server, tmp_path):
-    run(server, tmp_path, additional_info="None")
-    run(server, tmp_path / "2", additional_info="  ")
-    assert server.request_count == 44
-    for request in server.requests:
+def test_prompts_carry_context_and_never_the_text_none(llm, tmp_path):
+    run(llm, additional_info="None")
+    run(llm, client_options={"cache_dir": tmp_path / "2"}, additional_info="  ")
+    assert llm.server.request_count == 44
+    for request in llm.server.requests:
         task = request.messages[1]["content"]
         assert task.startswith("Species: human\nTissue: blood")
         assert "None" not in task and "About this sample" not in task
-    given = [markers_of(r) for r in server.requests if agent_of(r) == "annotator"]
+    given = [markers_of(r) for r in llm.server.requests if agent_of(r) == "annotator"]
     assert EXAMPLE["markers"][0].split(", ") in given
 
-    server.requests.clear()
-    run(server, tmp_path / "3", additional_info="Sorted CD45+ cells from a healthy donor.")
-    for request in server.requests:
+    llm.server.requests.clear()
+    run(
+        llm,
+        client_options={"cache_dir": tmp_path / "3"},
+        additional_info="Sorted CD45+ cells from a healthy donor.",
+    )
+    for request in llm.server.requests:
         assert (
             "About this sample: Sorted CD45+ cells from a healthy donor."
             in request.messages[1]["content"]
         )
 
 
-def test_tissue_blind_mode_asks_for_and_keeps_possible_tissues(server, tmp_path):
-    result = run(server, tmp_path, tissue=None)
-    request = next(r for r in server.requests if agent_of(r) == "annotator")
+def test_tissue_blind_mode_asks_for_and_keeps_possible_tissues(llm):
+    result = run(llm, tissue=None)
+    request = next(r for r in llm.server.requests if agent_of(r) == "annotator")
     assert "Tissue: unknown" in request.messages[1]["content"]
     assert '"possible_tissues"' in request.messages[0]["content"]
     assert result["4"].possible_tissues == ["blood", "spleen"]
     assert result.summary()["Possible Tissues"].iloc[4] == "blood, spleen"
 
 
-def test_tolerant_parsing_needs_no_formatting_call(tmp_path):
+def test_tolerant_parsing_needs_no_formatting_call(scripted_llm):
     def annotator(request, markers):
         return Reply(
             content=annotation_reply(
@@ -126,16 +120,16 @@ def test_tolerant_parsing_needs_no_formatting_call(tmp_path):
             )
         )
 
-    with LLMServer(ScriptedModel(annotator=annotator)) as server:
-        result = run(server, tmp_path)
+    llm = scripted_llm(annotator=annotator)
+    result = run(llm)
     assert {c.main_cell_type for c in result.clusters} == {"B cell"}
-    assert server.request_count == 22
+    assert llm.server.request_count == 22
 
 
 # --------------------------------------------------------------------------- the conversation
 
 
-def test_validation_fails_then_the_revision_passes(tmp_path):
+def test_validation_fails_then_the_revision_passes(scripted_llm):
     def validator(request, markers):
         answered_twice = "Revised" in request.messages[1]["content"]
         if signature(markers) == SIGNATURES["4"] and not answered_twice:
@@ -148,20 +142,20 @@ def test_validation_fails_then_the_revision_passes(tmp_path):
             return Reply(content=annotation_reply(main, key_markers=("MS4A1",)))
         return None
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator, validator=validator)) as server:
-        result = run(server, tmp_path)
+    llm = scripted_llm(KNOWN, annotator=annotator, validator=validator)
+    result = run(llm)
 
     b_cell = result["4"]
     assert b_cell.main_cell_type == "Revised B cell"
     assert b_cell.iterations == 2 and b_cell.validation_passed is True
-    assert requests_by_cluster(server)["4"] == 4
-    revision = next(r for r in server.requests if is_revision(r))
+    assert requests_by_cluster(llm.server)["4"] == 4
+    revision = next(r for r in llm.server.requests if is_revision(r))
     assert len(revision.messages) == 4  # system, task, first answer, review
     assert "MS4A1 and CD79A say B cell, not T cell." in revision.messages[3]["content"]
     assert all(result[c].iterations == 1 for c in SIGNATURES if c != "4")
 
 
-def test_rejected_in_every_round_keeps_the_last_answer_unvalidated(tmp_path):
+def test_rejected_in_every_round_keeps_the_last_answer_unvalidated(scripted_llm):
     def validator(request, markers):
         return Reply(content=verdict_reply(False, "Not convinced."))
 
@@ -169,15 +163,15 @@ def test_rejected_in_every_round_keeps_the_last_answer_unvalidated(tmp_path):
         main = "Second try" if is_revision(request) else "First try"
         return Reply(content=annotation_reply(main, key_markers=tuple(markers[:1])))
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator, validator=validator)) as server:
-        result = run(server, tmp_path, validator_involvement="v1")
+    llm = scripted_llm(KNOWN, annotator=annotator, validator=validator)
+    result = run(llm, validator_involvement="v1")
     assert all(c.status == "ok" and c.validation_passed is False for c in result.clusters)
     assert {c.main_cell_type for c in result.clusters} == {"Second try"}
     assert {c.iterations for c in result.clusters} == {2}
-    assert server.request_count == 11 * 4
+    assert llm.server.request_count == 11 * 4
 
 
-def test_no_json_asks_the_formatter_once(tmp_path):
+def test_no_json_asks_the_formatter_once(scripted_llm):
     def annotator(request, markers):
         return Reply(
             content=f"These are clearly plasma cells: MZB1 and IGJ, not {signature(markers)}."
@@ -187,17 +181,17 @@ def test_no_json_asks_the_formatter_once(tmp_path):
         assert request.messages[1]["content"].startswith("These are clearly plasma cells")
         return Reply(content='{"main_cell_type": "Plasma cell", "key_markers": ["MZB1", "IGJ"]}')
 
-    with LLMServer(ScriptedModel(annotator=annotator, formatter=formatter)) as server:
-        result = run(server, tmp_path)
+    llm = scripted_llm(annotator=annotator, formatter=formatter)
+    result = run(llm)
     assert {c.main_cell_type for c in result.clusters} == {"Plasma cell"}
-    assert server.request_count == 11 * 3  # annotator, formatter, validator
-    formatter_request = next(r for r in server.requests if agent_of(r) == "formatter")
+    assert llm.server.request_count == 11 * 3  # annotator, formatter, validator
+    formatter_request = next(r for r in llm.server.requests if agent_of(r) == "formatter")
     assert formatter_request.body["response_format"]["type"] == "json_schema"
     assert result["8"].unsupported_markers == []  # both are in cluster 8's list
     assert result["0"].unsupported_markers == ["MZB1", "IGJ"]
 
 
-def test_unreadable_reply_and_formatter_fail_the_cluster_with_the_raw_text(tmp_path):
+def test_unreadable_reply_and_formatter_fail_the_cluster_with_the_raw_text(scripted_llm):
     raw = "I cannot decide; the markers are ambiguous."
 
     def annotator(request, markers):
@@ -206,26 +200,25 @@ def test_unreadable_reply_and_formatter_fail_the_cluster_with_the_raw_text(tmp_p
     def formatter(request, markers):
         return Reply(content="Sorry, nothing to convert.")
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator, formatter=formatter)) as server:
-        result = run(server, tmp_path)
+    result = run(scripted_llm(KNOWN, annotator=annotator, formatter=formatter))
     failed = result["2"]
     assert failed.status == "failed" and failed.raw_reply == raw
     assert "No annotation could be read" in failed.error
     assert [c.cluster for c in result.failed] == ["2"]
 
 
-def test_v0_sends_unsupported_citations_back_where_v1_only_reports_them(tmp_path):
+def test_v0_sends_unsupported_citations_back_where_v1_only_reports_them(scripted_llm, tmp_path):
     def annotator(request, markers):
         if is_revision(request):
             return Reply(content=annotation_reply("T cell", key_markers=(markers[0],)))
         return Reply(content=annotation_reply("T cell", key_markers=(markers[0], "FAKEGENE1")))
 
-    with LLMServer(ScriptedModel(annotator=annotator)) as server:
-        moderate = run(server, tmp_path / "v1", validator_involvement="v1")
-        moderate_requests = list(server.requests)
-        server.requests.clear()
-        strict = run(server, tmp_path / "v0", validator_involvement="v0")
-        strict_requests = list(server.requests)
+    llm = scripted_llm(annotator=annotator)
+    moderate = run(llm, client_options={"cache_dir": tmp_path / "v1"}, validator_involvement="v1")
+    moderate_requests = list(llm.server.requests)
+    llm.server.requests.clear()
+    strict = run(llm, client_options={"cache_dir": tmp_path / "v0"}, validator_involvement="v0")
+    strict_requests = list(llm.server.requests)
 
     # v1: the validator is told about the gene, passes the call; the gene stays recorded.
     assert moderate["0"].unsupported_markers == ["FAKEGENE1"]
@@ -256,7 +249,7 @@ def test_v0_sends_unsupported_citations_back_where_v1_only_reports_them(tmp_path
 # --------------------------------------------------------------------------- faults
 
 
-def test_empty_reply_is_retried(tmp_path):
+def test_empty_reply_is_retried(scripted_llm):
     seen: set[str] = set()
 
     def annotator(request, markers):
@@ -265,37 +258,36 @@ def test_empty_reply_is_retried(tmp_path):
             return Reply(content="")
         return None
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
-        result = run(server, tmp_path)
+    llm = scripted_llm(KNOWN, annotator=annotator)
+    result = run(llm)
     assert all(c.status == "ok" for c in result.clusters)
-    assert server.request_count == 33 and result["0"].requests == 3
+    assert llm.server.request_count == 33 and result["0"].requests == 3
 
 
-def test_always_empty_fails_that_cluster_with_a_clear_error(tmp_path):
+def test_always_empty_fails_that_cluster_with_a_clear_error(scripted_llm):
     def annotator(request, markers):
         return Reply(content="") if signature(markers) == SIGNATURES["3"] else None
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
-        result = run(server, tmp_path, client_options={"max_retries": 2})
+    result = run(scripted_llm(KNOWN, annotator=annotator), client_options={"max_retries": 2})
     assert result["3"].status == "failed"
     assert result["3"].error == "the model returned an empty reply (gave up after 3 attempts)"
     assert sum(c.status == "ok" for c in result.clusters) == 10
 
 
-def test_malformed_body_is_retried(tmp_path):
+def test_malformed_body_is_retried(scripted_llm):
     calls = []
 
     def annotator(request, markers):
         calls.append(1)
         return Reply(raw_body=b"{not json") if len(calls) == 1 else None
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
-        result = run(server, tmp_path, max_workers=1)
+    llm = scripted_llm(KNOWN, annotator=annotator)
+    result = run(llm, max_workers=1)
     assert all(c.status == "ok" for c in result.clusters)
-    assert server.request_count == 23
+    assert llm.server.request_count == 23
 
 
-def test_429_retry_after_is_honoured_and_slows_the_whole_pool(tmp_path):
+def test_429_retry_after_is_honoured_and_slows_the_whole_pool(scripted_llm):
     limited: list[float] = []
 
     def annotator(request, markers):
@@ -305,17 +297,17 @@ def test_429_retry_after_is_honoured_and_slows_the_whole_pool(tmp_path):
             return Reply(status=429, headers={"Retry-After": "1"}, error_message="no", delay=1e-3)
         return None
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator, delay=0.3)) as server:
-        result = run(server, tmp_path, max_workers=4)
+    llm = scripted_llm(KNOWN, annotator=annotator, delay=0.3)
+    result = run(llm, max_workers=4)
     assert all(c.status == "ok" for c in result.clusters)
-    assert server.request_count == 23
-    after = [r.time - limited[0] for r in server.requests[1:]]
+    assert llm.server.request_count == 23
+    after = [r.time - limited[0] for r in llm.server.requests[1:]]
     # The three other workers may have sent their first request already (each is answered
     # in 0.3 s); after that, nobody sends for the second the server asked for.
     assert sorted(after)[3] >= 0.95
 
 
-def test_a_burst_of_500s_is_retried(tmp_path):
+def test_a_burst_of_500s_is_retried(scripted_llm):
     model = ScriptedModel(KNOWN)
 
     def handler(request: RecordedRequest, index: int) -> Reply:
@@ -323,83 +315,82 @@ def test_a_burst_of_500s_is_retried(tmp_path):
             return Reply(status=500, error_message="upstream exploded")
         return model(request, index)
 
-    with LLMServer(handler) as server:
-        client = client_for(server, tmp_path, max_retries=5)
-        result = cassia_sc.run_batch(
-            EXAMPLE, tissue="blood", species="human", client=client, max_workers=2, progress=False
-        )
+    llm = scripted_llm(handler=handler)
+    client = llm.client(**FAST_RETRIES, max_retries=5)
+    result = cassia_sc.run_batch(
+        EXAMPLE, tissue="blood", species="human", client=client, max_workers=2, progress=False
+    )
     assert all(c.status == "ok" for c in result.clusters)
-    assert server.request_count == 22 + 6
+    assert llm.server.request_count == 22 + 6
     assert client.usage.requests == result.usage["requests"] == 28
     assert client.usage.calls == 22 and client.usage.cached_calls == 0
 
 
-def test_a_timed_out_request_is_retried(tmp_path):
-    slow: list[int] = []
+def test_a_timed_out_request_is_retried(scripted_llm):
+    held: list[RecordedRequest] = []
+    release = threading.Event()
 
     def annotator(request, markers):
-        if not slow:
-            slow.append(1)
-            return Reply(content="late", delay=2.0)
+        if not held:
+            held.append(request)
+            release.wait(60)  # held until the run is over (60 s only guards a hang)
+            return Reply(content="late")
         return None
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
-        start = time.monotonic()
-        result = run(server, tmp_path, client_options={"timeout": 0.5})
-        elapsed = time.monotonic() - start
+    llm = scripted_llm(KNOWN, annotator=annotator)
+    try:
+        result = run(llm, client_options={"timeout": 0.5})
+        # The run finished without the held reply: that call timed out and was sent again.
+        assert held[0].answered_at is None
+    finally:
+        release.set()
     assert all(c.status == "ok" for c in result.clusters)
-    assert server.request_count == 23 and elapsed < 5
+    assert llm.server.request_count == 23
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_a_refused_key_aborts_the_run_once(tmp_path, status):
+def test_a_refused_key_aborts_the_run_once(scripted_llm, status):
     secret = "sk-cassia-test-SECRET-0001"
     masked = f"{secret[:6]}*****{secret[-4:]}"  # as providers echo a key
-    with LLMServer(
-        lambda r, i: Reply(status=status, error_message=f"Bad key {secret}; got {masked}")
-    ) as server:
-        with pytest.raises(cassia_sc.AuthenticationFailed) as raised:
-            run(
-                server,
-                tmp_path,
-                max_workers=2,
-                client_options={"api_key": secret, "max_retries": 3},
-            )
+    llm = scripted_llm(
+        handler=lambda r, i: Reply(status=status, error_message=f"Bad key {secret}; got {masked}")
+    )
+    with pytest.raises(cassia_sc.AuthenticationFailed) as raised:
+        run(llm, max_workers=2, client_options={"api_key": secret, "max_retries": 3})
     assert f"HTTP {status}" in str(raised.value) and "CASSIA_API_KEY" in str(raised.value)
     assert "Bad key [redacted]; got [redacted]" in str(raised.value)
-    assert server.request_count <= 2  # no retries, no further clusters
+    assert llm.server.request_count <= 2  # no retries, no further clusters
 
 
-def test_an_unknown_model_aborts_the_run(tmp_path):
-    with LLMServer(
-        lambda r, i: Reply(status=404, error_message="The model `nope` does not exist")
-    ) as server:
-        with pytest.raises(cassia_sc.ModelNotFound, match="Model 'test-model' is not available"):
-            run(server, tmp_path, max_workers=3)
-    assert server.request_count <= 3
+def test_an_unknown_model_aborts_the_run(scripted_llm):
+    llm = scripted_llm(
+        handler=lambda r, i: Reply(status=404, error_message="The model `nope` does not exist")
+    )
+    with pytest.raises(cassia_sc.ModelNotFound, match="Model 'test-model' is not available"):
+        run(llm, max_workers=3)
+    assert llm.server.request_count <= 3
     message = "nope is not a valid model ID"
-    with LLMServer(lambda r, i: Reply(status=400, error_message=message)) as server:
-        with pytest.raises(cassia_sc.ModelNotFound, match="not a valid model ID"):
-            run(server, tmp_path, max_workers=1)
+    llm = scripted_llm(handler=lambda r, i: Reply(status=400, error_message=message))
+    with pytest.raises(cassia_sc.ModelNotFound, match="not a valid model ID"):
+        run(llm, max_workers=1)
 
 
-def test_a_poisoned_cluster_fails_alone_and_stays_in_every_output(tmp_path):
+def test_a_poisoned_cluster_fails_alone_and_stays_in_every_output(scripted_llm, tmp_path):
     def annotator(request, markers):
         if signature(markers) == SIGNATURES["6"]:
             return Reply(status=400, error_message="This prompt trips a content filter.")
         return None
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
-        client = client_for(server, tmp_path)
-        summary = cassia_sc.runCASSIA_batch(
-            EXAMPLE,
-            str(tmp_path / "out"),
-            "test-model",
-            "blood",
-            "human",
-            client=client,
-            progress=False,
-        )
+    llm = scripted_llm(KNOWN, annotator=annotator)
+    summary = cassia_sc.runCASSIA_batch(
+        EXAMPLE,
+        str(tmp_path / "out"),
+        "test-model",
+        "blood",
+        "human",
+        client=llm.client(**FAST_RETRIES),
+        progress=False,
+    )
     assert summary["Cluster ID"].tolist() == [str(i) for i in range(11)]
     poisoned = summary.set_index("Cluster ID").loc["6"]
     assert poisoned["Status"] == "failed" and "content filter" in poisoned["Error"]
@@ -411,7 +402,7 @@ def test_a_poisoned_cluster_fails_alone_and_stays_in_every_output(tmp_path):
     assert "content filter" in (tmp_path / "out_report.html").read_text()
 
 
-def test_400_refusing_structured_output_falls_back_without_it(tmp_path, caplog):
+def test_400_refusing_structured_output_falls_back_without_it(scripted_llm, caplog):
     model = ScriptedModel(KNOWN)
 
     def handler(request, index):
@@ -420,37 +411,45 @@ def test_400_refusing_structured_output_falls_back_without_it(tmp_path, caplog):
         return model(request, index)
 
     caplog.set_level(logging.WARNING, logger="cassia_sc")
-    with LLMServer(handler) as server:
-        result = run(server, tmp_path, max_workers=1)
+    llm = scripted_llm(handler=handler)
+    result = run(llm, max_workers=1)
     assert all(c.status == "ok" and c.validation_passed for c in result.clusters)
-    assert server.request_count == 23  # one refused validator request, then none
+    assert llm.server.request_count == 23  # one refused validator request, then none
     assert "refused 'response_format'" in caplog.text
 
 
 # --------------------------------------------------------------------------- concurrency, cache
 
 
-def test_concurrency_never_exceeds_max_workers(tmp_path):
-    with LLMServer(ScriptedModel(KNOWN, delay=0.1)) as server:
-        run(server, tmp_path, max_workers=3)
-    assert server.max_concurrency == 3
+def test_concurrency_never_exceeds_max_workers(scripted_llm):
+    model = ScriptedModel(KNOWN, delay=0.1)
+    first_round = threading.Barrier(3, timeout=60)  # the first three replies wait for each other
+
+    def handler(request: RecordedRequest, index: int) -> Reply:
+        if index < 3:
+            first_round.wait()
+        return model(request, index)
+
+    llm = scripted_llm(handler=handler)
+    run(llm, max_workers=3, client_options={"timeout": 60})  # 60 s: only a hang waits this long
+    assert llm.server.max_concurrency == 3
 
 
-def test_a_rerun_is_served_from_the_cache(server, tmp_path):
-    first = run(server, tmp_path)
-    before = server.request_count
-    second = run(server, tmp_path)
-    assert server.request_count == before == 22
+def test_a_rerun_is_served_from_the_cache(llm):
+    first = run(llm)
+    before = llm.server.request_count
+    second = run(llm)
+    assert llm.server.request_count == before == 22
     assert second.usage["cached_calls"] == 22 and second.usage["requests"] == 0
     assert second.summary().equals(first.summary())
     assert all(t.cached for c in second.clusters for t in c.conversation if t.role == "assistant")
 
 
-def test_the_cache_is_off_with_cache_false(server, tmp_path):
-    run(server, tmp_path, client_options={"cache": False})
-    run(server, tmp_path, client_options={"cache": False})
-    assert server.request_count == 44
-    assert not (tmp_path / "cache").exists()
+def test_the_cache_is_off_with_cache_false(llm):
+    run(llm, client_options={"cache": False})
+    run(llm, client_options={"cache": False})
+    assert llm.server.request_count == 44
+    assert not llm.cache_dir.exists()
 
 
 # --------------------------------------------------------------------------- keys and endpoints
@@ -469,27 +468,20 @@ def test_missing_key_is_an_error_before_any_work():
         )
 
 
-def test_key_from_the_environment_is_sent_and_written_nowhere(server, tmp_path, monkeypatch):
+def test_key_from_the_environment_is_sent_and_written_nowhere(llm, tmp_path, monkeypatch):
     secret = "sk-cassia-test-SECRET-4242"
     monkeypatch.setenv("CASSIA_API_KEY", secret)
     cassia_sc.runCASSIA_batch(
-        EXAMPLE,
-        str(tmp_path / "out" / "pbmc"),
-        "test-model",
-        "blood",
-        "human",
-        provider=server.base_url,
-        cache_dir=tmp_path / "cache",
-        progress=False,
+        EXAMPLE, str(tmp_path / "out" / "pbmc"), tissue="blood", species="human", **llm.options()
     )
-    assert {r.headers["authorization"] for r in server.requests} == {f"Bearer {secret}"}
-    written = list((tmp_path / "out").iterdir()) + list((tmp_path / "cache").rglob("*.json"))
+    assert {r.headers["authorization"] for r in llm.server.requests} == {f"Bearer {secret}"}
+    written = list((tmp_path / "out").iterdir()) + list(llm.cache_dir.rglob("*.json"))
     assert len(written) == 4 + 22
     for path in written:
         assert secret not in path.read_text(), path
 
 
-def test_dry_run_estimates_tokens_offline_without_a_key(tmp_path):
+def test_dry_run_estimates_tokens_offline_without_a_key():
     plan = cassia_sc.run_batch(
         EXAMPLE, tissue="blood", species="human", model="m", dry_run=True, progress=False
     )
@@ -503,39 +495,31 @@ def test_dry_run_estimates_tokens_offline_without_a_key(tmp_path):
 # --------------------------------------------------------------------------- real inputs
 
 
-def test_marker100_end_to_end(tmp_path):
+def test_marker100_end_to_end(scripted_llm):
     table = pd.read_csv(MARKER100, encoding="utf-8-sig")
     known = {
         signature([g.strip() for g in row["Marker List"].split(",")]): row["True Cell Type"]
         for _, row in table.iterrows()
     }
-    with LLMServer(ScriptedModel(known)) as server:
-        result = run(
-            server,
-            tmp_path,
-            MARKER100,
-            celltype_column="True Cell Type",
-            gene_column_name="Marker List",
-            max_workers=8,
-        )
+    llm = scripted_llm(known)
+    result = run(
+        llm,
+        MARKER100,
+        celltype_column="True Cell Type",
+        gene_column_name="Marker List",
+        max_workers=8,
+    )
     assert len(result) == 100 and not result.failed
     predicted = [c.main_cell_type for c in result.clusters]
     assert predicted == table["True Cell Type"].tolist()
     # Two rows list exactly the same markers: the second is answered from the cache.
     assert table["Marker List"].nunique() == 99
-    assert server.request_count == 2 * 99
+    assert llm.server.request_count == 2 * 99
 
 
-def test_runcassia_batch_writes_the_four_files_with_cassia_columns(server, tmp_path):
+def test_runcassia_batch_writes_the_four_files_with_cassia_columns(llm, tmp_path):
     summary = cassia_sc.runCASSIA_batch(
-        EXAMPLE,
-        str(tmp_path / "pbmc.csv"),
-        "test-model",
-        "blood",
-        "human",
-        provider=server.base_url,
-        cache_dir=tmp_path / "cache",
-        progress=False,
+        EXAMPLE, str(tmp_path / "pbmc.csv"), tissue="blood", species="human", **llm.options()
     )
     for suffix in ("summary.csv", "full.csv", "conversations.json", "report.html"):
         assert (tmp_path / f"pbmc_{suffix}").is_file()
@@ -553,7 +537,7 @@ def test_runcassia_batch_writes_the_four_files_with_cassia_columns(server, tmp_p
     assert first["formatter"] == []
 
 
-def test_each_reply_keeps_its_own_token_usage(tmp_path):
+def test_each_reply_keeps_its_own_token_usage(scripted_llm):
     def annotator(request, markers):
         return Reply(
             content=annotation_reply("T cell", key_markers=tuple(markers[:1])),
@@ -564,8 +548,7 @@ def test_each_reply_keeps_its_own_token_usage(tmp_path):
     def validator(request, markers):
         return Reply(content=verdict_reply(True), prompt_tokens=800, completion_tokens=20)
 
-    with LLMServer(ScriptedModel(annotator=annotator, validator=validator)) as server:
-        result = run(server, tmp_path)
+    result = run(scripted_llm(annotator=annotator, validator=validator))
     cluster = result["0"]
     assert (cluster.prompt_tokens, cluster.completion_tokens) == (1500, 110)
     replies = [t for t in cluster.conversation if t.role == "assistant"]
@@ -574,16 +557,18 @@ def test_each_reply_keeps_its_own_token_usage(tmp_path):
     assert result.usage["prompt_tokens"] == 11 * 1500
 
 
-def test_requests_per_minute_paces_the_whole_pool(server, tmp_path):
-    run(server, tmp_path, max_workers=4, client_options={"requests_per_minute": 1200})
-    starts = sorted(r.time for r in server.requests)
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert server.request_count == 22
-    assert starts[-1] - starts[0] >= 21 * 0.05 * 0.95  # 20 per second at most
-    assert min(gaps) >= 0.04
+def test_requests_per_minute_paces_the_whole_pool(llm):
+    began = time.monotonic()
+    run(llm, max_workers=4, client_options={"requests_per_minute": 1200})
+    starts = sorted(r.time for r in llm.server.requests)
+    assert llm.server.request_count == 22
+    # 1200 a minute is one start every 0.05 s across the pool, so the n-th request to arrive
+    # came at least n such steps after the run began. A slow machine only adds to that.
+    for n, start in enumerate(starts):
+        assert start - began >= n * 0.05 - 1e-6, n
 
 
-def test_reasoning_and_temperature_are_sent_and_dropped_when_refused(tmp_path, caplog):
+def test_reasoning_and_temperature_are_sent_and_dropped_when_refused(scripted_llm, caplog):
     model = ScriptedModel(KNOWN)
 
     def handler(request, index):
@@ -594,35 +579,30 @@ def test_reasoning_and_temperature_are_sent_and_dropped_when_refused(tmp_path, c
         return model(request, index)
 
     caplog.set_level(logging.WARNING, logger="cassia_sc")
-    with LLMServer(handler) as server:
-        result = run(
-            server,
-            tmp_path,
-            max_workers=1,
-            client_options={"reasoning": "high", "temperature": 0.3},
-        )
+    llm = scripted_llm(handler=handler)
+    result = run(llm, max_workers=1, client_options={"reasoning": "high", "temperature": 0.3})
     assert not result.failed
-    assert server.requests[0].body["reasoning_effort"] == "high"
-    assert all(r.body["temperature"] == 0.3 for r in server.requests)
-    assert all("reasoning_effort" not in r.body for r in server.requests[1:])
+    assert llm.server.requests[0].body["reasoning_effort"] == "high"
+    assert all(r.body["temperature"] == 0.3 for r in llm.server.requests)
+    assert all("reasoning_effort" not in r.body for r in llm.server.requests[1:])
     assert "refused 'reasoning'" in caplog.text
 
 
-def test_64_workers_share_the_client_and_the_cache_safely(tmp_path):
+def test_64_workers_share_the_client_and_the_cache_safely(scripted_llm):
     table = pd.read_csv(MARKER100, encoding="utf-8-sig")
     options = {
         "celltype_column": "True Cell Type",
         "gene_column_name": "Marker List",
         "max_workers": 64,
     }
-    with LLMServer(ScriptedModel(delay=0.05)) as server:
-        first = run(server, tmp_path, MARKER100, **options)
-        # The two rows with the same markers make one request each time, even when they
-        # are annotated at the same moment.
-        assert server.max_concurrency <= 64 and server.request_count == 2 * 99
-        second = run(server, tmp_path, MARKER100, **options)
-    assert server.request_count == 2 * 99  # the re-run made none
-    assert len(list((tmp_path / "cache").rglob("*.json"))) == 2 * 99
+    llm = scripted_llm(delay=0.05)
+    first = run(llm, MARKER100, **options)
+    # The two rows with the same markers make one request each time, even when they
+    # are annotated at the same moment.
+    assert llm.server.max_concurrency <= 64 and llm.server.request_count == 2 * 99
+    second = run(llm, MARKER100, **options)
+    assert llm.server.request_count == 2 * 99  # the re-run made none
+    assert len(list(llm.cache_dir.rglob("*.json"))) == 2 * 99
     assert not first.failed and second.summary().equals(first.summary())
     assert len(table) == len(second)
 
@@ -634,12 +614,10 @@ def test_an_unknown_provider_name_is_refused():
         )
 
 
-def test_connection_errors_are_retried_then_fail_each_cluster(tmp_path):
-    closed = LLMServer(ScriptedModel())
-    closed.close()  # nothing listens on this port any more
-    client = LLMClient(
-        model="test-model", provider=closed.base_url, cache=False, retry_delay=0.01, max_retries=1
-    )
+def test_connection_errors_are_retried_then_fail_each_cluster(scripted_llm):
+    closed = scripted_llm()
+    closed.server.close()  # nothing listens on this port any more
+    client = closed.client(cache=False, retry_delay=0.01, max_retries=1)
     result = cassia_sc.run_batch(
         EXAMPLE, tissue="blood", species="human", client=client, progress=False
     )
@@ -648,7 +626,7 @@ def test_connection_errors_are_retried_then_fail_each_cluster(tmp_path):
     assert result["0"].error.endswith("(gave up after 2 attempts)")
 
 
-def test_progress_bar_counts_clusters_and_failures(tmp_path, capsys):
+def test_progress_bar_counts_clusters_and_failures(scripted_llm, capsys):
     def annotator(request, markers):
         return (
             Reply(status=400, error_message="bad")
@@ -656,29 +634,33 @@ def test_progress_bar_counts_clusters_and_failures(tmp_path, capsys):
             else None
         )
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
-        run(server, tmp_path, progress=True)
+    run(scripted_llm(KNOWN, annotator=annotator), progress=True)
     err = capsys.readouterr().err
     assert "Annotating clusters" in err and "11/11" in err and "failed=1" in err
 
 
-def test_model_text_is_escaped_in_the_report(tmp_path):
+def test_model_text_is_escaped_in_the_report(scripted_llm, tmp_path):
     hostile = '<img src=x onerror=alert(1)></script><script>alert("x")</script>'
 
     def annotator(request, markers):
         return Reply(content=annotation_reply(hostile, key_markers=tuple(markers[:1])))
 
-    with LLMServer(ScriptedModel(annotator=annotator)) as server:
-        client = client_for(server, tmp_path)
-        cassia_sc.runCASSIA_batch(
-            EXAMPLE, str(tmp_path / "x"), "m", "blood", "human", client=client, progress=False
-        )
+    llm = scripted_llm(annotator=annotator)
+    cassia_sc.runCASSIA_batch(
+        EXAMPLE,
+        str(tmp_path / "x"),
+        "m",
+        "blood",
+        "human",
+        client=llm.client(**FAST_RETRIES),
+        progress=False,
+    )
     html = (tmp_path / "x_report.html").read_text()
     assert "<img src=x" not in html and "<script>alert" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
 
 
-def test_runcassia_batch_max_retries_counts_like_cassia(tmp_path):
+def test_runcassia_batch_max_retries_counts_like_cassia(scripted_llm, tmp_path):
     """CASSIA's max_retries=0 still has its HTTP client's 2 retries per call: so do we."""
     failures: list[int] = []
 
@@ -688,17 +670,13 @@ def test_runcassia_batch_max_retries_counts_like_cassia(tmp_path):
             return Reply(status=500, error_message="flaky")
         return None
 
-    with LLMServer(ScriptedModel(KNOWN, annotator=annotator)) as server:
-        summary = cassia_sc.runCASSIA_batch(
-            EXAMPLE.head(1),
-            str(tmp_path / "run"),
-            "test-model",
-            "blood",
-            "human",
-            provider=server.base_url,
-            cache_dir=tmp_path / "cache",
-            max_retries=0,
-            progress=False,
-        )
+    llm = scripted_llm(KNOWN, annotator=annotator)
+    summary = cassia_sc.runCASSIA_batch(
+        EXAMPLE.head(1),
+        str(tmp_path / "run"),
+        tissue="blood",
+        species="human",
+        **llm.options(max_retries=0),
+    )
     assert summary["Status"].tolist() == ["ok"]
-    assert server.request_count == 4  # the annotator three times, then the validator
+    assert llm.server.request_count == 4  # the annotator three times, then the validator

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -13,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-from llm_server import LLMServer, Reply
-from scripted_model import ScriptedModel, signature
+from conftest import ScriptedLLM
+from llm_server import Reply
+from scripted_model import signature
 
 import cassia_sc
 from cassia_sc.cli import main
@@ -33,15 +35,14 @@ def h5ad(pbmc, tmp_path) -> Path:
 
 
 @pytest.fixture
-def server(pbmc):
+def llm(pbmc, scripted_llm) -> ScriptedLLM:
+    """A scripted model that calls each cluster of pbmc68k_reduced "type <cluster>"."""
     markers = cassia_sc.top_markers(pbmc)
-    with LLMServer(
-        ScriptedModel({signature(g): f"type {c}" for c, g in markers.items()})
-    ) as running:
-        yield running
+    return scripted_llm({signature(g): f"type {c}" for c, g in markers.items()})
 
 
-def cli(server, *args, tmp_path) -> list[str]:
+def cli(llm: ScriptedLLM, *args) -> list[str]:
+    """The command's arguments: ``args``, then the options that send every call to ``llm``."""
     return [
         *args,
         "--tissue",
@@ -49,17 +50,24 @@ def cli(server, *args, tmp_path) -> list[str]:
         "--species",
         "human",
         "--model",
-        "test-model",
+        llm.model,
         "--provider",
-        server.base_url,
+        llm.base_url,
         "--cache-dir",
-        str(tmp_path / "cache"),
+        str(llm.cache_dir),
     ]
 
 
-def test_annotate_in_place_adds_only_the_new_columns_and_entry(h5ad, server, tmp_path, capsys):
+def command(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m cassia_sc`` with this interpreter: no console script on PATH needed."""
+    return subprocess.run(
+        [sys.executable, "-m", "cassia_sc", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_annotate_in_place_adds_only_the_new_columns_and_entry(h5ad, llm, tmp_path, capsys):
     before = ad.read_h5ad(h5ad)
-    assert main(cli(server, "annotate", str(h5ad), tmp_path=tmp_path)) == 0
+    assert main(cli(llm, "annotate", str(h5ad))) == 0
 
     after = ad.read_h5ad(h5ad)
     out = capsys.readouterr().out
@@ -76,50 +84,27 @@ def test_annotate_in_place_adds_only_the_new_columns_and_entry(h5ad, server, tmp
     assert not list(tmp_path.glob(".pbmc.h5ad.*"))  # no temporary file left
 
 
-def test_x_is_never_read(h5ad, server, tmp_path):
+def test_x_is_never_read(h5ad, llm):
     with h5py.File(h5ad, "r+") as file:  # make X unreadable for anndata
         file["X"].attrs["encoding-type"] = "not-a-real-encoding"
-    assert main(cli(server, "annotate", str(h5ad), "--quiet", tmp_path=tmp_path)) == 0
+    assert main(cli(llm, "annotate", str(h5ad), "--quiet")) == 0
     with h5py.File(h5ad, "r") as file:
         assert file["X"].attrs["encoding-type"] == "not-a-real-encoding"
         assert "cassia_celltype" in file["obs"] and "cassia" in file["uns"]
 
 
-def test_output_leaves_the_input_untouched(h5ad, server, tmp_path):
+def test_output_leaves_the_input_untouched(h5ad, llm, tmp_path):
     original = digest(h5ad)
     target = tmp_path / "annotated.h5ad"
-    code = main(
-        cli(
-            server,
-            "annotate",
-            str(h5ad),
-            "--output",
-            str(target),
-            "--key-added",
-            "llm",
-            tmp_path=tmp_path,
-        )
-    )
+    code = main(cli(llm, "annotate", str(h5ad), "--output", str(target), "--key-added", "llm"))
     assert code == 0 and digest(h5ad) == original
     assert "llm_celltype" in ad.read_h5ad(target).obs
 
 
-def test_the_bundled_example_by_name(server, tmp_path, monkeypatch):
+def test_the_bundled_example_by_name(llm, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert (
-        main(
-            cli(
-                server,
-                "annotate",
-                "pbmc68k_reduced",
-                "--output-name",
-                "pbmc",
-                "--quiet",
-                tmp_path=tmp_path,
-            )
-        )
-        == 0
-    )
+    args = cli(llm, "annotate", "pbmc68k_reduced", "--output-name", "pbmc", "--quiet")
+    assert main(args) == 0
     annotated = ad.read_h5ad(tmp_path / "pbmc68k_reduced_annotated.h5ad")
     assert annotated.obs["cassia_celltype"].notna().all()
     assert '<img src="data:image/png;base64,' in (tmp_path / "pbmc_report.html").read_text()
@@ -131,40 +116,30 @@ def test_the_bundled_example_by_name(server, tmp_path, monkeypatch):
     ]
 
 
-def test_dry_run_calls_and_writes_nothing(h5ad, server, tmp_path, capsys):
+def test_dry_run_calls_and_writes_nothing(h5ad, llm, capsys):
     original = digest(h5ad)
-    assert main(cli(server, "annotate", str(h5ad), "--dry-run", tmp_path=tmp_path)) == 0
+    assert main(cli(llm, "annotate", str(h5ad), "--dry-run")) == 0
     assert "Dry run: 10 clusters" in capsys.readouterr().out
-    assert digest(h5ad) == original and server.request_count == 0
+    assert digest(h5ad) == original and llm.server.request_count == 0
 
 
-def test_a_failed_cluster_gives_exit_status_3(h5ad, pbmc, tmp_path):
+def test_a_failed_cluster_gives_exit_status_3(h5ad, pbmc, scripted_llm):
     markers = cassia_sc.top_markers(pbmc)
     poisoned = signature(markers["Dendritic"])
 
     def annotator(request, genes):
         return Reply(status=400, error_message="refused") if signature(genes) == poisoned else None
 
-    with LLMServer(ScriptedModel(annotator=annotator)) as server:
-        assert main(cli(server, "annotate", str(h5ad), "--quiet", tmp_path=tmp_path)) == 3
+    llm = scripted_llm(annotator=annotator)
+    assert main(cli(llm, "annotate", str(h5ad), "--quiet")) == 3
     table = ad.read_h5ad(h5ad).uns["cassia"]["results"].set_index("cluster")
     assert table.loc["Dendritic", "status"] == "failed"
 
 
-def test_batch_writes_cassias_files(server, tmp_path):
+def test_batch_writes_cassias_files(llm, tmp_path):
     markers = tmp_path / "markers.csv"
     cassia_sc.loadmarker("unprocessed").to_csv(markers, index=False)
-    code = main(
-        cli(
-            server,
-            "batch",
-            str(markers),
-            "--output-name",
-            str(tmp_path / "run"),
-            "--quiet",
-            tmp_path=tmp_path,
-        )
-    )
+    code = main(cli(llm, "batch", str(markers), "--output-name", str(tmp_path / "run"), "--quiet"))
     assert code == 0
     summary = pd.read_csv(tmp_path / "run_summary.csv", dtype={"Cluster ID": str})
     assert summary["Cluster ID"].tolist() == [str(i) for i in range(11)]
@@ -184,15 +159,16 @@ def test_batch_writes_cassias_files(server, tmp_path):
         (["batch", "missing.csv", "--output-name", "x"], "Marker file not found: 'missing.csv'."),
     ],
 )
-def test_user_mistakes_print_one_line(args, message, h5ad, pbmc, tmp_path, capsys, monkeypatch):
+def test_user_mistakes_print_one_line(
+    args, message, h5ad, pbmc, scripted_llm, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     del pbmc.uns["rank_genes_groups"]
     pbmc.write_h5ad(tmp_path / "no_rgg.h5ad")
     (tmp_path / "not.h5ad").write_text("hello")
     paths = {"no_rgg": tmp_path / "no_rgg.h5ad", "h5ad": h5ad, "not_h5ad": tmp_path / "not.h5ad"}
     args = [a.format(**paths) for a in args]
-    with LLMServer(ScriptedModel()) as server:
-        code = main(cli(server, *args, "--quiet", tmp_path=tmp_path))
+    code = main(cli(scripted_llm(), *args, "--quiet"))
     err = capsys.readouterr().err
     assert code == 1
     assert message in err
@@ -211,17 +187,28 @@ def test_a_missing_key_is_one_line(h5ad, tmp_path, capsys):
     )
 
 
-def test_the_console_script_is_installed_and_documented():
-    done = subprocess.run(
-        ["cassia-sc", "annotate", "--help"], capture_output=True, text=True, check=True
-    )
+@pytest.mark.slow
+def test_the_command_is_documented():
+    done = command("annotate", "--help")
+    assert done.returncode == 0, done.stderr
     assert (
         "examples:" in done.stdout
         and "--dry-run" in done.stdout
         and "pbmc68k_reduced" in done.stdout
     )
-    wrong = subprocess.run(["cassia-sc", "annotate"], capture_output=True, text=True)
+    wrong = command("annotate")
     assert wrong.returncode == 2 and "required" in wrong.stderr
+
+
+@pytest.mark.slow
+def test_the_console_script_is_installed_next_to_the_interpreter():
+    script = Path(sys.executable).parent / "cassia-sc"  # where pip puts it; PATH may lack it
+    assert script.is_file(), f"no console script at {script}: pip install -e '.[test]'"
+    done = subprocess.run(
+        [str(script), "annotate", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: cassia-sc annotate") and "examples:" in done.stdout
 
 
 def test_a_failed_write_leaves_the_file_as_it_was(h5ad, tmp_path):
@@ -237,8 +224,9 @@ def test_a_failed_write_leaves_the_file_as_it_was(h5ad, tmp_path):
 OTHER_PYTHON = os.environ.get("CASSIA_SC_OTHER_PYTHON")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not OTHER_PYTHON, reason="needs the other anndata's Python (set by .ci/run)")
-def test_files_move_between_anndata_versions(server, tmp_path):
+def test_files_move_between_anndata_versions(llm, tmp_path):
     """A file written by the other anndata is annotated here and read back there, and back."""
     script = (
         "import sys, scanpy as sc, anndata as ad; p = sys.argv[2]\n"
@@ -250,13 +238,13 @@ def test_files_move_between_anndata_versions(server, tmp_path):
     )
     theirs = tmp_path / "theirs.h5ad"
     subprocess.run([OTHER_PYTHON, "-c", script, "write", str(theirs)], check=True)
-    assert main(cli(server, "annotate", str(theirs), "--quiet", tmp_path=tmp_path)) == 0
+    assert main(cli(llm, "annotate", str(theirs), "--quiet")) == 0
     subprocess.run([OTHER_PYTHON, "-c", script, "read", str(theirs)], check=True)
     back = sc.read_h5ad(theirs)  # rewritten by the other anndata, read by ours
     assert back.obs["cassia_celltype"].notna().all()
 
 
-def test_repeated_runs_from_the_shell(h5ad, pbmc, tmp_path):
+def test_repeated_runs_from_the_shell(h5ad, scripted_llm):
     from collections import Counter
 
     from scripted_model import annotation_reply
@@ -268,20 +256,10 @@ def test_repeated_runs_from_the_shell(h5ad, pbmc, tmp_path):
         main = "B cell" if seen[signature(genes)] % 3 else "T cell"  # the third run differs
         return Reply(content=annotation_reply(main, key_markers=tuple(genes[:1])))
 
-    with LLMServer(ScriptedModel(annotator=annotator)) as server:
-        args = cli(
-            server,
-            "annotate",
-            str(h5ad),
-            "--n-runs",
-            "3",
-            "--temperature",
-            "0.7",
-            "--quiet",
-            tmp_path=tmp_path,
-        )
-        assert main(args) == 0
-    assert server.request_count == 3 * 10 * 2
+    llm = scripted_llm(annotator=annotator)
+    args = cli(llm, "annotate", str(h5ad), "--n-runs", "3", "--temperature", "0.7", "--quiet")
+    assert main(args) == 0
+    assert llm.server.request_count == 3 * 10 * 2
     annotated = ad.read_h5ad(h5ad)
     assert annotated.obs["cassia_agreement"].round(3).unique().tolist() == [round(2 / 3, 3)]
     assert (annotated.obs["cassia_celltype"] == "B cell").all()

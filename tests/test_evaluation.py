@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 import scanpy as sc
 from conftest import MARKER100
-from llm_server import LLMServer
-from scripted_model import ScriptedModel, signature
+from scripted_model import signature
 
 import cassia_sc
 from cassia_sc.evaluation import score_labels, summarize
@@ -41,7 +40,7 @@ def test_a_hand_worked_table():
     assert summarize(table) == {"mean": 0.5, "n": 6, "full": 2, "partial": 2, "wrong": 2}
 
 
-def test_tl_evaluate_scores_each_cluster_against_the_majority_label(pbmc, tmp_path):
+def test_tl_evaluate_scores_each_cluster_against_the_majority_label(pbmc, scripted_llm, tmp_path):
     said = {
         "CD4+/CD25 T Reg": "regulatory T cell",  # an ancestor of CD4+ CD25+ ab Treg: 0.5
         "CD14+ Monocyte": "CD14-positive monocyte",  # the same term: 1
@@ -51,11 +50,8 @@ def test_tl_evaluate_scores_each_cluster_against_the_majority_label(pbmc, tmp_pa
     }  # the five other clusters get "Unknown": 0
     markers = cassia_sc.top_markers(pbmc)
     known = {signature(markers[c]): answer for c, answer in said.items()}
-    with LLMServer(ScriptedModel(known)) as server:
-        cassia_sc.tl.annotate(
-            pbmc, tissue="blood", species="human", model="test-model", provider=server.base_url,
-            cache_dir=tmp_path / "cache", progress=False,
-        )  # fmt: skip
+    llm = scripted_llm(known)
+    cassia_sc.tl.annotate(pbmc, tissue="blood", species="human", **llm.options())
     cassia_sc.tl.evaluate(pbmc, "bulk_labels")
 
     evaluation = pbmc.uns["cassia"]["evaluation"]
@@ -77,7 +73,7 @@ def test_tl_evaluate_scores_each_cluster_against_the_majority_label(pbmc, tmp_pa
         cassia_sc.tl.evaluate(pbmc, "cell_type")
 
 
-def test_marker100_summary_against_its_truth_column(tmp_path):
+def test_marker100_summary_against_its_truth_column(scripted_llm, tmp_path):
     table = pd.read_csv(MARKER100, encoding="utf-8-sig")
     truth = table["True Cell Type"].tolist()
     # The model answers in the plural: every call is still right.
@@ -85,12 +81,16 @@ def test_marker100_summary_against_its_truth_column(tmp_path):
         signature([g.strip() for g in m.split(",")]): f"{t}s"
         for m, t in zip(table["Marker List"], truth, strict=True)
     }
-    with LLMServer(ScriptedModel(known)) as server:
-        summary = cassia_sc.runCASSIA_batch(
-            MARKER100, str(tmp_path / "m100"), "test-model", None, "human",
-            provider=server.base_url, cache_dir=tmp_path / "cache", max_workers=8, progress=False,
-            celltype_column="True Cell Type", gene_column_name="Marker List",
-        )  # fmt: skip
+    llm = scripted_llm(known)
+    summary = cassia_sc.runCASSIA_batch(
+        MARKER100,
+        str(tmp_path / "m100"),
+        tissue=None,
+        species="human",
+        celltype_column="True Cell Type",
+        gene_column_name="Marker List",
+        **llm.options(max_workers=8),
+    )
     summary["True Cell Type"] = truth
     scored = cassia_sc.evaluate_frame(summary, truth_column="True Cell Type")
     assert len(scored) == 100 and scored["score"].mean() == 1.0

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pytest
-from llm_server import LLMServer, Reply
+from llm_server import Reply
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from scripted_model import ScriptedModel, annotation_reply, signature, verdict_reply
+from scripted_model import annotation_reply, signature, verdict_reply
 
 import cassia_sc
-from cassia_sc import LLMClient
 from cassia_sc.datasets import example_truth
 
 TRUTH = dict(zip(example_truth()["cluster"], example_truth()["cell_type"], strict=True))
 
 
 @pytest.fixture
-def annotated(pbmc_wilcoxon, tmp_path):
+def annotated(pbmc_wilcoxon, scripted_llm):
     """Louvain clusters labelled with their majority bulk label, with three problems:
     cluster 10 fails, cluster 3 cites a gene not in its list, cluster 7 never passes."""
     markers = cassia_sc.top_markers(pbmc_wilcoxon, key="wilcoxon")
@@ -35,19 +34,15 @@ def annotated(pbmc_wilcoxon, tmp_path):
             return Reply(content=verdict_reply(False, "IRF8 suggests pDC, not cDC."))
         return None
 
-    with LLMServer(ScriptedModel(annotator=annotator, validator=validator)) as server:
-        client = LLMClient(
-            model="test-model", provider=server.base_url, cache_dir=tmp_path / "cache"
-        )
-        cassia_sc.tl.annotate(
-            pbmc_wilcoxon,
-            tissue="blood",
-            species="human",
-            key="wilcoxon",
-            client=client,
-            progress=False,
-        )
-        client.close()
+    llm = scripted_llm(annotator=annotator, validator=validator)
+    cassia_sc.tl.annotate(
+        pbmc_wilcoxon,
+        tissue="blood",
+        species="human",
+        key="wilcoxon",
+        client=llm.client(),
+        progress=False,
+    )
     yield pbmc_wilcoxon
     plt.close("all")
 

@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from llm_server import LLMServer, Reply
-from scripted_model import ScriptedModel, annotation_reply, signature, verdict_reply
+from conftest import ScriptedLLMFactory
+from llm_server import Reply
+from scripted_model import annotation_reply, signature, verdict_reply
 
 import cassia_sc
-from cassia_sc import LLMClient
 from cassia_sc.results import BatchResult, ClusterResult, Turn
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -104,18 +104,18 @@ def report_path(tmp_path_factory) -> Path:
             return Reply(content=verdict_reply(False, f"Rejected {IMG_ATTACK}"))
         return None
 
-    with LLMServer(ScriptedModel(annotator=annotator, validator=validator)) as server:
-        client = LLMClient(model="test-model", provider=server.base_url, cache_dir=folder / "cache")
+    # Module-scoped, so it cannot use the scripted_llm fixture: the same factory, closed here.
+    with ScriptedLLMFactory(tmp_path_factory) as scripted_llm:
+        llm = scripted_llm(annotator=annotator, validator=validator)
         cassia_sc.runCASSIA_batch(
             EXAMPLE,
             str(folder / "run"),
             "test-model",
             "blood",
             "human",
-            client=client,
+            client=llm.client(),
             progress=False,
         )
-        client.close()
     return folder / "run_report.html"
 
 
@@ -254,16 +254,10 @@ def test_500_clusters_stay_small_and_filter(browser, tmp_path):
         page.close()
 
 
-def test_an_annotated_anndata_gets_its_embedding(pbmc, tmp_path, browser):
+def test_an_annotated_anndata_gets_its_embedding(pbmc, scripted_llm, tmp_path, browser):
     markers = cassia_sc.top_markers(pbmc)
-    with LLMServer(
-        ScriptedModel({signature(g): f"type {c}" for c, g in markers.items()})
-    ) as server:
-        client = LLMClient(
-            model="test-model", provider=server.base_url, cache_dir=tmp_path / "cache"
-        )
-        cassia_sc.tl.annotate(pbmc, tissue="blood", species="human", client=client, progress=False)
-        client.close()
+    llm = scripted_llm({signature(g): f"type {c}" for c, g in markers.items()})
+    cassia_sc.tl.annotate(pbmc, tissue="blood", species="human", **llm.options())
     path = cassia_sc.export.report(pbmc, tmp_path / "pbmc.html")
     page = Page(browser, path)
     try:

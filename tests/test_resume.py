@@ -1,4 +1,8 @@
-"""Interrupted runs: killed or Ctrl-C'd in a real process, then resumed from the cache."""
+"""Interrupted runs: killed or Ctrl-C'd in a real process, then resumed from the cache.
+
+The server holds back every reply from a chosen request on (see :class:`HeldReplies`), so
+each test interrupts the run at a known point, however slow the machine is.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from llm_server import LLMServer
+from conftest import ScriptedLLM
+from llm_server import RecordedRequest, Reply
 from scripted_model import ScriptedModel
 
 import cassia_sc
@@ -19,15 +25,44 @@ from cassia_sc.cache import ResponseCache
 
 HERE = Path(__file__).parent
 PLAN = 22  # 11 clusters x (annotator + validator) on the happy path
+HANG = 60  # seconds; only a hang waits this long
+OUTPUTS = ("summary.csv", "full.csv", "conversations.json", "report.html")
 
 
-def start_batch(server: LLMServer, tmp_path: Path, workers: int = 2) -> subprocess.Popen:
+class HeldReplies:
+    """A handler answering as a ScriptedModel, except that every request from number
+    ``first_held`` (0-based) on waits for :meth:`release` before it is answered.
+
+    ``on_held`` is called when the first held request arrives.
+    """
+
+    def __init__(
+        self, first_held: int, *, delay: float = 0.0, on_held: Callable[[], None] | None = None
+    ) -> None:
+        self.model = ScriptedModel(delay=delay)
+        self.first_held = first_held
+        self.on_held = on_held
+        self.released = threading.Event()
+
+    def __call__(self, request: RecordedRequest, index: int) -> Reply:
+        if index == self.first_held and self.on_held is not None:
+            self.on_held()
+        if index >= self.first_held:
+            self.released.wait(HANG)
+        return self.model(request, index)
+
+    def release(self) -> None:
+        """Answer the held requests, and every later one at once."""
+        self.released.set()
+
+
+def start_batch(llm: ScriptedLLM, tmp_path: Path, workers: int = 2) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
             str(HERE / "batch_process.py"),
-            server.base_url,
-            str(tmp_path / "cache"),
+            llm.base_url,
+            str(llm.cache_dir),
             str(tmp_path / "out"),
             str(workers),
         ],
@@ -36,76 +71,96 @@ def start_batch(server: LLMServer, tmp_path: Path, workers: int = 2) -> subproce
     )
 
 
-def wait_for_requests(server: LLMServer, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while server.request_count < count:
-        assert time.monotonic() < deadline, "the batch process made no progress"
-        time.sleep(0.02)
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen, what: str) -> None:
+    """Wait for ``condition``; fail if the process ends without it (or it hangs)."""
+    deadline = time.monotonic() + HANG
+    while not condition():
+        if process.poll() is not None and not condition():
+            pytest.fail(f"the batch process ended before {what}:\n{process.stderr.read().decode()}")
+        assert time.monotonic() < deadline, f"still no {what} after {HANG} s"
+        time.sleep(0.01)
 
 
-def resume(server: LLMServer, tmp_path: Path, **options) -> cassia_sc.BatchResult:
+def resume(llm: ScriptedLLM, **options) -> cassia_sc.BatchResult:
     return cassia_sc.run_batch(
-        cassia_sc.loadmarker("processed"),
-        tissue="blood",
-        species="human",
-        model="test-model",
-        provider=server.base_url,
-        cache_dir=tmp_path / "cache",
-        progress=False,
-        **options,
+        cassia_sc.loadmarker("processed"), tissue="blood", species="human", **llm.options(**options)
     )
 
 
-def test_a_killed_run_resumes_with_only_the_requests_it_had_not_completed(tmp_path):
-    with LLMServer(ScriptedModel(delay=0.15)) as server:
-        process = start_batch(server, tmp_path)
-        wait_for_requests(server, 9)
+@pytest.mark.slow
+def test_a_killed_run_resumes_with_only_the_requests_it_had_not_completed(scripted_llm, tmp_path):
+    held = HeldReplies(first_held=7)
+    llm = scripted_llm(handler=held)
+    process = start_batch(llm, tmp_path)
+    try:
+        # 7 replies, then each worker waits on a held one: the run is stuck mid-way.
+        wait_until(lambda: llm.server.request_count == 9, process, "9 requests")
         process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-        completed = len(ResponseCache(tmp_path / "cache"))
-        assert 0 < completed < PLAN
-        server.requests.clear()
+        process.wait(timeout=HANG)
+    finally:
+        held.release()
+    completed = len(ResponseCache(llm.cache_dir))
+    assert 0 < completed < PLAN
+    llm.server.requests.clear()
 
-        result = resume(server, tmp_path)
+    result = resume(llm)
 
-    assert server.request_count == PLAN - completed
+    assert llm.server.request_count == PLAN - completed
     assert all(c.status == "ok" for c in result.clusters)
     assert result.usage["cached_calls"] == completed
 
 
-def test_ctrl_c_stops_promptly_and_keeps_what_finished(tmp_path):
-    with LLMServer(ScriptedModel(delay=0.3)) as server:
-        process = start_batch(server, tmp_path, workers=2)
-        wait_for_requests(server, 7)
-        interrupted_at = time.monotonic()
+@pytest.mark.slow
+def test_ctrl_c_stops_promptly_and_keeps_what_finished(scripted_llm, tmp_path):
+    held = HeldReplies(first_held=7)
+    llm = scripted_llm(handler=held)
+    process = start_batch(llm, tmp_path, workers=2)
+    try:
+        wait_until(lambda: llm.server.request_count == 9, process, "9 requests")
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=15)
-        stopped_after = time.monotonic() - interrupted_at
-        assert process.returncode != 0
-        assert stopped_after < 3, stderr.decode()
-        assert b"KeyboardInterrupt" in stderr or b"BatchInterrupted" in stderr
+        # Promptly: the run writes what finished without waiting for the two replies it
+        # asked for, which are still held back.
+        wait_until(
+            lambda: all((tmp_path / f"out_{name}").exists() for name in OUTPUTS),
+            process,
+            "output files",
+        )
+    finally:
+        held.release()
+    _, stderr = process.communicate(timeout=HANG)
+    assert process.returncode != 0
+    assert llm.server.request_count == 9, stderr.decode()  # and it started no other request
+    assert b"KeyboardInterrupt" in stderr or b"BatchInterrupted" in stderr
 
-        summary = pd.read_csv(tmp_path / "out_summary.csv", dtype={"Cluster ID": str})
-        assert summary["Cluster ID"].tolist() == [str(i) for i in range(11)]
-        statuses = summary["Status"].value_counts().to_dict()
-        assert statuses.get("ok", 0) >= 1 and statuses.get("not_run", 0) >= 1
-        assert set(statuses) <= {"ok", "not_run"}
-        completed = len(ResponseCache(tmp_path / "cache"))
-        server.requests.clear()
+    summary = pd.read_csv(tmp_path / "out_summary.csv", dtype={"Cluster ID": str})
+    assert summary["Cluster ID"].tolist() == [str(i) for i in range(11)]
+    statuses = summary["Status"].value_counts().to_dict()
+    assert statuses.get("ok", 0) >= 1 and statuses.get("not_run", 0) >= 1
+    assert set(statuses) <= {"ok", "not_run"}
+    completed = len(ResponseCache(llm.cache_dir))
+    llm.server.requests.clear()
 
-        result = resume(server, tmp_path)
+    result = resume(llm)
     assert all(c.status == "ok" for c in result.clusters)
-    assert server.request_count == PLAN - completed
+    assert llm.server.request_count == PLAN - completed
 
 
 @pytest.mark.parametrize("workers", [1, 4])
-def test_interrupting_in_process_raises_with_every_cluster(tmp_path, workers):
+def test_interrupting_in_process_raises_with_every_cluster(scripted_llm, workers):
     """A KeyboardInterrupt inside the main thread (as Ctrl-C in a notebook) keeps results."""
-    with LLMServer(ScriptedModel(delay=0.2)) as server:
-        timer = threading.Timer(0.5, lambda: signal.raise_signal(signal.SIGINT))
-        timer.start()
+    # Ctrl-C with the first held request, after about two rounds of replies (0.2 s each):
+    # as that request is held back, the run cannot finish first.
+    held = HeldReplies(
+        first_held=2 * workers + 1,
+        delay=0.2,
+        on_held=lambda: signal.raise_signal(signal.SIGINT),
+    )
+    llm = scripted_llm(handler=held)
+    try:
         with pytest.raises(cassia_sc.BatchInterrupted) as raised:
-            resume(server, tmp_path, max_workers=workers)
+            resume(llm, max_workers=workers)
+    finally:
+        held.release()
     partial = raised.value.result
     assert partial.interrupted and len(partial) == 11
     assert {c.status for c in partial.clusters} <= {"ok", "not_run"}

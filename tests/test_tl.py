@@ -10,43 +10,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-from llm_server import LLMServer, Reply
-from scripted_model import ScriptedModel, signature
+from conftest import ScriptedLLM
+from llm_server import Reply
+from scripted_model import signature
 
 import cassia_sc
-from cassia_sc import LLMClient
 
 
-def scripted_for(adata, key="rank_genes_groups", **overrides) -> ScriptedModel:
-    """A model that calls each cluster "type <cluster>", recognising it by its markers."""
+def type_per_cluster(adata, key="rank_genes_groups") -> dict[str, str]:
+    """Cell types that call each cluster "type <cluster>", recognising it by its markers."""
     markers = cassia_sc.top_markers(adata, key=key)
-    return ScriptedModel({signature(g): f"type {c}" for c, g in markers.items()}, **overrides)
+    return {signature(g): f"type {c}" for c, g in markers.items()}
 
 
-@pytest.fixture
-def annotate(tmp_path):
-    clients = []
-
-    def call(adata, server, **options):
-        client = LLMClient(
-            model="test-model",
-            provider=server.base_url,
-            cache_dir=tmp_path / "cache",
-            retry_delay=0.01,
-        )
-        clients.append(client)
-        settings = {"tissue": "blood", "species": "human", "client": client, "progress": False}
-        return cassia_sc.tl.annotate(adata, **(settings | options))
-
-    yield call
-    for client in clients:
-        client.close()
+def annotate(adata, llm: ScriptedLLM, **options):
+    """tl.annotate through a client of ``llm`` with quick retries."""
+    client = llm.client(retry_delay=0.01)
+    settings = {"tissue": "blood", "species": "human", "client": client, "progress": False}
+    return cassia_sc.tl.annotate(adata, **(settings | options))
 
 
-def test_bulk_labels_with_slashes_and_the_stored_logreg_result(pbmc, annotate, tmp_path):
+def test_bulk_labels_with_slashes_and_the_stored_logreg_result(pbmc, scripted_llm, tmp_path):
     before = pickle.dumps(pbmc.uns["rank_genes_groups"])
-    with LLMServer(scripted_for(pbmc)) as server:
-        assert annotate(pbmc, server) is None
+    assert annotate(pbmc, scripted_llm(type_per_cluster(pbmc))) is None
 
     labels = pbmc.obs["cassia_celltype"]
     assert isinstance(labels.dtype, pd.CategoricalDtype)
@@ -80,9 +66,9 @@ def test_bulk_labels_with_slashes_and_the_stored_logreg_result(pbmc, annotate, t
     assert back.uns["cassia"]["conversations"] == record["conversations"]
 
 
-def test_louvain_wilcoxon_groupby_defaults_to_the_result(pbmc_wilcoxon, annotate):
-    with LLMServer(scripted_for(pbmc_wilcoxon, key="wilcoxon")) as server:
-        annotate(pbmc_wilcoxon, server, key="wilcoxon", key_added="louvain_llm")
+def test_louvain_wilcoxon_groupby_defaults_to_the_result(pbmc_wilcoxon, scripted_llm):
+    llm = scripted_llm(type_per_cluster(pbmc_wilcoxon, key="wilcoxon"))
+    annotate(pbmc_wilcoxon, llm, key="wilcoxon", key_added="louvain_llm")
     assert pbmc_wilcoxon.uns["louvain_llm"]["params"]["groupby"] == "louvain"
     assert (
         pbmc_wilcoxon.obs["louvain_llm_celltype"].astype(str)
@@ -90,14 +76,13 @@ def test_louvain_wilcoxon_groupby_defaults_to_the_result(pbmc_wilcoxon, annotate
     ).all()
 
 
-def test_numeric_cluster_names_keep_their_order(pbmc, annotate, tmp_path):
+def test_numeric_cluster_names_keep_their_order(pbmc, scripted_llm, tmp_path):
     codes = pbmc.obs["louvain"].cat.codes.to_numpy() + 1  # clusters "1" ... "11"
     pbmc.obs["cluster"] = pd.Categorical(
         codes.astype(str), categories=[str(i) for i in range(1, 12)]
     )
     sc.tl.rank_genes_groups(pbmc, "cluster", method="t-test", key_added="numeric")
-    with LLMServer(scripted_for(pbmc, key="numeric")) as server:
-        annotate(pbmc, server, key="numeric")
+    annotate(pbmc, scripted_llm(type_per_cluster(pbmc, key="numeric")), key="numeric")
     table = pbmc.uns["cassia"]["results"]
     assert table["cluster"].tolist() == [str(i) for i in range(1, 12)]  # "2" before "10"
     path = tmp_path / "numeric.h5ad"
@@ -109,15 +94,14 @@ def test_numeric_cluster_names_keep_their_order(pbmc, annotate, tmp_path):
     ).all()
 
 
-def test_a_failed_cluster_leaves_its_cells_nan_with_a_warning(pbmc, annotate, caplog):
+def test_a_failed_cluster_leaves_its_cells_nan_with_a_warning(pbmc, scripted_llm, caplog):
     target = signature(cassia_sc.top_markers(pbmc)["CD34+"])
 
     def annotator(request, markers):
         return Reply(status=400, error_message="refused") if signature(markers) == target else None
 
     caplog.set_level(logging.WARNING, logger="cassia_sc")
-    with LLMServer(scripted_for(pbmc, annotator=annotator)) as server:
-        annotate(pbmc, server)
+    annotate(pbmc, scripted_llm(type_per_cluster(pbmc), annotator=annotator))
     labels = pbmc.obs["cassia_celltype"]
     is_cd34 = pbmc.obs["bulk_labels"] == "CD34+"
     assert labels[is_cd34].isna().all() and labels[~is_cd34].notna().all()
@@ -126,17 +110,17 @@ def test_a_failed_cluster_leaves_its_cells_nan_with_a_warning(pbmc, annotate, ca
     assert row["status"] == "failed" and "refused" in row["error"]
 
 
-def test_copy_and_a_second_key_added_keep_everything(pbmc, annotate, tmp_path):
-    with LLMServer(scripted_for(pbmc)) as server:
-        annotated = annotate(pbmc, server, copy=True)
-        assert "cassia" not in pbmc.uns and "cassia_celltype" not in pbmc.obs
-        annotate(
-            annotated,
-            server,
-            key_added="second",
-            validator_involvement="v0",
-            output_name=tmp_path / "run",
-        )
+def test_copy_and_a_second_key_added_keep_everything(pbmc, scripted_llm, tmp_path):
+    llm = scripted_llm(type_per_cluster(pbmc))
+    annotated = annotate(pbmc, llm, copy=True)
+    assert "cassia" not in pbmc.uns and "cassia_celltype" not in pbmc.obs
+    annotate(
+        annotated,
+        llm,
+        key_added="second",
+        validator_involvement="v0",
+        output_name=tmp_path / "run",
+    )
     assert {"cassia", "second"} <= set(annotated.uns)
     assert {"cassia_celltype", "cassia_subtype", "second_celltype", "second_subtype"} <= set(
         annotated.obs
@@ -146,18 +130,11 @@ def test_copy_and_a_second_key_added_keep_everything(pbmc, annotate, tmp_path):
         assert (tmp_path / f"run_{suffix}").is_file()
 
 
-def test_the_api_key_is_not_stored(pbmc, tmp_path, monkeypatch):
+def test_the_api_key_is_not_stored(pbmc, scripted_llm, tmp_path, monkeypatch):
     secret = "sk-cassia-test-SECRET-9999"
     monkeypatch.setenv("CASSIA_API_KEY", secret)
-    with LLMServer(scripted_for(pbmc)) as server:
-        cassia_sc.tl.annotate(
-            pbmc,
-            tissue="blood",
-            species="human",
-            model="test-model",
-            provider=server.base_url,
-            progress=False,
-        )
+    llm = scripted_llm(type_per_cluster(pbmc))
+    cassia_sc.tl.annotate(pbmc, tissue="blood", species="human", **llm.options())
     path = tmp_path / "pbmc.h5ad"
     pbmc.write_h5ad(path)
     assert secret.encode() not in path.read_bytes()
@@ -189,18 +166,16 @@ def test_a_plan_leaves_adata_as_it_was_and_annotate_points_to_it(pbmc):
     assert pickle.dumps(pbmc.uns) == before[1]
 
 
-def test_tissue_blind_values_are_stored(pbmc, annotate):
-    with LLMServer(scripted_for(pbmc)) as server:
-        annotate(pbmc, server, tissue=None)
+def test_tissue_blind_values_are_stored(pbmc, scripted_llm):
+    annotate(pbmc, scripted_llm(type_per_cluster(pbmc)), tissue=None)
     table = pbmc.uns["cassia"]["results"]
     assert set(table["possible_tissues"]) == {"blood, spleen"}
     assert "tissue" not in pbmc.uns["cassia"]["params"]  # None is not stored
     assert np.all(pbmc.obs["cassia_celltype"].notna())
 
 
-def test_the_uns_record_rebuilds_the_batch(pbmc, annotate, tmp_path):
-    with LLMServer(scripted_for(pbmc)) as server:
-        annotate(pbmc, server)
+def test_the_uns_record_rebuilds_the_batch(pbmc, scripted_llm, tmp_path):
+    annotate(pbmc, scripted_llm(type_per_cluster(pbmc)))
     pbmc.write_h5ad(tmp_path / "a.h5ad")
     record = sc.read_h5ad(tmp_path / "a.h5ad").uns["cassia"]
     rebuilt = cassia_sc.BatchResult.from_uns(record)

@@ -5,19 +5,22 @@ Each notebook reads its provider and model from ``CASSIA_SC_PROVIDER`` and
 ``CASSIA_SC_MODEL``; the tests set them (and ``CASSIA_SC_CACHE_DIR``) before the kernel
 starts, so the kernel and the shell commands it runs talk to a local ``LLMServer`` whose
 ``ScriptedModel`` gives a plausible answer for each Louvain cluster of pbmc68k_reduced.
+The kernel runs on the interpreter running the tests, whatever kernels are installed.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import anndata as ad
 import pandas as pd
 import pytest
+from conftest import Override, ScriptedLLM
 from llm_server import LLMServer, RecordedRequest, Reply
-from scripted_model import ScriptedModel, annotation_reply, signature
+from scripted_model import annotation_reply, signature
 
 import cassia_sc
 
@@ -50,8 +53,8 @@ ANSWERS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def scripted_model(pbmc_wilcoxon: ad.AnnData) -> ScriptedModel:
-    """A model answering ANSWERS, recognising each cluster by its first markers."""
+def annotator_for(pbmc_wilcoxon: ad.AnnData) -> Override:
+    """An annotator answering ANSWERS, recognising each cluster by its first markers."""
     markers = cassia_sc.top_markers(pbmc_wilcoxon, key="wilcoxon")
     known = {signature(markers[cluster]): answer for cluster, answer in ANSWERS.items()}
     assert len(known) == N_CLUSTERS, "two clusters share a signature"
@@ -67,22 +70,40 @@ def scripted_model(pbmc_wilcoxon: ad.AnnData) -> ScriptedModel:
             )
         )
 
-    return ScriptedModel(annotator=annotator)
+    return annotator
 
 
 @pytest.fixture
-def server(pbmc_wilcoxon, tmp_path, monkeypatch):
+def llm(pbmc_wilcoxon, scripted_llm, monkeypatch) -> ScriptedLLM:
     """The scripted server, with the environment the notebooks read set before any kernel."""
-    with LLMServer(scripted_model(pbmc_wilcoxon)) as running:
-        monkeypatch.setenv("CASSIA_SC_PROVIDER", running.base_url)
-        monkeypatch.setenv("CASSIA_SC_MODEL", "test-model")
-        monkeypatch.setenv("CASSIA_SC_CACHE_DIR", str(tmp_path / "cache"))
-        monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel draws inline, as for readers
-        yield running
+    llm = scripted_llm(annotator=annotator_for(pbmc_wilcoxon))
+    monkeypatch.setenv("CASSIA_SC_PROVIDER", llm.base_url)
+    monkeypatch.setenv("CASSIA_SC_MODEL", llm.model)
+    monkeypatch.setenv("CASSIA_SC_CACHE_DIR", str(llm.cache_dir))
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel draws inline, as for readers
+    return llm
 
 
-def run_notebook(name: str, folder: Path):
-    """Copy a tutorial into ``folder`` and execute it there; a failing cell fails the test."""
+@pytest.fixture
+def kernel(tmp_path_factory, monkeypatch) -> str:
+    """The name of a kernel running ipykernel on this interpreter (sys.executable), installed
+    where Jupyter looks first; "python3" may name another Python's kernel."""
+    folder = tmp_path_factory.mktemp("jupyter")
+    name = "cassia-sc-tests"
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (the tests' interpreter)",
+        "language": "python",
+    }
+    (folder / "kernels" / name).mkdir(parents=True)
+    (folder / "kernels" / name / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+    monkeypatch.setenv("JUPYTER_PATH", str(folder))
+    return name
+
+
+def run_notebook(name: str, folder: Path, kernel: str):
+    """Copy a tutorial into ``folder`` and execute it there on ``kernel``; a failing cell
+    fails the test."""
     import nbclient  # the test extra installs them, with ipykernel for the kernel
     import nbformat
 
@@ -92,7 +113,7 @@ def run_notebook(name: str, folder: Path):
     client = nbclient.NotebookClient(
         notebook,
         timeout=600,
-        kernel_name="python3",
+        kernel_name=kernel,
         resources={"metadata": {"path": str(folder)}},
     )
     client.execute()  # raises CellExecutionError, with the traceback, if a cell errors
@@ -148,11 +169,12 @@ def assert_labels(adata: ad.AnnData) -> None:
     assert set(record["results"]["validation"]) == {"passed"}
 
 
-def test_scanpy_session(server, tmp_path):
+@pytest.mark.slow
+def test_scanpy_session(llm, kernel, tmp_path):
     folder = tmp_path / "work"
-    notebook = run_notebook(SCANPY_SESSION, folder)
+    notebook = run_notebook(SCANPY_SESSION, folder, kernel)
 
-    assert_requests_reached_the_server(server)
+    assert_requests_reached_the_server(llm.server)
     for name in (
         "pbmc_summary.csv",
         "pbmc_full.csv",
@@ -175,11 +197,14 @@ def test_scanpy_session(server, tmp_path):
         assert any("image/png" in output.get("data", {}) for output in outputs), plot
 
 
-def test_h5ad_from_the_shell(server, tmp_path):
+@pytest.mark.slow
+def test_h5ad_from_the_shell(llm, kernel, tmp_path):
     folder = tmp_path / "work"
-    notebook = run_notebook(H5AD_FROM_THE_SHELL, folder)
+    notebook = run_notebook(H5AD_FROM_THE_SHELL, folder, kernel)
 
     # A failing `!` command does not fail its cell: read what the commands printed.
+    # The kernel, and the commands it runs with its sys.executable, are this interpreter.
+    assert repr(sys.executable) in text_outputs(cell_with_id(notebook, "python"))
     dry_run = text_outputs(cell_with_id(notebook, "dry-run"))
     assert "Dry run: 11 clusters" in dry_run and "error" not in dry_run
     annotate = text_outputs(cell_with_id(notebook, "annotate"))
@@ -187,7 +212,7 @@ def test_h5ad_from_the_shell(server, tmp_path):
     assert "Wrote obs['cassia_celltype'], obs['cassia_subtype']" in annotate
     assert "and uns['cassia'] to pbmc.h5ad" in annotate
 
-    assert_requests_reached_the_server(server)
+    assert_requests_reached_the_server(llm.server)
     annotated = ad.read_h5ad(folder / "pbmc.h5ad")
     assert_labels(annotated)
     assert "rank_genes_groups" in annotated.uns and annotated.X is not None
@@ -197,11 +222,12 @@ def test_h5ad_from_the_shell(server, tmp_path):
     assert_cluster_answers(pd.read_csv(folder / "pbmc_shell_summary.csv"))
 
 
-def test_seurat_markers(server, tmp_path):
+@pytest.mark.slow
+def test_seurat_markers(llm, kernel, tmp_path):
     folder = tmp_path / "work"
-    notebook = run_notebook(SEURAT_MARKERS, folder)
+    notebook = run_notebook(SEURAT_MARKERS, folder, kernel)
 
-    assert_requests_reached_the_server(server)
+    assert_requests_reached_the_server(llm.server)
     exported = pd.read_csv(folder / "findallmarkers.csv")
     assert exported.columns.tolist() == cassia_sc.loadmarker("unprocessed").columns.tolist()
     for suffix in ("summary.csv", "full.csv", "conversations.json", "report.html"):

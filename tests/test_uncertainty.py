@@ -10,11 +10,11 @@ from collections import Counter
 import pandas as pd
 import pytest
 import scanpy as sc
-from llm_server import LLMServer, Reply
-from scripted_model import ScriptedModel, annotation_reply, signature
+from conftest import ScriptedLLM
+from llm_server import Reply
+from scripted_model import annotation_reply, signature
 
 import cassia_sc
-from cassia_sc import LLMClient
 
 pytest.importorskip("cellxgene_ontology_guide")
 
@@ -50,28 +50,17 @@ class Sampler:
 
 
 @pytest.fixture
-def server():
-    sampler = Sampler()
-    with LLMServer(ScriptedModel(annotator=sampler.annotator)) as running:
-        yield running
+def llm(scripted_llm) -> ScriptedLLM:
+    """The scripted model answering as a fresh Sampler."""
+    return scripted_llm(annotator=Sampler().annotator)
 
 
-def client(server, tmp_path, **options):
-    return LLMClient(
-        model="test-model",
-        provider=server.base_url,
-        cache_dir=tmp_path / "cache",
-        temperature=0.7,
-        **options,
-    )
-
-
-def test_consensus_agreement_and_flags(server, tmp_path):
-    with client(server, tmp_path) as shared:
+def test_consensus_agreement_and_flags(llm):
+    with llm.client(temperature=0.7) as shared:
         runs = cassia_sc.run_repeated(
             EXAMPLE, n_runs=3, tissue="blood", species="human", client=shared, progress=False
         )
-    assert len(runs) == 3 and server.request_count == 3 * 4 * 2
+    assert len(runs) == 3 and llm.server.request_count == 3 * 4 * 2
     table = cassia_sc.consensus(runs).set_index("cluster")
     assert table.loc["0", "consensus"] == "B cell" and table.loc["0", "agreement"] == pytest.approx(
         2 / 3
@@ -86,20 +75,20 @@ def test_consensus_agreement_and_flags(server, tmp_path):
     assert table.loc["1", "answers"] == "B cell; T cell; natural killer cell"
 
 
-def test_each_run_has_its_own_cache_entries(server, tmp_path):
-    with client(server, tmp_path) as shared:
+def test_each_run_has_its_own_cache_entries(llm):
+    with llm.client(temperature=0.7) as shared:
         cassia_sc.run_repeated(
             EXAMPLE, n_runs=3, tissue="blood", species="human", client=shared, progress=False
         )
-        before = server.request_count
+        before = llm.server.request_count
         again = cassia_sc.run_repeated(
             EXAMPLE, n_runs=3, tissue="blood", species="human", client=shared, progress=False
         )
-    assert server.request_count == before  # all 3 x 4 x 2 replies came from the cache
+    assert llm.server.request_count == before  # all 3 x 4 x 2 replies came from the cache
     assert [r["1"].main_cell_type for r in again] == ANSWERS["1"]
 
 
-def test_tl_annotate_writes_consensus_agreement_and_flags(tmp_path):
+def test_tl_annotate_writes_consensus_agreement_and_flags(scripted_llm, tmp_path):
     adata = sc.datasets.pbmc68k_reduced()
     markers = cassia_sc.top_markers(adata)
     clusters = list(markers)
@@ -118,10 +107,7 @@ def test_tl_annotate_writes_consensus_agreement_and_flags(tmp_path):
             main = "monocyte"
         return Reply(content=annotation_reply(main, key_markers=tuple(genes[:2])))
 
-    with (
-        LLMServer(ScriptedModel(annotator=annotator)) as server,
-        client(server, tmp_path) as shared,
-    ):
+    with scripted_llm(annotator=annotator).client(temperature=0.7) as shared:
         cassia_sc.tl.annotate(
             adata, tissue="blood", species="human", n_runs=3, client=shared, progress=False
         )
@@ -143,24 +129,21 @@ def test_tl_annotate_writes_consensus_agreement_and_flags(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()][-1] == "agreement"
 
 
-def test_several_models_are_compared(tmp_path):
+def test_several_models_are_compared(scripted_llm):
     def annotator(request, genes):
         main = {"model-a": "B cell", "model-b": "B cells", "model-c": "T cell"}[
             request.body["model"]
         ]
         return Reply(content=annotation_reply(main, key_markers=tuple(genes[:1])))
 
-    with LLMServer(ScriptedModel(annotator=annotator)) as server:
-        runs = cassia_sc.run_repeated(
-            EXAMPLE,
-            models=["model-a", "model-b", "model-c"],
-            n_runs=1,
-            tissue="blood",
-            species="human",
-            provider=server.base_url,
-            cache_dir=tmp_path / "cache",
-            progress=False,
-        )
+    runs = cassia_sc.run_repeated(
+        EXAMPLE,
+        models=["model-a", "model-b", "model-c"],
+        n_runs=1,
+        tissue="blood",
+        species="human",
+        **scripted_llm(annotator=annotator).options(model=None),  # models= names them
+    )
     assert [r.settings["model"] for r in runs] == ["model-a", "model-b", "model-c"]
     table = cassia_sc.consensus(runs)
     assert table["consensus"].unique().tolist() == ["B cell"]
