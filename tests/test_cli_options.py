@@ -4,41 +4,39 @@ from __future__ import annotations
 
 import anndata as ad
 import pytest
-from llm_server import LLMServer
-from scripted_model import ScriptedModel, signature
+from scripted_model import signature
 
 import cassia_sc
 from cassia_sc.cli import main
 
 
-def test_models_agreement_threshold_and_ascending_reach_the_run(pbmc, tmp_path):
+def test_models_agreement_threshold_and_ascending_reach_the_run(pbmc, scripted_llm, tmp_path):
     path = tmp_path / "pbmc.h5ad"
     pbmc.write_h5ad(path)
     markers = cassia_sc.top_markers(pbmc)
-    model = ScriptedModel({signature(g): f"type {c}" for c, g in markers.items()})
-    with LLMServer(model, models=["model-a", "model-b"]) as server:
-        code = main(
-            [
-                "annotate",
-                str(path),
-                "--species",
-                "human",
-                "--tissue",
-                "blood",
-                "--models",
-                "model-a",
-                "model-b",
-                "--agreement-threshold",
-                "0.9",
-                "--no-ascending",
-                "--provider",
-                server.base_url,
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                "--quiet",
-            ]
-        )
-        asked = {r.model for r in server.requests}
+    llm = scripted_llm({signature(g): f"type {c}" for c, g in markers.items()})
+    code = main(
+        [
+            "annotate",
+            str(path),
+            "--species",
+            "human",
+            "--tissue",
+            "blood",
+            "--models",
+            "model-a",
+            "model-b",
+            "--agreement-threshold",
+            "0.9",
+            "--no-ascending",
+            "--provider",
+            llm.base_url,
+            "--cache-dir",
+            str(llm.cache_dir),
+            "--quiet",
+        ]
+    )
+    asked = {r.model for r in llm.server.requests}
     assert code == 0 and asked == {"model-a", "model-b"}
     annotated = ad.read_h5ad(path)
     params = annotated.uns["cassia"]["params"]

@@ -142,7 +142,7 @@ def test_a_new_step_reaches_every_table_and_file(pbmc_wilcoxon, scored, tmp_path
     assert [t.agent for t in back["0"].conversation][-2:] == ["scorer", "scorer"]
 
 
-def test_a_failing_step_fails_its_cluster_only(pbmc_wilcoxon, scored, tmp_path):
+def test_a_failing_step_fails_its_cluster_only(pbmc_wilcoxon, scored, scripted_llm):
     handler = scripted_with_scores(pbmc_wilcoxon, "wilcoxon", {})
 
     def no_grade_for_cluster_5(request, index):
@@ -151,18 +151,14 @@ def test_a_failing_step_fails_its_cluster_only(pbmc_wilcoxon, scored, tmp_path):
             return Reply(content="I would rather not say.")
         return reply
 
-    with LLMServer(no_grade_for_cluster_5) as server:
-        result = cassia_sc.run_batch(
-            pbmc_wilcoxon,
-            tissue="blood",
-            species="human",
-            model="test-model",
-            provider=server.base_url,
-            key="wilcoxon",
-            validator_involvement="scored",
-            cache_dir=tmp_path / "cache",
-            progress=False,
-        )
+    llm = scripted_llm(handler=no_grade_for_cluster_5)
+    result = cassia_sc.run_batch(
+        pbmc_wilcoxon,
+        tissue="blood",
+        species="human",
+        key="wilcoxon",
+        **llm.options(validator_involvement="scored"),
+    )
     assert result["5"].status == "failed" and result["5"].error == "the scorer gave no number"
     assert result["5"].raw_reply == "I would rather not say."
     assert [c.cluster for c in result.failed] == ["5"]
@@ -220,7 +216,7 @@ def test_the_context_carries_the_data_as_rank_genes_groups_used_it(pbmc_wilcoxon
     assert DataHandle.from_markers(adata[:0], key="wilcoxon") is None  # no cells: no handle
 
 
-def test_a_marker_table_gives_no_data_handle(tmp_path):
+def test_a_marker_table_gives_no_data_handle(scripted_llm):
     seen = []
 
     class Peek:
@@ -233,42 +229,34 @@ def test_a_marker_table_gives_no_data_handle(tmp_path):
         def __call__(self, context):
             seen.append(context.data)
 
+    llm = scripted_llm()
     register_pipeline(Pipeline("peek", rounds=(Peek(),)))
     try:
-        with LLMServer(ScriptedModel()) as server:
-            cassia_sc.run_batch(
-                cassia_sc.loadmarker("processed"),
-                tissue="blood",
-                species="human",
-                model="test-model",
-                provider=server.base_url,
-                validator_involvement="peek",
-                cache_dir=tmp_path,
-                progress=False,
-            )
-            assert server.request_count == 0  # the step asked nothing
+        cassia_sc.run_batch(
+            cassia_sc.loadmarker("processed"),
+            tissue="blood",
+            species="human",
+            **llm.options(validator_involvement="peek"),
+        )
     finally:
         del PIPELINES["peek"]
+    assert llm.server.request_count == 0  # the step asked nothing
     assert len(seen) == 11 and set(seen) == {None}
 
 
 # ----------------------------------------------------------------------- conventions and logs
 
 
-def test_tl_annotate_logs_what_it_added(pbmc_wilcoxon, tmp_path, caplog):
+def test_tl_annotate_logs_what_it_added(pbmc_wilcoxon, scripted_llm, caplog):
     markers = cassia_sc.top_markers(pbmc_wilcoxon, key="wilcoxon")
-    model = ScriptedModel({signature(g): f"type {c}" for c, g in markers.items()})
-    with LLMServer(model) as server, caplog.at_level(logging.INFO, logger="cassia_sc"):
+    llm = scripted_llm({signature(g): f"type {c}" for c, g in markers.items()})
+    with caplog.at_level(logging.INFO, logger="cassia_sc"):
         cassia_sc.tl.annotate(
             pbmc_wilcoxon,
             tissue="blood",
             species="human",
-            model="test-model",
-            provider=server.base_url,
             key="wilcoxon",
-            key_added="llm",
-            cache_dir=tmp_path,
-            progress=False,
+            **llm.options(key_added="llm"),
         )
     added = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("added"))
     assert "'llm_celltype', labels per cell (adata.obs)" in added
