@@ -173,6 +173,9 @@ class ClusterResult:
     agreement: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.extra = dict(self.extra)  # a copy (dataclasses.replace) must not share it
+
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: a value a step added under its field's name.
         extra = self.__dict__.get("extra")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -271,3 +273,15 @@ def test_each_provider_gets_reasoning_its_own_way():
     assert resolve_endpoint("http://127.0.0.1:1/v1").reasoning_fields("low") == {
         "reasoning_effort": "low"
     }
+
+
+def test_values_a_step_added_are_read_as_attributes_and_copied_with_the_result():
+    first = cassia_sc.ClusterResult("0", ["CD3D"])
+    first.set("score", 80)
+    first.set("main_cell_type", "T cell")  # a core attribute stays an attribute
+    second = replace(first, agreement=0.5)
+    second.set("score", 20)
+    assert (first.score, second.score, first.main_cell_type) == (80, 20, "T cell")
+    assert first.extra == {"score": 80} and pickle.loads(pickle.dumps(second)).score == 20
+    with pytest.raises(AttributeError, match="no attribute 'grade'"):
+        first.grade  # noqa: B018
