@@ -51,6 +51,16 @@ class Key:
             """Return the column of the share of repeated runs agreeing with each cell's label."""
             return f"{key_added}_agreement"
 
+        @staticmethod
+        def score(key_added: str) -> str:
+            """Return the column of the judge's 0-100 score of each cell's label."""
+            return f"{key_added}_score"
+
+        @staticmethod
+        def celltype_initial(key_added: str) -> str:
+            """Return the column of each cell's main cell type before the annotation boost."""
+            return f"{key_added}_celltype_initial"
+
     class uns:
         """Keys of ``adata.uns`` read, and the sub-keys of the entry ``tl.annotate`` writes."""
 
@@ -121,3 +131,11 @@ class Default:
     agreement_threshold: Final = 0.6
     basis: Final = "umap"
     n_runs: Final = 1
+    #: The annotation boost: clusters scored below this are boosted (CASSIA's threshold).
+    boost_below: Final = 75.0
+    #: Look-up rounds of the boost at most, the final answer included.
+    boost_rounds: Final = 5
+    #: Genes looked up per round at most; more are cut and the model is told.
+    boost_max_genes: Final = 50
+    #: What a plan assumes: the share of clusters a boost will take on.
+    boost_share: Final = 0.25

@@ -12,21 +12,27 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from copy import deepcopy
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from anndata import AnnData
 
 from ._docs import fill_docs
 from ._keys import Default, Key
 from ._version import __version__
-from .agents import ClusterTask, Pipeline, annotate_cluster, get_pipeline
+from .agents import ClusterContext, ClusterTask, Pipeline, Step, annotate_cluster, get_pipeline
 from .errors import BatchInterrupted, CallCancelled, CassiaError, FatalLLMError, OntologyUnavailable
 from .evidence import DataHandle
 from .llm import LLMClient
 from .markers import MarkerInput, RankingMethod, top_markers
 from .ontology import cell_ontology
 from .results import BatchResult, ClusterResult, Turn
+
+if TYPE_CHECKING:
+    from .evidence import MarkerTableEvidence
 
 logger = logging.getLogger("cassia_sc")
 
@@ -197,14 +203,19 @@ def run_batch(
             api_key=api_key,
             temperature=temperature,
             reasoning=reasoning,
-            timeout=timeout,
-            max_retries=max_retries,
-            requests_per_minute=requests_per_minute,
-            cache=cache,
-            cache_dir=cache_dir,
+            **connection_options(
+                timeout=timeout,
+                max_retries=max_retries,
+                requests_per_minute=requests_per_minute,
+                cache=cache,
+                cache_dir=cache_dir,
+            ),
         )
     try:
-        results, interrupted = _run_pool(tasks, client, max_workers=max_workers, progress=progress)
+        jobs = [_annotation_job(task, client) for task in tasks]
+        results, interrupted = _run_pool(
+            jobs, max_workers=max_workers, progress=progress, desc="Annotating clusters"
+        )
     finally:
         if own_client:
             client.close()
@@ -217,6 +228,151 @@ def run_batch(
         map_to_ontology(batch, required=bool(ontology))
     _log_outcome(batch)
     return batch
+
+
+def connection_options(
+    *,
+    timeout: float = Default.timeout,
+    max_retries: int = Default.max_retries,
+    requests_per_minute: float | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Pick the options of :class:`~cassia_sc.LLMClient` that every client of a run shares.
+
+    Parameters
+    ----------
+    timeout, max_retries, requests_per_minute, cache, cache_dir
+        As in :func:`run_batch`.
+    **_
+        Any other option of :func:`run_batch`, ignored.
+
+    Returns
+    -------
+    dict
+        Keyword arguments for :class:`~cassia_sc.LLMClient`.
+    """
+    return {
+        "timeout": timeout,
+        "max_retries": max_retries,
+        "requests_per_minute": requests_per_minute,
+        "cache": cache,
+        "cache_dir": cache_dir,
+    }
+
+
+def run_steps(
+    batch: BatchResult,
+    steps: Sequence[Step],
+    *,
+    client: LLMClient,
+    judge: LLMClient | None = None,
+    clusters: Collection[str] | None = None,
+    data: DataHandle | None = None,
+    table_evidence: MarkerTableEvidence | None = None,
+    max_workers: int = Default.max_workers,
+    progress: bool = True,
+    desc: str = "Refining clusters",
+) -> BatchResult:
+    """Run further steps (a scorer, a boost) on the clusters of a finished batch, in parallel.
+
+    Each cluster is worked on as a copy, which replaces it only when its steps finish: a
+    step that fails, a crash or Ctrl-C leaves the cluster as it was.
+
+    Parameters
+    ----------
+    batch
+        The batch, e.g. from :func:`run_batch` or :func:`cassia_sc.get.annotation`.
+    steps
+        The steps to run on each cluster, in order.
+    client
+        The model client (the boost's model).
+    judge
+        The judge's client, for steps that score; None: ``client``.
+    clusters
+        The clusters to work on; None: all.
+    data, table_evidence
+        Where genes are looked up: the expression data, or the marker table.
+    max_workers, progress
+        As in :func:`run_batch`.
+    desc
+        The progress bar's label.
+
+    Returns
+    -------
+    BatchResult
+        The batch with the clusters worked on replaced, and the steps' fields declared.
+
+    Raises
+    ------
+    BatchInterrupted
+        On Ctrl-C; its ``result`` holds every cluster, the unfinished ones as they were.
+    """
+    wanted = set(batch.clusters_named(clusters))
+    settings = batch.settings
+    chosen = [c for c in batch.clusters if c.cluster in wanted]
+    jobs = [
+        _step_job(
+            result,
+            steps,
+            ClusterTask(
+                cluster=result.cluster,
+                markers=tuple(result.markers),
+                species=str(settings.get("species", "")),
+                tissue=settings.get("tissue") or None,
+                additional_info=settings.get("additional_info") or None,
+                pipeline=str(settings.get("validator_involvement", Default.validator_involvement)),
+                data=data,
+                table_evidence=table_evidence,
+            ),
+            client,
+            judge,
+        )
+        for result in chosen
+    ]
+    done, interrupted = _run_pool(jobs, max_workers=max_workers, progress=progress, desc=desc)
+    replaced = {r.cluster: r for r in done}
+    declared = {f.name: f for f in batch.fields}
+    for step in steps:
+        declared |= {f.name: f for f in step.fields if f.name not in declared}
+    refined = replace(
+        batch,
+        clusters=[replaced.get(c.cluster, c) for c in batch.clusters],
+        fields=tuple(declared.values()),
+        interrupted=interrupted,
+    )
+    if interrupted:
+        raise BatchInterrupted(refined)
+    return refined
+
+
+def _step_job(
+    result: ClusterResult,
+    steps: Sequence[Step],
+    task: ClusterTask,
+    client: LLMClient,
+    judge: LLMClient | None,
+) -> _Job:
+    def work(stop: threading.Event) -> ClusterResult:
+        copy = deepcopy(result)
+        context = ClusterContext(task, copy, client, stop, judge=judge)
+        context.annotation_text = next(
+            (
+                t.content
+                for t in reversed(copy.conversation)
+                if t.role == "assistant" and t.agent == "annotator"
+            ),
+            None,
+        )
+        for step in steps:
+            step(context)
+        return copy
+
+    def kept(_: object) -> ClusterResult:
+        return result  # nothing lost: the cluster as it was before these steps
+
+    return _Job(result.cluster, work, kept, kept)
 
 
 def map_to_ontology(batch: BatchResult, *, required: bool = False) -> None:
@@ -268,20 +424,39 @@ def map_to_ontology(batch: BatchResult, *, required: bool = False) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One cluster's work in the pool, and what stands for it when the work cannot finish.
+
+    Attributes
+    ----------
+    cluster
+        The cluster's name, for messages.
+    work
+        Does the work; ``stop`` is set to cancel it.
+    unfinished
+        The result to keep when the work did not finish (Ctrl-C, cancelled), given why.
+    crashed
+        The result to keep when the work raised an unexpected error.
+    """
+
+    cluster: str
+    work: Callable[[threading.Event], ClusterResult]
+    unfinished: Callable[[str], ClusterResult]
+    crashed: Callable[[Exception], ClusterResult]
+
+
 def _run_pool(
-    tasks: list[ClusterTask], client: LLMClient, *, max_workers: int, progress: bool
+    jobs: list[_Job], *, max_workers: int, progress: bool, desc: str
 ) -> tuple[list[ClusterResult], bool]:
-    """Run every task; return the results in task order and whether Ctrl-C cut the run short."""
+    """Run every job; return the results in job order and whether Ctrl-C cut the run short."""
     stop = threading.Event()
     done: dict[int, ClusterResult] = {}
     executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cassia-sc")
     futures: dict[Future, int] = {
-        executor.submit(_annotate_or_stop_all, task, client, stop): index
-        for index, task in enumerate(tasks)
+        executor.submit(_work_or_stop_all, job, stop): index for index, job in enumerate(jobs)
     }
-    bar = _progress_bar(
-        total=len(tasks), desc="Annotating clusters", unit="cluster", disable=not progress
-    )
+    bar = _progress_bar(total=len(jobs), desc=desc, unit="cluster", disable=not progress)
     interrupted = False
     try:
         pending = set(futures)
@@ -290,7 +465,7 @@ def _run_pool(
             finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             for future in finished:
                 index = futures[future]
-                done[index] = _outcome(future, tasks[index])
+                done[index] = _outcome(future, jobs[index])
                 bar.update(1)
                 failed = sum(r.status == "failed" for r in done.values())
                 bar.set_postfix(failed=failed, refresh=False)
@@ -298,29 +473,21 @@ def _run_pool(
         interrupted = True
         logger.warning("Interrupted: keeping the %d clusters that finished.", len(done))
     finally:
-        finished_all = len(done) == len(tasks)
+        finished_all = len(done) == len(jobs)
         if not finished_all:
             stop.set()  # cancels the waits and retries of calls still running
         executor.shutdown(wait=finished_all, cancel_futures=True)
         bar.close()
     results = [
-        done.get(index)
-        or ClusterResult(
-            cluster=task.cluster,
-            markers=list(task.markers),
-            status="not_run",
-            error="The run was interrupted before this cluster finished.",
-        )
-        for index, task in enumerate(tasks)
+        done.get(index) or job.unfinished("The run was interrupted before this cluster finished.")
+        for index, job in enumerate(jobs)
     ]
     return results, interrupted
 
 
-def _annotate_or_stop_all(
-    task: ClusterTask, client: LLMClient, stop: threading.Event
-) -> ClusterResult:
+def _work_or_stop_all(job: _Job, stop: threading.Event) -> ClusterResult:
     try:
-        return annotate_cluster(task, client, stop=stop)
+        return job.work(stop)
     except FatalLLMError:
         stop.set()  # at once, from this worker: no other request may start
         raise
@@ -337,18 +504,29 @@ def _progress_bar(**options: Any):
     return tqdm(**options)
 
 
-def _outcome(future: Future, task: ClusterTask) -> ClusterResult:
+def _outcome(future: Future, job: _Job) -> ClusterResult:
     try:
         return future.result()
     except FatalLLMError:
         raise  # stops the run: every other call would fail the same way
     except CallCancelled:
-        return ClusterResult(task.cluster, list(task.markers), status="not_run", error="Cancelled.")
+        return job.unfinished("Cancelled.")
     except Exception as err:  # one cluster's bug must not sink the others
-        logger.exception("Cluster %r failed unexpectedly.", task.cluster)
-        return ClusterResult(
-            task.cluster, list(task.markers), status="failed", error=f"Unexpected error: {err!r}"
-        )
+        logger.exception("Cluster %r failed unexpectedly.", job.cluster)
+        return job.crashed(err)
+
+
+def _annotation_job(task: ClusterTask, client: LLMClient) -> _Job:
+    def not_run(reason: str) -> ClusterResult:
+        return ClusterResult(task.cluster, list(task.markers), status="not_run", error=reason)
+
+    def failed(err: Exception) -> ClusterResult:
+        error = f"Unexpected error: {err!r}"
+        return ClusterResult(task.cluster, list(task.markers), status="failed", error=error)
+
+    return _Job(
+        task.cluster, lambda stop: annotate_cluster(task, client, stop=stop), not_run, failed
+    )
 
 
 def _dry_run(tasks: list[ClusterTask], settings: dict[str, Any], pipeline: Pipeline) -> BatchResult:

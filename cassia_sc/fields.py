@@ -18,8 +18,8 @@ import pandas as pd
 
 from ._keys import Default, Key
 
-#: How a value is stored: free text, a list of names, a whole or real number, or a verdict.
-Kind = Literal["text", "list", "int", "float", "verdict"]
+#: How a value is stored: text, a list of names, a whole or real number, a flag, a verdict.
+Kind = Literal["text", "list", "int", "float", "bool", "verdict"]
 #: A validator's verdict by its name in tables.
 VALIDATION_NAMES: dict[bool | None, str] = {True: "passed", False: "failed", None: "unknown"}
 
@@ -57,8 +57,8 @@ class Field:
         Column of the ``uns`` table (and key in the conversations JSON).
     kind
         How it is stored: ``"text"``, ``"list"`` (joined with ``", "`` in tables),
-        ``"int"``, ``"float"`` (NaN when missing) or ``"verdict"`` (True/False/None, named
-        ``passed``/``failed``/``unknown`` in tables).
+        ``"int"``, ``"float"`` (NaN when missing), ``"bool"`` or ``"verdict"``
+        (True/False/None, named ``passed``/``failed``/``unknown`` in tables).
     doc
         What it holds, for the documentation.
     attribute
@@ -102,6 +102,8 @@ class Field:
             return VALIDATION_NAMES[value]
         if self.kind == "int":
             return int(value or 0)
+        if self.kind == "bool":
+            return bool(value)
         if self.kind == "float":
             return math.nan if value is None else float(value)
         return "" if value is None else str(value)
@@ -120,6 +122,8 @@ class Field:
             return self.default
         if self.kind == "int":
             return int(value)
+        if self.kind == "bool":
+            return bool(value)
         if self.kind == "float":
             return float(value)
         return str(value) if value != "" else self.default
@@ -128,7 +132,8 @@ class Field:
         """Return the JSON schema of the value, for structured output."""
         if self.kind == "list":
             return {"type": "array", "items": {"type": "string"}}
-        return {"type": {"int": "integer", "float": "number"}.get(self.kind, "string")}
+        kinds = {"int": "integer", "float": "number", "bool": "boolean"}
+        return {"type": kinds.get(self.kind, "string")}
 
 
 def split_list(text: Any) -> list[str]:

@@ -14,6 +14,10 @@ Public API
     Read a validator's pass/fail verdict and its feedback.
 :func:`unsupported_markers`
     Cited key markers that are absent from the cluster's marker list.
+:class:`Score`, :func:`parse_score`
+    Read a judge's 0-100 grade and its reasoning.
+:func:`parse_gene_request`
+    The genes a reply asks to look up in the data.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from typing import Any
 
 __all__ = [
     "Annotation",
+    "Score",
     "Verdict",
     "extract_json_object",
     "parse_annotation",
+    "parse_gene_request",
+    "parse_score",
     "parse_verdict",
     "unsupported_markers",
 ]
@@ -675,3 +682,124 @@ def _marker_names(markers: Iterable[str] | str) -> list[str]:
     # A bare string would otherwise be iterated character by character.
     raw = _LIST_SPLIT.split(markers) if isinstance(markers, str) else markers
     return [str(marker).strip() for marker in raw if marker is not None and str(marker).strip()]
+
+
+# --------------------------------------------------------------------------- scores
+
+_SCORE_KEYS = ("score", "quality_score", "rating", "grade", "final_score")
+_REASONING_KEYS = ("reasoning", "reason", "rationale", "explanation", "justification", "feedback")
+#: "Score: 85", "score = 85/100", "<score>85</score>": the last one in the text wins.
+_SCORE_IN_TEXT = re.compile(
+    r"(?:<score>\s*(?P<tag>\d+(?:\.\d+)?)\s*</score>"
+    r"|\bscore\b\s*(?:[:=]|is)\s*\**\s*(?P<line>\d+(?:\.\d+)?)\s*(?:/\s*100\b|%)?)",
+    re.IGNORECASE,
+)
+_LEADING_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*100\b|%|$)")
+
+
+@dataclass(frozen=True)
+class Score:
+    """A judge's grade of one annotation.
+
+    Attributes
+    ----------
+    score
+        From 0 to 100.
+    reasoning
+        Why, in the judge's words.
+    """
+
+    score: float
+    reasoning: str
+
+
+def parse_score(text: str | None) -> Score | None:
+    """Read a judge's reply into a :class:`Score`.
+
+    A JSON object is read first: a number (or text such as ``"85/100"``) under ``score``,
+    ``quality_score``, ``rating``, ``grade`` or ``final_score``, and the reasoning under
+    ``reasoning``, ``reason``, ``rationale``, ``explanation``, ``justification`` or
+    ``feedback``; also one level down. Without JSON, a ``Score: 85`` line or a
+    ``<score>85</score>`` tag, the last one in the text winning, with the whole reply as
+    the reasoning.
+
+    Parameters
+    ----------
+    text
+        The raw reply, or ``None``.
+
+    Returns
+    -------
+    Score or None
+        None when no score from 0 to 100 is found.
+
+    Examples
+    --------
+    >>> parse_score('{"score": "85/100", "reasoning": "Sound."}')
+    Score(score=85.0, reasoning='Sound.')
+    >>> parse_score("Solid call. Score: 92").score
+    92.0
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None
+    text = _normalise_newlines(text).strip()
+    obj = extract_json_object(text)
+    if obj is not None:
+        for candidate in (obj, *_wrapped(obj)):
+            index = _index(candidate)
+            value = next((index[k] for k in map(_norm_key, _SCORE_KEYS) if k in index), None)
+            number = _as_score(value)
+            if number is not None:
+                reasons = (index.get(_norm_key(k)) for k in _REASONING_KEYS)
+                reasoning = next((str(r).strip() for r in reasons if r), "")
+                return Score(number, reasoning[:MAX_FEEDBACK_CHARS] or text[:MAX_FEEDBACK_CHARS])
+    matches = list(_SCORE_IN_TEXT.finditer(text))
+    if matches:
+        number = _as_score(matches[-1].group("tag") or matches[-1].group("line"))
+        if number is not None:
+            return Score(number, text[:MAX_FEEDBACK_CHARS])
+    return None
+
+
+def _as_score(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        found = _LEADING_NUMBER.match(str(value))
+        if found is None:
+            return None
+        number = float(found.group(1))
+    return number if 0 <= number <= 100 else None
+
+
+# --------------------------------------------------------------------------- gene requests
+
+_GENE_KEYS = ("genes", "gene_list", "genes_to_check", "requested_genes", "check_genes")
+
+
+def parse_gene_request(obj: dict | None) -> tuple[str, ...]:
+    """Return the genes a reply's JSON object asks to look up, in order, once each.
+
+    Parameters
+    ----------
+    obj
+        The object :func:`extract_json_object` recovered, or ``None``.
+
+    Returns
+    -------
+    tuple of str
+        The symbols under ``genes`` (or ``gene_list``, ``genes_to_check``,
+        ``requested_genes``, ``check_genes``), a list or a comma-separated string; empty
+        when there are none.
+
+    Examples
+    --------
+    >>> parse_gene_request({"hypotheses": ["B cell"], "genes": ["MS4A1", "CD79A", "ms4a1"]})
+    ('MS4A1', 'CD79A')
+    """
+    if not isinstance(obj, dict):
+        return ()
+    index = _index(obj)
+    return _first_list(index, _GENE_KEYS)

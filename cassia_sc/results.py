@@ -16,6 +16,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from ._keys import Key
+from .errors import CassiaError
 from .fields import CORE_FIELDS, Field, inferred_field
 
 Status = Literal["ok", "failed", "not_run"]
@@ -294,6 +295,33 @@ class BatchResult:
             if result.cluster == cluster:
                 return result
         raise KeyError(cluster)
+
+    def clusters_named(self, names: Iterable[str] | None = None) -> list[str]:
+        """Return the names of the clusters asked for, in batch order (all when None).
+
+        Parameters
+        ----------
+        names
+            Cluster names, or None.
+
+        Returns
+        -------
+        list of str
+            The names, in the batch's order.
+
+        Raises
+        ------
+        CassiaError
+            When a name is not a cluster of the batch; the message lists them.
+        """
+        known = [c.cluster for c in self.clusters]
+        if names is None:
+            return known
+        asked = {str(n) for n in names}
+        unknown = sorted(asked - set(known))
+        if unknown:
+            raise CassiaError(f"No cluster named {unknown} in this annotation; it has {known}.")
+        return [c for c in known if c in asked]
 
     @property
     def failed(self) -> list[ClusterResult]:

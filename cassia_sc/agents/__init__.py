@@ -3,13 +3,23 @@
 Each agent is a step (:class:`Step`): a name, the fields it adds to a cluster's result,
 and a call on the cluster's :class:`ClusterContext`, which can ask the model and reach the
 expression data. Pipelines (:class:`Pipeline`) chain steps; ``"v1"`` and ``"v0"`` are
-registered here, and :func:`register_pipeline` adds more.
+registered here, and :func:`register_pipeline` adds more. The :class:`Scorer` and the
+:class:`Booster` run after a pipeline, on its answers (see :mod:`cassia_sc.workflow`).
 """
 
 from ..errors import StepFailed
 from .annotator import ANNOTATION_SCHEMA, Annotator
+from .booster import Booster
 from .context import ClusterContext, ClusterTask, Step
-from .pipelines import PIPELINES, Pipeline, annotate_cluster, get_pipeline, register_pipeline
+from .pipelines import (
+    PIPELINES,
+    Pipeline,
+    annotate_cluster,
+    get_pipeline,
+    known_fields,
+    register_pipeline,
+)
+from .scorer import Scorer
 from .validator import VERDICT_SCHEMA, Validator
 
 __all__ = [
@@ -17,13 +27,16 @@ __all__ = [
     "PIPELINES",
     "VERDICT_SCHEMA",
     "Annotator",
+    "Booster",
     "ClusterContext",
     "ClusterTask",
     "Pipeline",
+    "Scorer",
     "Step",
     "StepFailed",
     "Validator",
     "annotate_cluster",
     "get_pipeline",
+    "known_fields",
     "register_pipeline",
 ]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..evidence import DataHandle
 from ..fields import Field
 from ..llm import LLMClient, Reply
 from ..results import Turn
+
+if TYPE_CHECKING:
+    from ..evidence import ExpressionEvidence, MarkerTableEvidence
 
 Messages = list[dict[str, str]]
 
@@ -38,6 +41,8 @@ class ClusterTask:
         Which repeated run this is (0 for a single run); see :meth:`LLMClient.complete`.
     data
         The expression data the markers came from, when they came from an AnnData.
+    table_evidence
+        The cluster's rows of the marker table, when the markers came from a table.
     """
 
     cluster: str
@@ -48,6 +53,7 @@ class ClusterTask:
     pipeline: str = "v1"
     sample: int = 0
     data: DataHandle | None = field(default=None, repr=False, compare=False)
+    table_evidence: MarkerTableEvidence | None = field(default=None, repr=False, compare=False)
 
     @property
     def tissue_blind(self) -> bool:
@@ -67,6 +73,9 @@ class ClusterContext:
         The result the steps fill in.
     client
         The run's model client.
+    judge
+        The client of the judge model that scores answers (``score_model=``); None: the
+        run's model judges.
     stop
         Set by the batch to cancel.
     round
@@ -81,6 +90,7 @@ class ClusterContext:
     result: Any
     client: LLMClient
     stop: threading.Event
+    judge: LLMClient | None = None
     round: int = 1
     annotation_text: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +101,16 @@ class ClusterContext:
         """The expression data behind the markers, or None (a marker table, a file's markers)."""
         return self.task.data
 
+    @property
+    def evidence(self) -> ExpressionEvidence | MarkerTableEvidence | None:
+        """Where genes are looked up: the expression data, else the marker table, else None.
+
+        The expression data's per-cluster figures are computed once for the whole run.
+        """
+        if self.task.data is not None:
+            return self.task.data.evidence()
+        return self.task.table_evidence
+
     def ask(
         self,
         agent: str,
@@ -98,6 +118,7 @@ class ClusterContext:
         *,
         schema: Mapping[str, Any] | None = None,
         continues: bool = False,
+        judge: bool = False,
     ) -> Reply:
         """Send ``messages`` to the model as ``agent``, recording the turns and their cost.
 
@@ -111,6 +132,8 @@ class ClusterContext:
             JSON schema of the reply, sent as structured output where supported.
         continues
             The messages extend this agent's previous call: only the new ones are recorded.
+        judge
+            Ask the judge model (:attr:`judge`) rather than the run's model.
 
         Returns
         -------
@@ -120,9 +143,8 @@ class ClusterContext:
         start = self._sent.get(agent, 0) if continues else 0
         for message in messages[start:]:
             self.result.conversation.append(Turn(agent, message["role"], message["content"]))
-        reply = self.client.complete(
-            messages, schema=schema, stop=self.stop, sample=self.task.sample
-        )
+        client = self.judge if judge and self.judge is not None else self.client
+        reply = client.complete(messages, schema=schema, stop=self.stop, sample=self.task.sample)
         self._sent[agent] = len(messages) + 1
         self.result.conversation.append(
             Turn(

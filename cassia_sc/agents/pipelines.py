@@ -16,7 +16,9 @@ from ..fields import CORE_FIELDS, Field
 from ..llm import LLMClient
 from ..results import ClusterResult
 from .annotator import Annotator
+from .booster import Booster
 from .context import ClusterContext, ClusterTask, Messages, Step
+from .scorer import Scorer
 from .validator import Validator
 
 
@@ -154,6 +156,23 @@ register_pipeline(
         description="strict review; unlisted cited genes are sent back at once; up to 3 rounds",
     )
 )
+
+
+def known_fields() -> tuple[Field, ...]:
+    """Return every field a result may hold: the core ones, then those of known steps.
+
+    Returns
+    -------
+    tuple of Field
+        The core fields, those of the steps of every registered pipeline, and those of
+        the :class:`Scorer` and :class:`Booster`, each name once.
+    """
+    found = {f.name: f for f in CORE_FIELDS}
+    for pipeline in PIPELINES.values():
+        found |= {f.name: f for f in pipeline.fields if f.name not in found}
+    for step in (Scorer, Booster):
+        found |= {f.name: f for f in step.fields if f.name not in found}
+    return tuple(found.values())
 
 
 def annotate_cluster(
