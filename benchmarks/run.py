@@ -304,6 +304,8 @@ def perf_items(quick: bool) -> list[tuple[str, str, str]]:
          ["bench_h5ad.py", "--cells", "1000000", "--genes", "2000"], ["bench_h5ad.py", "--cells", "20000", "--genes", "500", "--workdir", "/tmp/cassia-bench-h5ad-quick"]),
         ("HTML report with 500 clusters in headless Chromium (target < 5 MB, smooth filtering)",
          ["bench_report.py", "--clusters", "500"], ["bench_report.py", "--clusters", "50"]),
+        ("Expression evidence of 1,000,000 cells x 20,000 genes (targets: in memory < 10 s and < 1.5 x the matrix; backed < 60 s and < 2 GB; a lookup of 50 genes < 1 ms)",
+         ["bench_evidence.py"], ["bench_evidence.py", "--quick"]),
     ]  # fmt: skip
     done = []
     for title, full, small in items:

@@ -92,3 +92,10 @@ class TransientFailure(Exception):
 
 class ParameterRefused(Exception):
     """Inside the model client: the endpoint refused an optional parameter; send again without."""
+
+
+class EvidenceError(CassiaError, KeyError):
+    """The data hold no such cluster, column, layer or raw; the message lists what they hold."""
+
+    def __str__(self) -> str:  # a KeyError would show its message quoted
+        return str(self.args[0]) if self.args else ""
