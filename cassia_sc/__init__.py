@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from . import agents, export, get, pl, tl
+from . import agents, export, get, pl, tl, workflow
 from ._version import __version__
 from .batch import run_batch
-from .compat import runCASSIA_batch
+from .compat import (
+    runCASSIA_annotationboost,
+    runCASSIA_batch,
+    runCASSIA_pipeline,
+    runCASSIA_score_batch,
+)
 from .datasets import loadmarker
 from .errors import (
     AuthenticationFailed,
@@ -22,7 +27,8 @@ from .evaluation import evaluate_frame
 from .llm import LLMClient
 from .markers import read_markers, select_markers, top_markers
 from .results import BatchResult, ClusterResult
-from .uncertainty import consensus, plan, run_repeated
+from .uncertainty import consensus, run_repeated
+from .workflow import plan
 
 __all__ = [
     "AuthenticationFailed",
@@ -47,10 +53,14 @@ __all__ = [
     "pl",
     "plan",
     "read_markers",
+    "runCASSIA_annotationboost",
     "runCASSIA_batch",
+    "runCASSIA_pipeline",
+    "runCASSIA_score_batch",
     "run_batch",
     "run_repeated",
     "select_markers",
     "tl",
     "top_markers",
+    "workflow",
 ]

@@ -103,6 +103,22 @@ PARAMETERS: dict[str, str] = {
         "With repeated runs, clusters whose agreement is below it are flagged for review "
         f"(default {Default.agreement_threshold})."
     ),
+    "score": (
+        "Have a judge model grade each answer from 0 to 100, with its reasons (a call per cluster)."
+    ),
+    "score_model": (
+        "The judge's model; by default the run's model. A model of another vendor is the "
+        "better practice: it does not share the annotator's blind spots."
+    ),
+    "score_provider": "The judge's provider, when it is not the run's.",
+    "boost_below": (
+        "Boost the clusters scored below this (e.g. 75), rejected by the validator or, after "
+        "repeated runs, below the agreement threshold: the model looks genes up in the data "
+        "and may revise its answer. None: no boost."
+    ),
+    "boost_rounds": (
+        f"Rounds of the boost at most, the final answer included (default {Default.boost_rounds})."
+    ),
     "key_added": (
         "Prefix of the ``obs`` columns and key of the ``uns`` entry "
         f'(default "{Default.key_added}").'

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from anndata import AnnData
+from anndata import AnnData, read_h5ad
 
 from ._docs import cli_help
 from ._keys import Default, Key
@@ -20,11 +20,12 @@ from ._version import __version__
 from .agents import PIPELINES
 from .compat import run_batch_to_files
 from .errors import BatchInterrupted, CassiaError
+from .evidence import DataHandle
 from .export import write_outputs
 from .export.adata import check_key_added, label_columns, uns_record
 from .h5ad import read_embedding, read_for_annotation, write_annotation
 from .results import BatchResult
-from .uncertainty import run_annotation
+from .workflow import run_annotation
 
 logger = logging.getLogger("cassia_sc")
 
@@ -131,6 +132,25 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     required.add_argument("--tissue", help=cli_help("tissue"))
     required.add_argument("--model", help=cli_help("model") + " Required unless --models.")
     required.add_argument("--provider", default=Default.provider, help=cli_help("provider"))
+    sure = parser.add_argument_group("how sure is each label")
+    sure.add_argument("--score", action="store_true", help=cli_help("score"))
+    sure.add_argument("--score-model", metavar="MODEL", help=cli_help("score_model"))
+    sure.add_argument("--score-provider", metavar="PROVIDER", help=cli_help("score_provider"))
+    sure.add_argument(
+        "--boost",
+        dest="boost_below",
+        action="store_const",
+        const=Default.boost_below,
+        help=f"boost the doubtful clusters (--boost-below {Default.boost_below:.0f})",
+    )
+    sure.add_argument("--boost-below", type=float, metavar="SCORE", help=cli_help("boost_below"))
+    sure.add_argument(
+        "--boost-rounds",
+        type=int,
+        default=Default.boost_rounds,
+        metavar="N",
+        help=cli_help("boost_rounds"),
+    )
     options = parser.add_argument_group("options")
     options.add_argument("--output-name", metavar="PREFIX", help=cli_help("output_name"))
     options.add_argument(
@@ -197,6 +217,11 @@ def _run_options(args: argparse.Namespace) -> dict:
         "cache_dir": args.cache_dir,
         "dry_run": args.dry_run,
         "progress": not args.quiet,
+        "score": args.score,
+        "score_model": args.score_model,
+        "score_provider": args.score_provider,
+        "boost_below": args.boost_below,
+        "boost_rounds": args.boost_rounds,
     }
 
 
@@ -260,16 +285,31 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
             found.groupby,
             time.perf_counter() - started,
         )
-        result, agreement = run_annotation(
-            found.adata,
-            key=args.key,
-            groupby=found.groupby,
-            gene_symbols=args.gene_symbols,
-            n_runs=args.n_runs,
-            models=args.models,
-            agreement_threshold=args.agreement_threshold,
-            **_run_options(args),
-        )
+        # The boost reads the expression data, chunk by chunk from the file: X is never
+        # loaded whole.
+        cells = read_h5ad(source, backed="r") if args.boost_below is not None else None
+        try:
+            data = (
+                DataHandle.from_markers(
+                    cells, key=args.key, groupby=found.groupby, gene_symbols=args.gene_symbols
+                )
+                if cells is not None
+                else None
+            )
+            result, agreement = run_annotation(
+                found.adata,
+                key=args.key,
+                groupby=found.groupby,
+                gene_symbols=args.gene_symbols,
+                n_runs=args.n_runs,
+                models=args.models,
+                agreement_threshold=args.agreement_threshold,
+                data=data,
+                **_run_options(args),
+            )
+        finally:
+            if cells is not None:
+                cells.file.close()
         if result.dry_run:
             return result
         columns = label_columns(found.clusters, result, key_added=args.key_added)

@@ -12,9 +12,9 @@ from anndata import AnnData
 
 from ._docs import fill_docs
 from ._keys import Default, Key
-from .agents import PIPELINES
+from .agents import known_fields
 from .errors import CassiaError
-from .fields import CORE_FIELDS, Field
+from .fields import Field
 from .results import BatchResult
 
 
@@ -74,7 +74,7 @@ def results(adata: AnnData, key: str = Default.key_added) -> pd.DataFrame:
 
 @fill_docs
 def fields(adata: AnnData, key: str = Default.key_added) -> tuple[Field, ...]:
-    """Return the declared fields of an annotation: the core ones and its pipeline's.
+    """Return the declared fields of an annotation's table, in its column order.
 
     Parameters
     ----------
@@ -84,12 +84,12 @@ def fields(adata: AnnData, key: str = Default.key_added) -> tuple[Field, ...]:
     Returns
     -------
     tuple of Field
-        The fields of the pipeline named in the annotation's parameters (the core fields
-        when that pipeline is not registered in this session).
+        The declaration of each stored column that a core field or a known step (of a
+        registered pipeline, the scorer, the boost) declares; a column none declares is
+        read as a number or as text by :func:`annotation`.
     """
-    params = annotation_record(adata, key).get(Key.uns.params, {})
-    pipeline = PIPELINES.get(str(params.get("validator_involvement", "")))
-    return pipeline.fields if pipeline is not None else CORE_FIELDS
+    known = {f.name: f for f in known_fields()}
+    return tuple(known[name] for name in results(adata, key).columns if name in known)
 
 
 @fill_docs

@@ -434,7 +434,7 @@ class BatchResult:
             result = ClusterResult(cluster=str(row["cluster"]), markers=[])
             for declaration in stored:
                 result.set(declaration.key, declaration.from_table(row[declaration.name]))
-            result.conversation = _turns(turns_by_cluster.get(row["cluster"], {}))
+            result.conversation = turns_from_record(turns_by_cluster.get(row["cluster"], {}))
             clusters.append(result)
         return cls(clusters=clusters, settings=dict(record.get(Key.uns.params, {})), fields=kept)
 
@@ -532,8 +532,19 @@ def _agents(cluster: ClusterResult) -> list[str]:
     return [*CORE_AGENTS, *(agent for agent in spoke if agent not in CORE_AGENTS)]
 
 
-def _turns(stored: Mapping[str, Any]) -> list[Turn]:
-    """Rebuild a cluster's conversation, in step order, from its stored agents' turns."""
+def turns_from_record(stored: Mapping[str, Any]) -> list[Turn]:
+    """Rebuild a cluster's conversation, in step order, from its stored agents' turns.
+
+    Parameters
+    ----------
+    stored
+        One cluster's entry of :meth:`BatchResult.conversations`: agent name -> turns.
+
+    Returns
+    -------
+    list of Turn
+        The messages in the order they were sent.
+    """
     ordered = sorted(
         (
             (turn.get("step", 0), agent, turn)

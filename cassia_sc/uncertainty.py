@@ -15,7 +15,6 @@ from typing import Any
 
 import pandas as pd
 
-from ._docs import fill_docs
 from ._keys import Default
 from .batch import run_batch
 from .errors import CassiaError, OntologyUnavailable
@@ -27,97 +26,6 @@ from .results import BatchResult, ClusterResult
 logger = logging.getLogger("cassia_sc")
 
 UNCERTAINTY_COLUMNS = ["cluster", "consensus", "agreement", "flagged", "answers", "consensus_run"]
-
-
-@fill_docs
-def run_annotation(
-    marker: MarkerInput,
-    *,
-    model: str | None,
-    n_runs: int = Default.n_runs,
-    models: Sequence[str] | None = None,
-    agreement_threshold: float = Default.agreement_threshold,
-    **options: Any,
-) -> tuple[BatchResult, pd.DataFrame | None]:
-    """Annotate once, or several times and keep each cluster's consensus.
-
-    What :func:`cassia_sc.tl.annotate` and ``cassia-sc annotate`` run.
-
-    Parameters
-    ----------
-    {marker}
-    {model}
-    {n_runs}
-    {models}
-    {agreement_threshold}
-    **options
-        Options of :func:`cassia_sc.run_batch`.
-
-    Returns
-    -------
-    tuple
-        The batch (the consensus of repeated runs, or a dry run's plan) and, after
-        repeated runs, the :func:`consensus` table (else None).
-
-    Examples
-    --------
-    >>> result, agreement = run_annotation(adata, model="m", n_runs=3)  # doctest: +SKIP
-    """
-    if n_runs <= 1 and not models:
-        return run_batch(marker, model=model, **options), None
-    runs = run_repeated(marker, n_runs=n_runs, models=models, model=model, **options)
-    if runs[0].dry_run:
-        return runs[0], None
-    agreement = consensus(runs, threshold=agreement_threshold)
-    result = consensus_batch(runs, agreement)
-    result.settings["agreement_threshold"] = agreement_threshold
-    return result, agreement
-
-
-@fill_docs
-def plan(
-    marker: MarkerInput,
-    *,
-    model: str | None = None,
-    n_runs: int = Default.n_runs,
-    models: Sequence[str] | None = None,
-    **options: Any,
-) -> BatchResult:
-    """Show what an annotation would send and cost, without calling a model.
-
-    Builds every prompt of the run that :func:`cassia_sc.tl.annotate` (or
-    :func:`cassia_sc.run_batch`) would make with the same arguments, and estimates its
-    prompt tokens; works offline and needs no key. Nothing is written.
-
-    Parameters
-    ----------
-    {marker}
-    {model}
-    {n_runs}
-    {models}
-    **options
-        Any other option of :func:`cassia_sc.run_batch` (``tissue``, ``species``, ...).
-
-    Returns
-    -------
-    BatchResult
-        A dry run: every cluster ``not_run``, with its opening prompts in its
-        conversation and ``estimated_prompt_tokens`` covering every run.
-
-    Examples
-    --------
-    >>> import cassia_sc
-    >>> preview = cassia_sc.plan(cassia_sc.loadmarker("processed"), tissue="blood",
-    ...     species="human", model="any-model", n_runs=3, progress=False)
-    >>> preview.dry_run, preview.settings["runs"]
-    (True, 3)
-    """
-    options.pop("dry_run", None)
-    result, _ = run_annotation(
-        marker, model=model, n_runs=n_runs, models=models, dry_run=True, **options
-    )
-    result.settings.setdefault("runs", max(n_runs, 1) * max(len(models or ()), 1))
-    return result
 
 
 def run_repeated(

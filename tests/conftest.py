@@ -126,6 +126,8 @@ class ScriptedLLMFactory:
         annotator: Override | None = None,
         validator: Override | None = None,
         formatter: Override | None = None,
+        scorer: Override | None = None,
+        booster: Override | None = None,
         delay: float = 0.0,
         handler: Handler | None = None,
     ) -> ScriptedLLM:
@@ -133,7 +135,7 @@ class ScriptedLLMFactory:
 
         Parameters
         ----------
-        cell_types, annotator, validator, formatter, delay
+        cell_types, annotator, validator, formatter, scorer, booster, delay
             As for :class:`scripted_model.ScriptedModel`.
         handler
             A raw ``llm_server`` handler answering instead of a ScriptedModel (it may wrap
@@ -145,9 +147,11 @@ class ScriptedLLMFactory:
                 annotator=annotator,
                 validator=validator,
                 formatter=formatter,
+                scorer=scorer,
+                booster=booster,
                 delay=delay,
             )
-        elif cell_types or annotator or validator or formatter or delay:
+        elif cell_types or annotator or validator or formatter or scorer or booster or delay:
             raise TypeError("scripted_llm: give either handler= or the ScriptedModel parameters")
         cache_dir = self._tmp_path_factory.mktemp("scripted-llm") / "cache"
         llm = ScriptedLLM(server=LLMServer(handler), cache_dir=cache_dir)

@@ -24,6 +24,10 @@ def agent_of(request: RecordedRequest) -> str:
         return "validator"
     if system.startswith("You turn a cell-type annotation"):
         return "formatter"
+    if system.startswith("You grade cell-type annotations"):
+        return "scorer"
+    if "settle a doubtful cell-type annotation" in system:
+        return "booster"
     return "annotator"
 
 
@@ -80,6 +84,21 @@ def verdict_reply(passed: bool, feedback: str = "The call is supported by the ma
     return json.dumps({"verdict": "pass" if passed else "fail", "feedback": feedback})
 
 
+def score_reply(score: float, reasoning: str = "Several lineage markers agree.") -> str:
+    return f"```json\n{json.dumps({'score': score, 'reasoning': reasoning})}\n```"
+
+
+def gene_request_reply(genes: list[str], hypotheses: tuple[str, ...] = ("T cell", "B cell")) -> str:
+    body = json.dumps({"hypotheses": list(hypotheses), "genes": genes})
+    return f"I weigh {' against '.join(hypotheses)}.\n```json\n{body}\n```"
+
+
+def first_annotation(request: RecordedRequest) -> str:
+    """The main cell type a boost request says was called first."""
+    found = re.search(r"The first annotation: ([^\n(]+)", request.messages[1]["content"])
+    return found.group(1).strip() if found else "Unknown"
+
+
 class ScriptedModel:
     """Answers every agent; ``cell_types`` maps a cluster's signature to its answer.
 
@@ -87,9 +106,9 @@ class ScriptedModel:
     ----------
     cell_types
         :func:`signature` of a cluster -> main cell type; others get "Unknown".
-    annotator, validator, formatter
+    annotator, validator, formatter, scorer, booster
         Optional overrides ``(request, markers) -> Reply | None``; None falls back to
-        the default behaviour.
+        the default behaviour (the scorer gives 90; the booster keeps the first answer).
     """
 
     def __init__(
@@ -99,10 +118,18 @@ class ScriptedModel:
         annotator: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
         validator: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
         formatter: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
+        scorer: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
+        booster: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
         delay: float = 0.0,
     ) -> None:
         self.cell_types = dict(cell_types or {})
-        self.overrides = {"annotator": annotator, "validator": validator, "formatter": formatter}
+        self.overrides = {
+            "annotator": annotator,
+            "validator": validator,
+            "formatter": formatter,
+            "scorer": scorer,
+            "booster": booster,
+        }
         self.delay = delay
 
     def answer_for(self, markers: list[str]) -> str:
@@ -122,6 +149,12 @@ class ScriptedModel:
     def _default(self, agent: str, request: RecordedRequest, markers: list[str]) -> Reply:
         if agent == "validator":
             return Reply(content=verdict_reply(True))
+        if agent == "scorer":
+            return Reply(content=score_reply(90))
+        if agent == "booster":
+            return Reply(
+                content=annotation_reply(first_annotation(request), key_markers=tuple(markers[:2]))
+            )
         main = self.answer_for(markers)
         if agent == "formatter":
             return Reply(content=json.dumps({"main_cell_type": main, "key_markers": markers[:2]}))

@@ -34,6 +34,7 @@ ROOMS: list[tuple[str, set[str]]] = [
     ("agents", {"agents"}),
     ("batch", {"batch"}),
     ("repeated runs", {"uncertainty"}),
+    ("the whole run", {"workflow"}),
     ("reading back", {"get"}),
     ("plots", {"pl"}),
     ("writers", {"export"}),

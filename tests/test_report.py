@@ -12,6 +12,8 @@ from llm_server import Reply
 from scripted_model import annotation_reply, signature, verdict_reply
 
 import cassia_sc
+from cassia_sc.agents import Booster, Scorer
+from cassia_sc.fields import CORE_FIELDS
 from cassia_sc.results import BatchResult, ClusterResult, Turn
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -293,5 +295,34 @@ def test_flagged_clusters_and_ontology_terms_after_repeated_runs(browser, tmp_pa
         card = page.page.locator(".card[data-cluster='1']").inner_text()
         assert "B cell (CL:0000236)" in card and "33 %" in card and "flagged for review" in card
         assert "3 runs; flagged for review: 1" in page.page.text_content("header")
+    finally:
+        page.close()
+
+
+def test_scores_filter_and_sort_and_boosted_cards_show_their_first_call(browser, tmp_path):
+    clusters = []
+    for i, score in enumerate([88.0, 42.0, None, 61.0]):
+        cluster = ClusterResult(
+            str(i), ["MS4A1"], "ok", main_cell_type="B cell", iterations=1, validation_passed=True
+        )
+        cluster.set("score", score)
+        cluster.set("score_reasoning", "Not scored: no reply." if score is None else "Sound.")
+        clusters.append(cluster)
+    clusters[3].set("boosted", True)
+    clusters[3].set("initial_cell_type", "T cell")
+    fields = CORE_FIELDS + Scorer.fields + Booster.fields
+    result = BatchResult(clusters, settings={"model": "m", "species": "human"}, fields=fields)
+    page = Page(browser, cassia_sc.export.report(result, tmp_path / "scored.html"))
+    try:
+        assert page.errors == []
+        page.page.select_option("#scored", "low")
+        assert page.visible_clusters() == ["1", "3"]
+        page.page.select_option("#scored", "none")
+        assert page.visible_clusters() == ["2"]
+        page.page.select_option("#scored", "all")
+        page.page.select_option("#sort", "score")
+        assert page.visible_clusters() == ["1", "3", "0", "2"]  # lowest first, unscored last
+        card = page.page.locator(".card[data-cluster='3']").inner_text()
+        assert "boosted" in card and "score 61" in card and "First call\nT cell" in card
     finally:
         page.close()

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from conftest import Override, ScriptedLLM
 from llm_server import LLMServer, RecordedRequest, Reply
-from scripted_model import annotation_reply, signature
+from scripted_model import annotation_reply, gene_request_reply, score_reply, signature
 
 import cassia_sc
 
@@ -34,6 +34,11 @@ N_CLUSTERS = 11  # Louvain clusters of pbmc68k_reduced
 # One annotation run per notebook: an annotator and a validator call per cluster, the
 # validator passing every first answer; dry runs call nothing.
 REQUESTS_PER_RUN = 2 * N_CLUSTERS
+# Tutorial 1 also scores every cluster, then boosts the one scored low (BOOSTED): a gene
+# request, the answer, and a new score.
+BOOSTED = "9"
+BOOST_ANSWER = ("Proliferating T cell", ("cycling CD8+ T cell",), ())
+REQUESTS_WITH_BOOST = REQUESTS_PER_RUN + N_CLUSTERS + 3
 
 # Louvain cluster -> (main cell type, subtypes, possibly mixed types) the scripted model
 # answers; it recognises a cluster by its top markers, which are the same whether they come
@@ -73,10 +78,35 @@ def annotator_for(pbmc_wilcoxon: ad.AnnData) -> Override:
     return annotator
 
 
+def judge_and_boost_for(pbmc_wilcoxon: ad.AnnData) -> tuple[Override, Override]:
+    """A judge scoring BOOSTED's first answer 60 (others 90), and a boost that asks for
+    three genes, then answers BOOST_ANSWER."""
+    markers = cassia_sc.top_markers(pbmc_wilcoxon, key="wilcoxon")
+    doubtful = signature(markers[BOOSTED])
+
+    def scorer(request: RecordedRequest, genes: list[str]) -> Reply:
+        first = ANSWERS[BOOSTED][0]
+        low = (
+            signature(genes) == doubtful
+            and f'"main_cell_type": "{first}"'
+            in (request.messages[1]["content"].rsplit("[booster", 1)[-1])
+        )
+        return Reply(content=score_reply(60 if low else 90))
+
+    def booster(request: RecordedRequest, genes: list[str]) -> Reply:
+        if len(request.messages) == 2:
+            return Reply(content=gene_request_reply(["MKI67", "TOP2A", "CD3E"]))
+        main, subtypes, _ = BOOST_ANSWER
+        return Reply(content=annotation_reply(main, subtypes=subtypes, key_markers=("MKI67",)))
+
+    return scorer, booster
+
+
 @pytest.fixture
 def llm(pbmc_wilcoxon, scripted_llm, monkeypatch) -> ScriptedLLM:
     """The scripted server, with the environment the notebooks read set before any kernel."""
-    llm = scripted_llm(annotator=annotator_for(pbmc_wilcoxon))
+    scorer, booster = judge_and_boost_for(pbmc_wilcoxon)
+    llm = scripted_llm(annotator=annotator_for(pbmc_wilcoxon), scorer=scorer, booster=booster)
     monkeypatch.setenv("CASSIA_SC_PROVIDER", llm.base_url)
     monkeypatch.setenv("CASSIA_SC_MODEL", llm.model)
     monkeypatch.setenv("CASSIA_SC_CACHE_DIR", str(llm.cache_dir))
@@ -143,8 +173,8 @@ def cell_with_id(notebook, cell_id: str):
     return next(cell for cell in notebook.cells if cell.get("id") == cell_id)
 
 
-def assert_requests_reached_the_server(server: LLMServer) -> None:
-    assert server.request_count == REQUESTS_PER_RUN
+def assert_requests_reached_the_server(server: LLMServer, count: int = REQUESTS_PER_RUN) -> None:
+    assert server.request_count == count
     assert {request.model for request in server.requests} == {"test-model"}
 
 
@@ -157,11 +187,11 @@ def assert_cluster_answers(summary: pd.DataFrame) -> None:
     assert summary["Predicted General Cell Type"].tolist() == expected
 
 
-def assert_labels(adata: ad.AnnData) -> None:
+def assert_labels(adata: ad.AnnData, answers=ANSWERS) -> None:
     """Each cell carries its Louvain cluster's scripted cell type and first subtype."""
     clusters = adata.obs["louvain"].astype(str)
-    celltype = clusters.map({cluster: answer[0] for cluster, answer in ANSWERS.items()})
-    subtype = clusters.map({cluster: answer[1][0] for cluster, answer in ANSWERS.items()})
+    celltype = clusters.map({cluster: answer[0] for cluster, answer in answers.items()})
+    subtype = clusters.map({cluster: answer[1][0] for cluster, answer in answers.items()})
     assert adata.obs["cassia_celltype"].astype(str).tolist() == celltype.tolist()
     assert adata.obs["cassia_subtype"].astype(str).tolist() == subtype.tolist()
     record = adata.uns["cassia"]
@@ -174,7 +204,7 @@ def test_scanpy_session(llm, kernel, tmp_path):
     folder = tmp_path / "work"
     notebook = run_notebook(SCANPY_SESSION, folder, kernel)
 
-    assert_requests_reached_the_server(llm.server)
+    assert_requests_reached_the_server(llm.server, REQUESTS_WITH_BOOST)
     for name in (
         "pbmc_summary.csv",
         "pbmc_full.csv",
@@ -184,7 +214,13 @@ def test_scanpy_session(llm, kernel, tmp_path):
     ):
         assert (folder / name).is_file(), name
     assert_cluster_answers(pd.read_csv(folder / "pbmc_summary.csv"))
-    assert_labels(ad.read_h5ad(folder / "pbmc_annotated.h5ad"))
+    annotated = ad.read_h5ad(folder / "pbmc_annotated.h5ad")
+    assert_labels(annotated, ANSWERS | {BOOSTED: BOOST_ANSWER})
+    results = annotated.uns["cassia"]["results"].set_index("cluster")
+    assert results.loc[BOOSTED, "initial_cell_type"] == ANSWERS[BOOSTED][0]
+    assert results["score"].tolist() == [90.0] * N_CLUSTERS  # the boosted one, rescored
+    evidence = text_outputs(cell_with_id(notebook, "evidence"))
+    assert "MKI67" in evidence and "similar" in evidence
     report = (folder / "pbmc_report.html").read_text(encoding="utf-8")
     assert "Hematopoietic progenitor cell" in report and "data:image/png" in report
 

@@ -28,6 +28,8 @@ from ..replies import (
 from .context import ClusterContext, ClusterTask, Messages
 from .scorer import SCORE, SCORE_REASONING, Scorer
 
+#: Statuses of a looked-up gene that the data speak for, present or absent in the cluster.
+_SEEN_IN_THE_DATA = ("expressed", "not expressed", "among the markers")
 # A plan cannot know the reviews a boost reads; a typical length of them, in characters.
 _TYPICAL_REVIEW_CHARS = 600
 
@@ -87,6 +89,8 @@ class Booster:
         Genes looked up per round at most; more are cut and the model is told.
     rescore
         The scorer that grades the new answer; None: no new score.
+    always
+        Boost every answered cluster it is given, doubtful or not (a user's request).
 
     Examples
     --------
@@ -117,6 +121,7 @@ class Booster:
         rounds: int = Default.boost_rounds,
         max_genes: int = Default.boost_max_genes,
         rescore: Scorer | None = None,
+        always: bool = False,
     ) -> None:
         if rounds < 1 or max_genes < 1:
             raise CassiaError(
@@ -127,6 +132,7 @@ class Booster:
         self.rounds = rounds
         self.max_genes = max_genes
         self.rescore = rescore
+        self.always = always
 
     def reason(self, result: Any) -> str | None:
         """Return why ``result`` needs a boost, or None when it does not (or has no answer)."""
@@ -143,6 +149,8 @@ class Booster:
                 f"only {result.agreement:.0%} of repeated runs agree "
                 f"(threshold {self.agreement_threshold:.0%})"
             )
+        if self.always and not reasons:
+            reasons.append("asked for by the user")
         return "; ".join(reasons) or None
 
     def messages(
@@ -237,7 +245,8 @@ class Booster:
                 shown = list(genes[: self.max_genes])
                 asked += [g for g in shown if g not in asked]
                 table = evidence.lookup(context.task.cluster, shown)
-                measured |= {str(g).upper() for g in table["found"] if g}
+                seen = table["status"].isin(_SEEN_IN_THE_DATA)
+                measured |= {str(g).upper() for g in table.loc[seen, "found"]}
                 follow_up = render(
                     "booster_evidence",
                     cut=len(genes) > self.max_genes,

@@ -95,14 +95,18 @@ def label_columns(
     -------
     dict[str, pandas.Categorical or numpy.ndarray]
         :meth:`Key.obs.celltype <cassia_sc._keys.Key.obs.celltype>` and ``subtype``, and
-        when the batch has them the ontology term and the agreement; NaN for cells of a
-        cluster without an answer, which a warning names.
+        when the batch has them the ontology term, the agreement, the score and the label
+        before the boost; NaN for cells of a cluster without an answer, which a warning
+        names.
     """
     answered = [c for c in result.clusters if c.main_cell_type]
     main = {c.cluster: c.main_cell_type for c in answered}
     subtype = {c.cluster: (c.sub_cell_types or [c.main_cell_type])[0] for c in answered}
     terms = {c.cluster: c.ontology_term_id for c in answered if c.ontology_term_id}
     agreement = {c.cluster: c.agreement for c in answered if c.agreement is not None}
+    scores = {c.cluster: c.extra["score"] for c in answered if c.extra.get("score") is not None}
+    initial = {c.cluster: c.extra.get("initial_cell_type") or c.main_cell_type for c in answered}
+    boosted = any(c.extra.get("boosted") for c in answered)
     names = pd.Series(clusters).astype(str)
     missing = [cluster for cluster in pd.unique(names) if cluster not in main]
     if missing:
@@ -122,6 +126,10 @@ def label_columns(
         columns[Key.obs.ontology_term_id(key_added)] = _labels(names, terms)
     if agreement:
         columns[Key.obs.agreement(key_added)] = names.map(agreement).to_numpy(dtype=float)
+    if scores:
+        columns[Key.obs.score(key_added)] = names.map(scores).to_numpy(dtype=float)
+    if boosted:
+        columns[Key.obs.celltype_initial(key_added)] = _labels(names, initial)
     return columns
 
 

@@ -142,8 +142,10 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
     """
     prompts: dict[str, str] = {}  # system prompt text -> its label, shown once
     threshold = float(result.settings.get("agreement_threshold", Default.agreement_threshold))
+    boost_below = result.settings.get("boost_below")
+    boost_below = float(Default.boost_below if boost_below is None else boost_below)
     added = [f for f in result.fields if f.report and f not in CORE_FIELDS]
-    clusters = [_card(c, prompts, threshold, added) for c in result.clusters]
+    clusters = [_card(c, prompts, threshold, boost_below, added) for c in result.clusters]
     statuses = [c.status for c in result.clusters]
     script, script_hash = _script()
     return (
@@ -155,6 +157,8 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
             usage=result.usage,
             clusters=clusters,
             repeated=any(c["agreement"] is not None for c in clusters),
+            scored=any(f.name == "score" for f in result.fields),
+            boost_below=boost_below,
             counts={
                 "ok": statuses.count("ok"),
                 "failed": statuses.count("failed"),
@@ -172,10 +176,15 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
 
 
 def _card(
-    cluster: ClusterResult, prompts: dict[str, str], threshold: float, added: list[Field]
+    cluster: ClusterResult,
+    prompts: dict[str, str],
+    threshold: float,
+    boost_below: float,
+    added: list[Field],
 ) -> dict[str, Any]:
     """Return what the template shows of a cluster; system prompts get a label, once."""
     key = {g.upper() for g in cluster.key_markers}
+    score = cluster.extra.get("score")
     turns = []
     for turn in cluster.conversation:
         prompt_id = None
@@ -214,5 +223,9 @@ def _card(
         "raw_reply": cluster.raw_reply,
         "turns": turns,
         "added": [(f.report, f.to_table(cluster.get(f))) for f in added if cluster.get(f)],
+        "score": score,
+        "score_band": "none" if score is None else "low" if score < boost_below else "high",
+        "score_reasoning": cluster.extra.get("score_reasoning", ""),
+        "boosted": bool(cluster.extra.get("boosted")),
         "search": " ".join(words).lower(),
     }

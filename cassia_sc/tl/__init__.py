@@ -2,5 +2,6 @@
 
 from ._annotate import annotate
 from ._evaluate import evaluate
+from ._refine import boost, score
 
-__all__ = ["annotate", "evaluate"]
+__all__ = ["annotate", "boost", "evaluate", "score"]

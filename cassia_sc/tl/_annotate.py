@@ -14,7 +14,7 @@ from .._keys import Default, Key
 from ..errors import CassiaError, MarkerError
 from ..export import write_outputs
 from ..export.adata import check_key_added, store_result
-from ..uncertainty import run_annotation
+from ..workflow import run_annotation
 
 logger = logging.getLogger("cassia_sc")
 
@@ -38,6 +38,10 @@ def annotate(
     n_runs: int = Default.n_runs,
     models: Sequence[str] | None = None,
     agreement_threshold: float = Default.agreement_threshold,
+    score: bool = False,
+    score_model: str | None = None,
+    boost_below: float | None = None,
+    boost_rounds: int = Default.boost_rounds,
     **options: Any,
 ) -> AnnData | None:
     """Annotate every cluster with a language model, from ``adata.uns[key]``.
@@ -70,9 +74,14 @@ def annotate(
     {n_runs}
     {models}
     {agreement_threshold}
+    {score}
+    {score_model}
+    {boost_below}
+    {boost_rounds}
     **options
         Any other option of :func:`cassia_sc.run_batch` (``api_key``, ``additional_info``,
-        ``validator_involvement``, ``ranking_method``, ``cache_dir``, ``progress``, ...).
+        ``validator_involvement``, ``ranking_method``, ``cache_dir``, ``progress``, ...),
+        and ``score_provider``.
 
     Returns
     -------
@@ -107,6 +116,13 @@ def annotate(
         ``adata.obs[f"{key_added}_agreement"]``, ``adata.uns[key_added]["uncertainty"]``
             With repeated runs: the share of runs agreeing with each cell's label, and per
             cluster the consensus, agreement, ``flagged`` and every run's answer.
+        ``adata.obs[f"{key_added}_score"]``
+            With ``score=True``: the judge's score of each cell's label (``score`` and
+            ``score_reasoning`` in ``results``).
+        ``adata.obs[f"{key_added}_celltype_initial"]``
+            With ``boost_below``: each cell's main cell type before the boost (the same
+            where no boost changed it); ``boosted``, ``initial_cell_type``,
+            ``boost_reason``, ``boost_genes`` and the rest of the boost in ``results``.
 
     Examples
     --------
@@ -133,6 +149,10 @@ def annotate(
         n_runs=n_runs,
         models=models,
         agreement_threshold=agreement_threshold,
+        score=score,
+        score_model=score_model,
+        boost_below=boost_below,
+        boost_rounds=boost_rounds,
         tissue=tissue,
         species=species,
         provider=provider,

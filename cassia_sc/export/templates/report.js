@@ -8,6 +8,7 @@
   var status = document.getElementById("status");
   var validation = document.getElementById("validation");
   var agreement = document.getElementById("agreement");  // only after repeated runs
+  var scored = document.getElementById("scored");  // only when scored
   var sort = document.getElementById("sort");
   var count = document.getElementById("count");
   var empty = document.getElementById("empty");
@@ -18,7 +19,8 @@
     return (!term || data.search.indexOf(term) !== -1) &&
       (status.value === "all" || data.status === status.value) &&
       (validation.value === "all" || data.validation === validation.value) &&
-      (!agreement || agreement.value === "all" || data.flagged === "yes");
+      (!agreement || agreement.value === "all" || data.flagged === "yes") &&
+      (!scored || scored.value === "all" || data.scoreBand === scored.value);
   }
 
   function filter() {
@@ -37,6 +39,11 @@
     var key = sort.value;
     var ordered = cards.slice().sort(function (a, b) {
       if (key === "cluster") { return natural.compare(a.dataset.cluster, b.dataset.cluster); }
+      if (key === "score") {  // lowest first; clusters without a score last
+        var left = a.dataset.score === "" ? Infinity : Number(a.dataset.score);
+        var right = b.dataset.score === "" ? Infinity : Number(b.dataset.score);
+        return (left - right) || a.dataset.order - b.dataset.order;
+      }
       if (key === "type") {
         return natural.compare(a.dataset.type || "\uffff", b.dataset.type || "\uffff") ||
           a.dataset.order - b.dataset.order;
@@ -56,6 +63,7 @@
   status.addEventListener("change", filter);
   validation.addEventListener("change", filter);
   if (agreement) { agreement.addEventListener("change", filter); }
+  if (scored) { scored.addEventListener("change", filter); }
   sort.addEventListener("change", reorder);
   filter();
 })();

@@ -1,0 +1,385 @@
+"""The whole run behind ``tl.annotate``: annotate (once or repeatedly), score, boost, rescore.
+
+1. :func:`cassia_sc.run_batch` annotates every cluster (or :func:`run_repeated` several
+   times, keeping each cluster's consensus);
+2. with ``score=True``, the :class:`~cassia_sc.agents.Scorer` grades every answer;
+3. with ``boost_below=``, the :class:`~cassia_sc.agents.Booster` takes on the clusters
+   scored below it, rejected by the validator, or (after repeated runs) with too little
+   agreement, looks genes up in the data, and has its new answers scored again.
+
+Each phase is cached call by call like the first, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import replace
+from typing import Any
+
+import pandas as pd
+from anndata import AnnData
+
+from ._docs import fill_docs
+from ._keys import Default, Key
+from .agents import Booster, ClusterTask, Scorer
+from .batch import connection_options, map_to_ontology, run_batch, run_steps
+from .errors import CassiaError
+from .evidence import DataHandle, MarkerTableEvidence
+from .llm import LLMClient
+from .markers import MarkerInput, read_markers
+from .results import BatchResult
+from .uncertainty import consensus, consensus_batch, run_repeated
+
+logger = logging.getLogger("cassia_sc")
+
+# A plan's guess of a boost round's growth: the model's reasoning and the evidence shown.
+_BOOST_ROUND_CHARS = 5500
+_CHARS_PER_TOKEN = 4
+
+
+@fill_docs
+def run_annotation(
+    marker: MarkerInput,
+    *,
+    model: str | None,
+    n_runs: int = Default.n_runs,
+    models: Sequence[str] | None = None,
+    agreement_threshold: float = Default.agreement_threshold,
+    score: bool = False,
+    score_model: str | None = None,
+    score_provider: str | None = None,
+    boost_below: float | None = None,
+    boost_rounds: int = Default.boost_rounds,
+    boost_model: str | None = None,
+    boost_provider: str | None = None,
+    data: DataHandle | None = None,
+    **options: Any,
+) -> tuple[BatchResult, pd.DataFrame | None]:
+    """Annotate once or several times, then score and boost: what ``tl.annotate`` runs.
+
+    Parameters
+    ----------
+    {marker}
+    {model}
+    {n_runs}
+    {models}
+    {agreement_threshold}
+    {score}
+    {score_model}
+    {score_provider}
+    {boost_below}
+    {boost_rounds}
+    boost_model, boost_provider
+        The boost's model and provider, when they are not the run's.
+    data
+        The expression data the boost looks genes up in, when ``marker`` does not carry
+        it (e.g. a backed ``.h5ad`` for the command line); by default the AnnData
+        ``marker`` itself, or the rows of a marker table.
+    **options
+        Options of :func:`cassia_sc.run_batch`.
+
+    Returns
+    -------
+    tuple
+        The batch (the consensus of repeated runs, or a dry run's plan) and, after
+        repeated runs, the :func:`cassia_sc.consensus` table (else None).
+
+    Examples
+    --------
+    >>> result, agreement = run_annotation(adata, model="m", score=True)  # doctest: +SKIP
+    """
+    if n_runs <= 1 and not models:
+        result, agreement = run_batch(marker, model=model, **options), None
+    else:
+        runs = run_repeated(marker, n_runs=n_runs, models=models, model=model, **options)
+        if runs[0].dry_run:
+            result, agreement = runs[0], None
+        else:
+            agreement = consensus(runs, threshold=agreement_threshold)
+            result = consensus_batch(runs, agreement)
+            result.settings["agreement_threshold"] = agreement_threshold
+    if result.dry_run:
+        return _with_refinement_estimate(result, score, boost_below, boost_rounds), agreement
+    if score or boost_below is not None:
+        provider = options.pop("provider", None)
+        result = refine(
+            result,
+            marker,
+            score=score,
+            score_model=score_model,
+            score_provider=score_provider,
+            boost_below=boost_below,
+            boost_rounds=boost_rounds,
+            agreement_threshold=agreement_threshold,
+            data=data,
+            model=boost_model or model or (models[0] if models else None),
+            provider=boost_provider or provider,
+            **options,
+        )
+    return result, agreement
+
+
+@fill_docs
+def refine(
+    result: BatchResult,
+    marker: MarkerInput | None,
+    *,
+    score: bool = False,
+    score_model: str | None = None,
+    score_provider: str | None = None,
+    boost_below: float | None = None,
+    boost_rounds: int = Default.boost_rounds,
+    rescore: bool | None = None,
+    boost_all: bool = False,
+    agreement_threshold: float = Default.agreement_threshold,
+    clusters: Collection[str] | None = None,
+    data: DataHandle | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    client: LLMClient | None = None,
+    max_workers: int = Default.max_workers,
+    progress: bool = True,
+    **options: Any,
+) -> BatchResult:
+    """Score a finished batch's answers, and boost the doubtful ones.
+
+    What ``tl.annotate(score=True, boost_below=...)`` runs after annotating, and what
+    ``tl.score`` and ``tl.boost`` run on an annotated AnnData.
+
+    Parameters
+    ----------
+    result
+        The batch.
+    marker
+        Where its markers came from (an AnnData or a marker table), for the boost's
+        evidence; None when ``data`` is given or no boost is asked for.
+    {score}
+    {score_model}
+    {score_provider}
+    {boost_below}
+    {boost_rounds}
+    rescore
+        Score the boosted answers again; by default when ``score``.
+    boost_all
+        Boost every answered cluster of ``clusters``, doubtful or not.
+    {agreement_threshold}
+    clusters
+        Only these clusters; None: every one.
+    data
+        The expression data to look genes up in, instead of ``marker``.
+    model, provider
+        The boost's model and provider; by default those of ``result``.
+    client
+        A client to use instead of building one.
+    {max_workers}
+    {progress}
+    **options
+        Other options of :func:`cassia_sc.run_batch` (``api_key``, ``temperature``,
+        ``cache_dir``, ...).
+
+    Returns
+    -------
+    BatchResult
+        The batch with ``score``/``score_reasoning`` and, for boosted clusters, their new
+        answer, ``boosted``, ``initial_cell_type`` and the boost's record.
+
+    Raises
+    ------
+    BatchInterrupted
+        On Ctrl-C; its ``result`` holds every cluster, those not finished as they were.
+    """
+    settings = result.settings
+    own: list[LLMClient] = []
+
+    def connect(name: str | None, where: str | None) -> LLMClient:
+        made = LLMClient(
+            model=name or str(settings.get("model") or ""),
+            provider=where or str(settings.get("provider") or Default.provider),
+            api_key=options.get("api_key"),
+            temperature=options.get("temperature", settings.get("temperature")),
+            reasoning=options.get("reasoning", settings.get("reasoning")),
+            **connection_options(**options),
+        )
+        own.append(made)
+        return made
+
+    try:
+        main = client or connect(model, provider)
+        judge = connect(score_model, score_provider) if score_model or score_provider else None
+        scorer = Scorer() if score or rescore else None
+        common = {
+            "client": main,
+            "judge": judge,
+            "max_workers": max_workers,
+            "progress": progress,
+        }
+        if score:
+            result = run_steps(
+                result, [scorer], clusters=clusters, desc="Scoring clusters", **common
+            )
+        if scorer is not None:
+            result.settings |= {"score": True, "score_model": (judge or main).model}
+        if boost_below is not None or boost_all:
+            booster = Booster(
+                below=boost_below,
+                agreement_threshold=agreement_threshold,
+                rounds=boost_rounds,
+                rescore=scorer if rescore is not False else None,
+                always=boost_all,
+            )
+            named = set(result.clusters_named(clusters))
+            doubtful = [
+                c.cluster for c in result.clusters if c.cluster in named and booster.reason(c)
+            ]
+            if doubtful:
+                data, table = _evidence_sources(marker, data, settings, options)
+                result = run_steps(
+                    result,
+                    [booster],
+                    clusters=doubtful,
+                    data=data,
+                    table_evidence=table,
+                    desc="Boosting clusters",
+                    **common,
+                )
+                map_to_ontology(result, required=False)
+            result.settings |= {
+                "boost_below": boost_below,
+                "boost_rounds": boost_rounds,
+                "boosted": sum(bool(c.extra.get("boosted")) for c in result.clusters),
+            }
+            logger.info(
+                "Boosted %d of %d doubtful clusters.", result.settings["boosted"], len(doubtful)
+            )
+    finally:
+        for made in own:
+            made.close()
+    return result
+
+
+def _evidence_sources(
+    marker: MarkerInput | None,
+    data: DataHandle | None,
+    settings: dict[str, Any],
+    options: dict[str, Any],
+) -> tuple[DataHandle | None, MarkerTableEvidence | None]:
+    """Where the boost looks genes up: the expression data, else the marker table."""
+    if data is not None:
+        return data, None
+    key = options.get("key") or settings.get("key") or Key.uns.markers
+    if isinstance(marker, AnnData):
+        handle = DataHandle.from_markers(
+            marker,
+            key=str(key),
+            groupby=options.get("groupby") or settings.get("groupby"),
+            gene_symbols=options.get("gene_symbols"),
+        )
+        if handle is None:
+            raise CassiaError(
+                "The boost needs the cells of the AnnData (its X and the clusters' column); "
+                "this one has none."
+            )
+        return handle, None
+    if marker is None:
+        raise CassiaError("The boost needs the markers' AnnData or table to look genes up in.")
+    table = read_markers(
+        marker,
+        celltype_column=options.get("celltype_column"),
+        gene_column_name=options.get("gene_column_name"),
+    )
+    return None, MarkerTableEvidence(table)
+
+
+def _with_refinement_estimate(
+    plan_: BatchResult, score: bool, boost_below: float | None, boost_rounds: int
+) -> BatchResult:
+    """Add the scoring and boost calls to a plan's per-cluster estimates."""
+    if not score and boost_below is None:
+        return plan_
+    scorer, booster = Scorer(), Booster(rounds=boost_rounds)
+    share = Default.boost_share if boost_below is not None else 0.0
+    clusters = []
+    for cluster in plan_.clusters:
+        task = _task_of(cluster, plan_.settings)
+        characters = 0.0
+        if score:
+            characters += sum(len(m["content"]) for m in scorer.plan(task))
+        if share:
+            opening = sum(len(m["content"]) for m in booster.plan(task))
+            rounds = sum(opening + r * _BOOST_ROUND_CHARS for r in range(boost_rounds))
+            characters += share * (rounds + (opening if score else 0))
+        extra = int(-(-characters // _CHARS_PER_TOKEN))
+        clusters.append(
+            replace(cluster, estimated_prompt_tokens=cluster.estimated_prompt_tokens + extra)
+        )
+    note = []
+    if score:
+        note.append("one scoring call per cluster")
+    if share:
+        note.append(
+            f"a boost of all {boost_rounds} rounds for {share:.0%} of the clusters (a guess: "
+            "how many need one is known only after scoring)"
+        )
+    settings = plan_.settings | {"estimate_includes": "; ".join(note)}
+    return replace(plan_, clusters=clusters, settings=settings)
+
+
+def _task_of(cluster: Any, settings: dict[str, Any]) -> ClusterTask:
+    return ClusterTask(
+        cluster=cluster.cluster,
+        markers=tuple(cluster.markers),
+        species=str(settings.get("species", "")),
+        tissue=settings.get("tissue") or None,
+        additional_info=settings.get("additional_info") or None,
+    )
+
+
+@fill_docs
+def plan(
+    marker: MarkerInput,
+    *,
+    model: str | None = None,
+    n_runs: int = Default.n_runs,
+    models: Sequence[str] | None = None,
+    **options: Any,
+) -> BatchResult:
+    """Show what an annotation would send and cost, without calling a model.
+
+    Builds every prompt of the run that :func:`cassia_sc.tl.annotate` (or
+    :func:`cassia_sc.run_batch`) would make with the same arguments, and estimates its
+    prompt tokens; works offline and needs no key. Nothing is written. With ``score=True``
+    the estimate includes a scoring call per cluster; with ``boost_below=`` it assumes a
+    quarter of the clusters are boosted for every round (``settings["estimate_includes"]``
+    says so).
+
+    Parameters
+    ----------
+    {marker}
+    {model}
+    {n_runs}
+    {models}
+    **options
+        Any other option of :func:`cassia_sc.tl.annotate` or :func:`cassia_sc.run_batch`
+        (``tissue``, ``species``, ``score``, ``boost_below``, ...).
+
+    Returns
+    -------
+    BatchResult
+        A dry run: every cluster ``not_run``, with its opening prompts in its
+        conversation and ``estimated_prompt_tokens`` covering every run.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> preview = cassia_sc.plan(cassia_sc.loadmarker("processed"), tissue="blood",
+    ...     species="human", model="any-model", n_runs=3, progress=False)
+    >>> preview.dry_run, preview.settings["runs"]
+    (True, 3)
+    """
+    options.pop("dry_run", None)
+    result, _ = run_annotation(
+        marker, model=model, n_runs=n_runs, models=models, dry_run=True, **options
+    )
+    result.settings.setdefault("runs", max(n_runs, 1) * max(len(models or ()), 1))
+    return result
