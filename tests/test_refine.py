@@ -361,6 +361,20 @@ def test_the_command_scores_and_boosts_a_file_in_place(lymphocytes, scripted_llm
 # ------------------------------------------------------------------- CASSIA's entry points
 
 
+def batch_files(adata, llm, prefix) -> None:
+    """CASSIA's four files of a first annotation, through the scripted server."""
+    cassia_sc.runCASSIA_batch(
+        adata,
+        str(prefix),
+        llm.model,
+        "blood",
+        "human",
+        provider=llm.base_url,
+        cache_dir=llm.cache_dir,
+        progress=False,
+    )
+
+
 def test_runcassia_pipeline_final_table_and_report_carry_the_boosted_labels(
     lymphocytes, scripted_llm, tmp_path
 ):
@@ -389,16 +403,7 @@ def test_runcassia_pipeline_final_table_and_report_carry_the_boosted_labels(
 
 def test_runcassia_score_batch_scores_the_rows_without_a_score(lymphocytes, scripted_llm, tmp_path):
     llm = scripted_llm(handler=Lab(lymphocytes))
-    cassia_sc.runCASSIA_batch(
-        lymphocytes,
-        str(tmp_path / "run"),
-        llm.model,
-        "blood",
-        "human",
-        provider=llm.base_url,
-        cache_dir=llm.cache_dir,
-        progress=False,
-    )
+    batch_files(lymphocytes, llm, tmp_path / "run")
     scored = cassia_sc.runCASSIA_score_batch(
         str(tmp_path / "run_summary"),
         model=llm.model,
@@ -432,16 +437,7 @@ def test_runcassia_annotationboost_boosts_the_one_cluster_asked(
     lymphocytes, scripted_llm, tmp_path
 ):
     llm = scripted_llm(handler=Lab(lymphocytes))
-    cassia_sc.runCASSIA_batch(
-        lymphocytes,
-        str(tmp_path / "run"),
-        llm.model,
-        "blood",
-        "human",
-        provider=llm.base_url,
-        cache_dir=llm.cache_dir,
-        progress=False,
-    )
+    batch_files(lymphocytes, llm, tmp_path / "run")
     outcome = cassia_sc.runCASSIA_annotationboost(
         str(tmp_path / "run_summary.csv"),
         lymphocytes,
@@ -460,3 +456,13 @@ def test_runcassia_annotationboost_boosts_the_one_cluster_asked(
     assert pd.read_csv(outcome["summary_path"])["Predicted General Cell Type"].tolist() == [
         "B cell"
     ]
+
+
+def test_the_judge_is_its_own_model_at_the_runs_temperature(lymphocytes, scripted_llm):
+    llm = scripted_llm(handler=Lab(lymphocytes))
+    annotate(lymphocytes, llm, score=True, score_model="judge-model", temperature=0.3)
+    judged = [r for r in llm.server.requests if r.messages[0]["content"].startswith("You grade")]
+    others = [r for r in llm.server.requests if r not in judged]
+    assert {r.model for r in judged} == {"judge-model"} and {r.model for r in others} == {llm.model}
+    assert {r.body["temperature"] for r in llm.server.requests} == {0.3}
+    assert lymphocytes.uns["cassia"]["params"]["score_model"] == "judge-model"

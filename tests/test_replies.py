@@ -14,6 +14,8 @@ from cassia_sc.replies import (
     Verdict,
     extract_json_object,
     parse_annotation,
+    parse_gene_request,
+    parse_score,
     parse_verdict,
     unsupported_markers,
 )
@@ -763,3 +765,36 @@ def test_unsupported_markers_on_a_real_marker_list():
     )
     annotation = parse_annotation(extract_json_object(reply))
     assert unsupported_markers(annotation.key_markers, row["Marker List"]) == ["CD8A", "CD3E"]
+
+
+# ------------------------------------------------------------------- scores and gene requests
+
+
+@pytest.mark.parametrize(
+    ("text", "score", "reasoning"),
+    [
+        ('{"score": 85, "reasoning": "Sound."}', 85.0, "Sound."),
+        ('```json\n{"Score": "72/100", "Explanation": "Weak."}\n```', 72.0, "Weak."),
+        ('{"result": {"rating": "90%", "rationale": "Fine."}}', 90.0, "Fine."),
+        ("The call holds.\nScore: 77", 77.0, "The call holds.\nScore: 77"),
+        ("Good. <score>64</score>", 64.0, "Good. <score>64</score>"),
+        ("**Score:** 88", 88.0, "**Score:** 88"),
+    ],
+)
+def test_scores_are_read_in_every_usual_shape(text, score, reasoning):
+    parsed = parse_score(text)
+    assert (parsed.score, parsed.reasoning) == (score, reasoning)
+
+
+@pytest.mark.parametrize(
+    "text", ["", None, "No grade today.", '{"score": 140}', '{"score": true}', "score: -3"]
+)
+def test_no_score_is_made_up(text):
+    assert parse_score(text) is None
+
+
+def test_gene_requests_are_read_once_each_in_order():
+    reply = 'Checking.\n```json\n{"hypotheses": ["B"], "genes": "MS4A1; CD79A, ms4a1, none"}\n```'
+    assert parse_gene_request(extract_json_object(reply)) == ("MS4A1", "CD79A")
+    assert parse_gene_request({"main_cell_type": "B cell"}) == ()
+    assert parse_gene_request(None) == ()
