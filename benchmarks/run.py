@@ -306,6 +306,8 @@ def perf_items(quick: bool) -> list[tuple[str, str, str]]:
          ["bench_report.py", "--clusters", "500"], ["bench_report.py", "--clusters", "50"]),
         ("Expression evidence of 1,000,000 cells x 20,000 genes (targets: in memory < 10 s and < 1.5 x the matrix; backed < 60 s and < 2 GB; a lookup of 50 genes < 1 ms)",
          ["bench_evidence.py"], ["bench_evidence.py", "--quick"]),
+        ("Score and boost pipeline, side by side with CASSIA 1.4.0 (runCASSIA_pipeline)",
+         ["bench_pipeline.py"], ["bench_pipeline.py", "--quick"]),
     ]  # fmt: skip
     done = []
     for title, full, small in items:
