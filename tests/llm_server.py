@@ -77,6 +77,9 @@ class RecordedRequest:
     method: str = "POST"
     status: int | None = None  # the status answered, once the reply is written
     answered_at: float | None = None  # time.monotonic() once the reply is written
+    # time.monotonic() just before the reply is written: the client cannot have it sooner,
+    # so a request that arrives later was sent after the client could have read it.
+    replying_at: float | None = None
 
     @property
     def model(self) -> str | None:
@@ -97,6 +100,9 @@ class Reply:
 
     A 200 with ``raw_body=None`` is a well-formed ``chat.completion``; any other status is
     an OpenAI-shaped error with ``error_message``; ``raw_body`` overrides the body entirely.
+    ``finish_reason`` is the choice's (``"length"`` says the reply was cut off by
+    ``max_tokens``); ``prompt_tokens`` and ``completion_tokens`` go into ``usage`` as given,
+    any JSON number included (``float("inf")`` is written as ``Infinity``).
     """
 
     content: str | None = ""
@@ -105,8 +111,9 @@ class Reply:
     delay: float = 0.0
     raw_body: bytes | None = None
     error_message: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    prompt_tokens: float | None = None
+    completion_tokens: float | None = None
+    finish_reason: str = "stop"
 
 
 Handler = Callable[[RecordedRequest, int], Reply]
@@ -276,6 +283,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         else:
             message = reply.error_message or _phrase(reply.status)
             payload = _error_body(message, reply.status)
+        request.replying_at = time.monotonic()
         self._send(reply.status, payload, reply.headers)
         request.status, request.answered_at = reply.status, time.monotonic()
 
@@ -315,7 +323,7 @@ def _completion(request: RecordedRequest, reply: Reply) -> dict[str, Any]:
                 "index": 0,
                 "message": {"role": "assistant", "content": reply.content, "refusal": None},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": reply.finish_reason,
             }
         ],
         "usage": {
