@@ -99,3 +99,20 @@ class EvidenceError(CassiaError, KeyError):
 
     def __str__(self) -> str:  # a KeyError would show its message quoted
         return str(self.args[0]) if self.args else ""
+
+
+class ReplyCutOff(TransientFailure):
+    """Inside the model client: the reply was cut off by its token limit; asked again with more.
+
+    Parameters
+    ----------
+    message
+        What was cut off, and at which limit.
+    prompt_tokens, completion_tokens
+        The usage the server reported for the cut-off reply, which was paid for.
+    """
+
+    def __init__(self, message: str, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens

@@ -6,23 +6,33 @@ here; where each provider is and how it differs lives in :mod:`cassia_sc.provide
 Every provider is spoken to through the chat-completions API of the ``openai`` SDK.
 The SDK's own retries are switched off so that only this module decides what is
 retried, how long to wait, and when the whole pool must slow down.
+
+Each request runs on a short-lived thread of its own while the caller waits for it, so
+that ``timeout`` bounds the whole request (a server that sends a byte at a time cannot hold
+it longer): at the deadline the caller gives up and the request's connection is cut. What
+the model says is cleaned where it arrives (control characters, lone surrogates), usage
+figures are taken only as sane counts, and a key is redacted from every message before the
+message is shortened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import re
+import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import openai
 
@@ -35,13 +45,45 @@ from .errors import (
     LLMError,
     ModelNotFound,
     ParameterRefused,
+    ReplyCutOff,
     TransientFailure,
 )
 from .providers import OPTIONAL_PARAMETERS, resolve_api_key, resolve_endpoint
 
 logger = logging.getLogger("cassia_sc")
 
+#: Tokens a reply may have unless ``max_tokens=`` says otherwise: room for a long
+#: step-by-step answer (a local model wrote over 4,000 for one).
+DEFAULT_MAX_TOKENS = 4096
+#: Seconds the pool goes on asking while the server answers nothing but HTTP 429.
+DEFAULT_MAX_RATE_LIMIT_WAIT = 600.0
+
 _RETRY_STATUSES = frozenset({408, 409, 429})
+#: ``finish_reason`` of a reply cut off by its token limit (OpenAI's, and Anthropic's word).
+_CUT_OFF = frozenset({"length", "max_tokens"})
+#: No single reply has more tokens than this: a larger figure is not a count.
+_MOST_TOKENS = 10**12
+#: Characters of a server's error message kept in ours, after redaction.
+_DETAIL = 500
+#: How often a waiting worker looks at the stop event.
+_POLL = 0.1
+_REDACTED = "[redacted]"
+# Pieces of a key found in a message: its end from this many characters, its start from
+# that many; shorter secrets are names, not keys.
+_SHORTEST_TAIL = 8
+_SHORTEST_HEAD = 12
+_SHORTEST_SECRET = 4
+# Control characters but tab and newline (C0, DEL, C1), and lone surrogates (a str holds
+# a valid pair as one code point).
+_UNSAFE_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+# The same as JSON escapes, which parsing the reply would turn back into them; a pair of
+# surrogate escapes (an emoji) is kept whole.
+_UNSAFE_ESCAPES = re.compile(
+    r"\\u(?:d[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}"
+    r"|00[01][0-9a-f]|007f|00[89][0-9a-f]|d[89a-f][0-9a-f]{2})",
+    re.IGNORECASE,
+)
+_KEPT_ESCAPES = frozenset({"\\u0009", "\\u000a"})
 _UNKNOWN_MODEL = re.compile(
     r"model.*(not (a )?valid|not found|does not exist|unknown|not available|no endpoints)"
     r"|(invalid|unknown|not a valid) model",
@@ -109,26 +151,46 @@ class Usage:
 
 
 class RequestPacer:
-    """Start times shared by all workers: a requests-per-minute cap and rate-limit pauses.
+    """Start times shared by all workers: a cap per minute, rate-limit pauses, slow starts.
 
     When one call is told to wait (HTTP 429), every worker waits, instead of each one
-    hammering the server until it is told the same.
+    hammering the server until it is told the same. After the pause one request goes
+    first; each answer to a request started since then lets two more start, so the number
+    out at once doubles with every round trip until it is back to the most there were.
+
+    Every :meth:`wait_turn` that returns is followed by one :meth:`done` with its ticket.
 
     Parameters
     ----------
     requests_per_minute
         Upper bound on request starts per minute, or None for no cap.
+    max_rate_limit_wait
+        Seconds of nothing but HTTP 429 after which every waiting call gives up.
     """
 
-    def __init__(self, requests_per_minute: float | None = None) -> None:
+    def __init__(
+        self,
+        requests_per_minute: float | None = None,
+        *,
+        max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
+    ) -> None:
         if requests_per_minute is not None and requests_per_minute <= 0:
             raise ValueError(f"requests_per_minute must be positive, not {requests_per_minute!r}.")
+        if not max_rate_limit_wait > 0:
+            raise ValueError(f"max_rate_limit_wait must be positive, not {max_rate_limit_wait!r}.")
         self._interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
-        self._lock = threading.Lock()
+        self._max_rate_limit_wait = max_rate_limit_wait
+        self._condition = threading.Condition()
         self._next_start = 0.0
         self._paused_until = 0.0
+        self._out = 0  # requests started and not done
+        self._most_out = 0  # the most there were at once
+        self._epoch = 0  # rate limits so far: a ticket is the epoch its request began in
+        self._slots: int | None = None  # starts allowed now in a slow start; None: any
+        self._answers = 0  # answers since the slow start began
+        self._limited_since: float | None = None  # first 429 since the last answer
 
-    def wait_turn(self, stop: threading.Event) -> None:
+    def wait_turn(self, stop: threading.Event) -> int:
         """Block until this worker may send its next request.
 
         Parameters
@@ -136,20 +198,84 @@ class RequestPacer:
         stop
             Set to give up waiting.
 
+        Returns
+        -------
+        int
+            The ticket to hand back to :meth:`done`.
+
         Raises
         ------
         CallCancelled
             When ``stop`` is set while waiting.
+        LLMError
+            When the server has answered nothing but HTTP 429 for ``max_rate_limit_wait``.
         """
-        while True:
-            with self._lock:
+        with self._condition:
+            while True:
+                if stop.is_set():
+                    raise CallCancelled("stopped")
                 now = time.monotonic()
+                if (
+                    self._limited_since is not None
+                    and now - self._limited_since > self._max_rate_limit_wait
+                ):
+                    raise LLMError(
+                        "the server answered nothing but HTTP 429 (rate limit) for "
+                        f"{self._max_rate_limit_wait:g} s; gave up (max_rate_limit_wait)"
+                    )
                 start = max(now, self._paused_until, self._next_start)
-                if start <= now:
+                if start <= now and (self._slots is None or self._slots > 0):
                     self._next_start = now + self._interval
-                    return
-            if stop.wait(start - now):
-                raise CallCancelled("stopped")
+                    if self._slots is not None:
+                        self._slots -= 1
+                    self._out += 1
+                    self._most_out = max(self._most_out, self._out)
+                    return self._epoch
+                self._condition.wait(min(start - now, _POLL) if start > now else _POLL)
+
+    def done(
+        self,
+        ticket: int,
+        *,
+        answered: bool = False,
+        rate_limited: bool = False,
+        pause: float = 0.0,
+    ) -> None:
+        """Hand back a ticket once its request is over.
+
+        Parameters
+        ----------
+        ticket
+            From :meth:`wait_turn`.
+        answered
+            The server answered it (a reply, even one cut off).
+        rate_limited
+            The server answered HTTP 429: one request at a time from now on, widening again
+            as answers come.
+        pause
+            Seconds no request may start from now (what the 429 asked for), set at once
+            with the rest, so that no other worker starts in between.
+        """
+        with self._condition:
+            self._out -= 1
+            current = ticket == self._epoch
+            if pause > 0:
+                self._paused_until = max(self._paused_until, time.monotonic() + pause)
+            if rate_limited:
+                self._epoch += 1
+                self._slots, self._answers = 1, 0
+                if self._limited_since is None:
+                    self._limited_since = time.monotonic()
+            elif answered:
+                self._limited_since = None
+                if self._slots is not None and current:
+                    self._answers += 1
+                    self._slots += 2  # its own slot back, and one more
+                    if self._answers >= self._most_out:
+                        self._slots = None  # as wide as it ever was: no limit
+            elif self._slots is not None and current:
+                self._slots += 1  # a failure: its slot back, no more
+            self._condition.notify_all()
 
     def pause(self, seconds: float) -> None:
         """Hold every worker back for ``seconds`` from now.
@@ -159,8 +285,9 @@ class RequestPacer:
         seconds
             How long no request may start.
         """
-        with self._lock:
+        with self._condition:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+            self._condition.notify_all()
 
 
 @dataclass
@@ -176,6 +303,83 @@ class _Downgrades:
                 return False
             self.refused.add(parameter)
             return True
+
+
+class _Exchange:
+    """One HTTP request on a thread of its own: its outcome, and the sockets it uses.
+
+    The caller waits on :attr:`done` up to its deadline; if it gives up first it calls
+    :meth:`abandon`, which cuts the connection so that nothing is left reading.
+    """
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.response: object = None
+        self.error: Exception | None = None
+        self._sockets: list[socket.socket] = []
+        self._abandoned = False
+        self._lock = threading.Lock()
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """Note the socket of a connection httpcore opens (its ``trace`` extension)."""
+        if event.endswith((".connect_tcp.complete", ".start_tls.complete")):
+            self.watch(info.get("return_value"))
+
+    def watch(self, stream: object) -> None:
+        """Note the socket under an httpcore network stream (cut at once if abandoned)."""
+        get_extra_info = getattr(stream, "get_extra_info", None)
+        found = get_extra_info("socket") if callable(get_extra_info) else None
+        if not isinstance(found, socket.socket):
+            return
+        with self._lock:
+            abandoned = self._abandoned and not self.done.is_set()
+            if not abandoned:
+                self._sockets.append(found)
+        if abandoned:
+            _hang_up(found)
+
+    def finish(self) -> None:
+        """Mark the request over (from its thread): its sockets are not ours to cut any more."""
+        with self._lock:
+            self._sockets.clear()
+            self.done.set()
+
+    def abandon(self) -> None:
+        """Give up on the request: shut down every socket it is known to use."""
+        with self._lock:
+            self._abandoned = True
+            sockets, self._sockets = self._sockets, []
+        for found in sockets:
+            _hang_up(found)
+
+    def take_error(self) -> Exception | None:
+        """Return the request's error, keeping no reference to it (it may hold the key)."""
+        error, self.error = self.error, None
+        return error
+
+
+# The exchange of the request running on this thread, for the HTTP client's hooks.
+_current = threading.local()
+
+
+def _on_request(request: Any) -> None:
+    """HTTP client hook: let httpcore report the connections this request opens."""
+    exchange = getattr(_current, "exchange", None)
+    if exchange is not None:
+        request.extensions["trace"] = exchange.trace
+
+
+def _on_response(response: Any) -> None:
+    """HTTP client hook: note the connection the response comes on (a reused one too)."""
+    exchange = getattr(_current, "exchange", None)
+    if exchange is not None:
+        exchange.watch(response.extensions.get("network_stream"))
+
+
+def _hang_up(found: socket.socket) -> None:
+    """Shut a socket down, which wakes the thread blocked reading it (a close would not)."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(found, socket.SHUT_RDWR)
 
 
 class LLMClient:
@@ -198,10 +402,12 @@ class LLMClient:
         sent as OpenRouter's ``reasoning`` object or as ``reasoning_effort`` elsewhere,
         and dropped with a warning when the endpoint refuses it.
     timeout
-        Seconds before one HTTP request is abandoned (and retried).
+        Seconds one HTTP request may take in all, from sending it to the last byte of the
+        reply; at the deadline it is abandoned, its connection cut, and retried.
     max_retries
-        Further attempts after a failed request: on HTTP 408, 409, 429 and 5xx,
-        connection errors, timeouts and malformed or empty replies.
+        Further attempts after a failed request: on HTTP 408, 409 and 5xx, connection
+        errors, timeouts, malformed or empty replies, and replies cut off by
+        ``max_tokens``. HTTP 429 does not count: see ``max_rate_limit_wait``.
     requests_per_minute
         Cap on request starts per minute across all workers.
     cache
@@ -212,6 +418,15 @@ class LLMClient:
         First backoff delay in seconds; doubled on every further attempt, with jitter.
     max_retry_delay
         Longest wait between two attempts, ``Retry-After`` included.
+    max_tokens
+        Most tokens a reply may have, sent with every request (as ``max_tokens``, or
+        ``max_completion_tokens`` to OpenAI); a reply cut off at this limit is asked for
+        again with twice the room. None sends no limit (the server's default applies).
+        Dropped with a warning when the endpoint refuses it.
+    max_rate_limit_wait
+        Seconds the pool goes on asking while the server answers nothing but HTTP 429
+        (waiting what ``Retry-After`` asks, then one request first and more as answers
+        come); then the calls still waiting fail.
 
     Examples
     --------
@@ -237,11 +452,17 @@ class LLMClient:
         cache_dir: str | os.PathLike | None = None,
         retry_delay: float = 1.0,
         max_retry_delay: float = 60.0,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
     ) -> None:
         if not model or not isinstance(model, str):
             raise CassiaError("model must be a model name, e.g. 'openai/gpt-4o'.")
         if max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, not {max_retries!r}.")
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
+            raise ValueError(f"max_tokens must be a positive integer or None, not {max_tokens!r}.")
         self.model = model
         self.endpoint = resolve_endpoint(provider)
         # 0 and 0.0 must make the same request, and the same cache key.
@@ -251,19 +472,26 @@ class LLMClient:
         self.max_retries = max_retries
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
+        self.max_tokens = max_tokens
         self.cache = ResponseCache(cache_dir or default_cache_dir()) if cache else None
         self.usage = Usage()
         self._usage_lock = threading.Lock()
         self._in_flight: dict[str, Future] = {}
-        self._pacer = RequestPacer(requests_per_minute)
+        self._pacer = RequestPacer(requests_per_minute, max_rate_limit_wait=max_rate_limit_wait)
         self._downgrades = _Downgrades()
+        self._exchanges = 0  # requests whose thread is still running
+        self._closing = False
         key = resolve_api_key(self.endpoint, api_key)
-        self._redact = _redactor(key)
+        self._redact = _redactor((key, *self.endpoint.secrets))
         self._client = openai.OpenAI(
             api_key=key,
             base_url=self.endpoint.base_url,
             timeout=timeout,
             max_retries=0,
+            http_client=openai.DefaultHttpxClient(
+                timeout=timeout,
+                event_hooks={"request": [_on_request], "response": [_on_response]},
+            ),
         )
 
     @property
@@ -277,8 +505,17 @@ class LLMClient:
         return self.cache.directory if self.cache else None
 
     def close(self) -> None:
-        """Close the connection pool; calls in flight fail and are not retried."""
-        self._client.close()
+        """Close the connection pool once the requests in flight are over.
+
+        No request starts after this. A request already on its way is not cut: its reply
+        is still cached when it comes (a run stopped with Ctrl-C keeps what arrives), and
+        the pool closes with the last one.
+        """
+        with self._usage_lock:
+            self._closing = True
+            idle = self._exchanges == 0
+        if idle:
+            self._client.close()
 
     def __enter__(self) -> LLMClient:
         return self
@@ -304,7 +541,8 @@ class LLMClient:
             JSON schema the reply must follow, sent as a structured-output
             ``response_format`` where the endpoint supports it.
         stop
-            Set by the batch to cancel waits and retries.
+            Set by the batch to cancel waits and retries; a request already sent is
+            waited for, and its reply cached.
         sample
             Which of several independent answers to the same request this is (repeated
             runs at a temperature above 0); each sample is cached on its own.
@@ -312,7 +550,8 @@ class LLMClient:
         Returns
         -------
         Reply
-            The reply text with its usage.
+            The reply text, cleaned of control characters (but newline and tab) and lone
+            surrogates, with its usage.
 
         Raises
         ------
@@ -321,7 +560,7 @@ class LLMClient:
         LLMError
             When this call failed after its retries.
         CallCancelled
-            When ``stop`` was set.
+            When ``stop`` was set, or the client closed.
         """
         stop = stop or threading.Event()
         request = {
@@ -358,15 +597,18 @@ class LLMClient:
     def _cached_or_requested(
         self, key: str, request: Mapping[str, Any], stop: threading.Event
     ) -> Reply:
-        if self.cache is not None and (stored := self.cache.get(key)) is not None:
-            return Reply(
-                content=stored["content"],
-                prompt_tokens=stored.get("prompt_tokens", 0),
-                completion_tokens=stored.get("completion_tokens", 0),
-                cached=True,
-            )
+        stored = self.cache.get(key) if self.cache is not None else None
+        if stored is not None:
+            content = clean_model_text(stored["content"])
+            if content.strip():  # an entry cleaned down to nothing is asked again
+                return Reply(
+                    content=content,
+                    prompt_tokens=_token_count(stored.get("prompt_tokens")),
+                    completion_tokens=_token_count(stored.get("completion_tokens")),
+                    cached=True,
+                )
         reply = self._request_with_retries(request, stop)
-        if self.cache is not None:
+        if self.cache is not None:  # a cache that cannot be written warns once, then is skipped
             self.cache.put(
                 key,
                 request,
@@ -381,59 +623,144 @@ class LLMClient:
     # ------------------------------------------------------------------ network
 
     def _request_with_retries(self, request: Mapping[str, Any], stop: threading.Event) -> Reply:
-        attempt = 0
+        failures = 0  # attempts that count against max_retries
+        limited = 0  # HTTP 429s in a row, which do not
         requests = 0
-        while True:
-            if stop.is_set():
-                raise CallCancelled("stopped")
-            self._pacer.wait_turn(stop)
-            requests += 1
-            with self._usage_lock:
-                self.usage.requests += 1
-            try:
-                content, prompt_tokens, completion_tokens = self._send(request)
-                return Reply(content, prompt_tokens, completion_tokens, False, requests)
-            except TransientFailure as failure:
-                if attempt >= self.max_retries:
-                    raise LLMError(f"{failure} (gave up after {requests} attempts)") from None
-                delay = self._backoff(attempt, failure.retry_after)
-                if failure.rate_limited:
-                    self._pacer.pause(delay)
-                logger.info("Retrying in %.1f s after: %s", delay, failure)
-                attempt += 1
-                if stop.wait(delay):
-                    raise CallCancelled("stopped") from None
-            except ParameterRefused:
-                continue  # same attempt, without the parameter the endpoint refused
+        room = self.max_tokens
+        cut_prompt = cut_completion = 0  # tokens of cut-off replies, paid for all the same
+        try:
+            while True:
+                if stop.is_set():
+                    raise CallCancelled("stopped")
+                ticket = self._pacer.wait_turn(stop)
+                requests += 1
+                with self._usage_lock:
+                    self.usage.requests += 1
+                try:
+                    content, prompt_tokens, completion_tokens = self._send(request, room)
+                except ReplyCutOff as cut:
+                    self._pacer.done(ticket, answered=True)
+                    cut_prompt += cut.prompt_tokens
+                    cut_completion += cut.completion_tokens
+                    if failures >= self.max_retries:
+                        raise LLMError(f"{cut} (gave up after {requests} attempts)") from None
+                    failures += 1
+                    room = room * 2 if room else room
+                    logger.info("%s; asking again with room for %s tokens.", cut, room)
+                    continue  # no wait: the server is fine, the reply was too long
+                except TransientFailure as failure:
+                    if failure.rate_limited:  # bounded by max_rate_limit_wait, pool-wide
+                        delay = self._backoff(limited, failure.retry_after)
+                        limited += 1
+                        self._pacer.done(ticket, rate_limited=True, pause=delay)
+                    else:
+                        self._pacer.done(ticket)
+                        if failures >= self.max_retries:
+                            raise LLMError(
+                                f"{failure} (gave up after {requests} attempts)"
+                            ) from None
+                        delay = self._backoff(failures, failure.retry_after)
+                        failures += 1
+                    logger.info("Retrying in %.1f s after: %s", delay, failure)
+                    if stop.wait(delay):
+                        raise CallCancelled("stopped") from None
+                    continue
+                except ParameterRefused:
+                    self._pacer.done(ticket)
+                    continue  # same attempt, without the parameter the endpoint refused
+                except BaseException:
+                    self._pacer.done(ticket)
+                    raise
+                self._pacer.done(ticket, answered=True)
+                return Reply(
+                    content,
+                    prompt_tokens + cut_prompt,
+                    completion_tokens + cut_completion,
+                    False,
+                    requests,
+                )
+        except BaseException:
+            with self._usage_lock:  # no reply carries them: count them here
+                self.usage.prompt_tokens += cut_prompt
+                self.usage.completion_tokens += cut_completion
+            raise
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         exponential = self.retry_delay * 2**attempt * random.uniform(0.5, 1.0)
         return min(max(exponential, retry_after or 0.0), self.max_retry_delay)
 
-    def _send(self, request: Mapping[str, Any]) -> tuple[str, int, int]:
-        body = self._body(request)
+    def _send(self, request: Mapping[str, Any], max_tokens: int | None) -> tuple[str, int, int]:
+        body = self._body(request, max_tokens)
+        exchange = self._start(body)
+        if not exchange.done.wait(self.timeout):
+            exchange.abandon()
+            raise TransientFailure(
+                f"request timed out after {self.timeout:g} s ({self.endpoint.display_url})"
+            )
+        failure = self._failure(exchange.take_error(), body)
+        if failure is not None:
+            # Raised here, outside any except clause, so that it chains nothing: the SDK's
+            # error holds the request and the server's whole message, the key with them.
+            raise failure from None
+        content, prompt_tokens, completion_tokens, finish_reason = _content_and_usage(
+            exchange.response
+        )
+        if finish_reason in _CUT_OFF:
+            limit = f"max_tokens={max_tokens}" if max_tokens else "the server's token limit"
+            raise ReplyCutOff(
+                f"the reply was cut off at {limit}",
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
+        if content is None:
+            raise TransientFailure("malformed reply from the server: no message in it")
+        content = clean_model_text(content)
+        if not content.strip():
+            raise TransientFailure("the model returned an empty reply")
+        return content, prompt_tokens, completion_tokens
+
+    def _start(self, body: Mapping[str, Any]) -> _Exchange:
+        """Send ``body`` on a thread of its own; return what the caller waits on."""
+        with self._usage_lock:
+            if self._closing:
+                raise CallCancelled("the model client is closed")
+            self._exchanges += 1
+        exchange = _Exchange()
+        thread = threading.Thread(
+            target=self._exchange, args=(exchange, body), name="cassia-sc-request", daemon=True
+        )
+        try:
+            thread.start()
+        except BaseException:
+            self._exchange_over()
+            raise
+        return exchange
+
+    def _exchange(self, exchange: _Exchange, body: Mapping[str, Any]) -> None:
+        """Run one SDK call on the request's thread, keeping its outcome for the caller."""
+        _current.exchange = exchange
         try:
             # The SDK's low-level post: same pool, auth and error types as
             # chat.completions.create, without its per-call transformation of the typed
             # request, which costs more CPU than the rest of the call under many workers.
-            response = self._client.post(
+            exchange.response = self._client.post(
                 "/chat/completions", body=body, cast_to=object, options={"timeout": self.timeout}
             )
-        except openai.APIStatusError as err:
-            self._raise_for_status(err, body)
-        except openai.APIConnectionError as err:  # timeouts included
-            kind = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
-            raise TransientFailure(f"request {kind} ({self.endpoint.base_url})") from None
-        except ValueError as err:  # the SDK could not decode the body
-            raise TransientFailure(f"malformed reply from the server: {err}") from None
-        content, usage = _content_and_usage(response)
-        if content is None:
-            raise TransientFailure("malformed reply from the server: no message in it")
-        if not content.strip():
-            raise TransientFailure("the model returned an empty reply")
-        return content, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        except Exception as err:  # handed to the caller, which decides
+            exchange.error = err
+        finally:
+            _current.exchange = None
+            exchange.finish()
+            self._exchange_over()
 
-    def _body(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    def _exchange_over(self) -> None:
+        with self._usage_lock:
+            self._exchanges -= 1
+            last = self._closing and self._exchanges == 0
+        if last:
+            self._client.close()
+
+    def _body(self, request: Mapping[str, Any], max_tokens: int | None) -> dict[str, Any]:
         refused = self._downgrades.refused
         body: dict[str, Any] = {"model": request["model"], "messages": request["messages"]}
         if request["temperature"] is not None and "temperature" not in refused:
@@ -445,22 +772,39 @@ class LLMClient:
                 "type": "json_schema",
                 "json_schema": {"name": "reply", "schema": request["schema"], "strict": False},
             }
+        if max_tokens and "max_tokens" not in refused:
+            body[self.endpoint.quirks.max_tokens_field] = max_tokens
         return body
 
-    def _raise_for_status(self, err: openai.APIStatusError, sent: Mapping[str, Any]) -> None:
+    def _failure(self, error: Exception | None, sent: Mapping[str, Any]) -> BaseException | None:
+        """Turn what the SDK raised into ours (None: it raised nothing)."""
+        if error is None:
+            return None
+        if isinstance(error, openai.APIStatusError):
+            return self._status_failure(error, sent)
+        if isinstance(error, openai.APIConnectionError):  # the SDK's own timeouts included
+            kind = "timed out" if isinstance(error, openai.APITimeoutError) else "connection failed"
+            return TransientFailure(f"request {kind} ({self.endpoint.display_url})")
+        if isinstance(error, ValueError):  # the SDK could not decode the body
+            detail = self._redact(str(error))[:_DETAIL]
+            return TransientFailure(f"malformed reply from the server: {detail}")
+        return error
+
+    def _status_failure(self, err: openai.APIStatusError, sent: Mapping[str, Any]) -> Exception:
         status = err.status_code
-        detail = self._redact(_error_message(err))
+        # Redacted whole, then cut: a cut key would no longer be recognised.
+        detail = self._redact(_error_message(err))[:_DETAIL]
         if status in (401, 403):
-            raise AuthenticationFailed(
+            return AuthenticationFailed(
                 f"The provider refused the API key (HTTP {status}: {detail}). Check "
                 f"{self.endpoint.key_variable} or api_key=, and the key's access to "
                 f"{self.model!r}."
-            ) from None
+            )
         if status == 404 or (status == 400 and _UNKNOWN_MODEL.search(detail)):
-            raise ModelNotFound(
-                f"Model {self.model!r} is not available at {self.endpoint.base_url} "
+            return ModelNotFound(
+                f"Model {self.model!r} is not available at {self.endpoint.display_url} "
                 f"(HTTP {status}: {detail}). Check the model name, or the base URL."
-            ) from None
+            )
         if status == 400:
             for parameter, sent_as in OPTIONAL_PARAMETERS.items():
                 if parameter in detail.lower() and any(option in sent for option in sent_as):
@@ -469,15 +813,15 @@ class LLMClient:
                         logger.warning(
                             "The endpoint refused %r; continuing without it (%s).", name, detail
                         )
-                    raise ParameterRefused() from None
-            raise LLMError(f"The server rejected the request (HTTP 400: {detail}).") from None
+                    return ParameterRefused()
+            return LLMError(f"The server rejected the request (HTTP 400: {detail}).")
         if status in _RETRY_STATUSES or status >= 500:
-            raise TransientFailure(
+            return TransientFailure(
                 f"HTTP {status} from the server: {detail}",
                 retry_after=_retry_after(err.response.headers),
                 rate_limited=status == 429,
-            ) from None
-        raise LLMError(f"The server answered HTTP {status}: {detail}.") from None
+            )
+        return LLMError(f"The server answered HTTP {status}: {detail}.")
 
 
 def _wait_for(leader: Future, stop: threading.Event) -> Reply:
@@ -490,37 +834,128 @@ def _wait_for(leader: Future, stop: threading.Event) -> Reply:
                 raise CallCancelled("stopped") from None
 
 
-def _content_and_usage(response: object) -> tuple[str | None, dict[str, int]]:
-    """Return the first choice's text and the token counts of a chat-completion body."""
+def clean_model_text(text: str) -> str:
+    r"""Remove what no table or file should hold from a model's text.
+
+    Control characters go, but newline and tab (a carriage return becomes a newline);
+    lone surrogates go; and so do the JSON escapes of both (``\u0000``, ``\ud800``),
+    which parsing the reply's JSON would otherwise turn back into them.
+
+    Parameters
+    ----------
+    text
+        What the model sent, or a cache entry of it.
+
+    Returns
+    -------
+    str
+        The text, safe for ``write_h5ad``, CSV and JSON.
+
+    Examples
+    --------
+    >>> clean_model_text("T\x00 cell\r\nCD3E\\u0000")
+    'T cell\nCD3E'
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _UNSAFE_ESCAPES.sub(_kept_escape, text)
+    return _UNSAFE_CHARACTERS.sub("", text)
+
+
+def _kept_escape(match: re.Match[str]) -> str:
+    escape = match.group(0)
+    return escape if len(escape) == 12 or escape.lower() in _KEPT_ESCAPES else ""
+
+
+def _token_count(value: object) -> int:
+    """Return a usage figure as a count: a finite, non-negative whole number, else 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if isinstance(value, float) and not value.is_integer():  # inf and nan included
+        return 0
+    return int(value) if 0 <= value <= _MOST_TOKENS else 0
+
+
+def _content_and_usage(response: object) -> tuple[str | None, int, int, str | None]:
+    """Return a chat completion's first text, its two token counts and its finish reason."""
     if not isinstance(response, Mapping):
-        return None, {}
+        return None, 0, 0, None
     choices = response.get("choices")
     first = choices[0] if isinstance(choices, list) and choices else None
     message = first.get("message") if isinstance(first, Mapping) else None
     content = message.get("content") if isinstance(message, Mapping) else None
+    finish_reason = first.get("finish_reason") if isinstance(first, Mapping) else None
     usage = response.get("usage") if isinstance(response.get("usage"), Mapping) else {}
-    counts = {
-        name: int(usage.get(name) or 0)
-        for name in ("prompt_tokens", "completion_tokens")
-        if isinstance(usage.get(name) or 0, int | float)
-    }
-    return (content if isinstance(content, str) else None), counts
+    return (
+        content if isinstance(content, str) else None,
+        _token_count(usage.get("prompt_tokens")),
+        _token_count(usage.get("completion_tokens")),
+        finish_reason if isinstance(finish_reason, str) else None,
+    )
 
 
-def _redactor(key: str) -> Callable[[str], str]:
-    """Return a function that removes ``key``, whole or masked as providers echo it."""
-    if len(key) < 8:
-        return lambda text: text.replace(key, "[redacted]") if key else text
-    # Providers echo keys masked, like "sk-pro****abcd": same start, same end.
-    masked = re.compile(re.escape(key[:3]) + r"\S*" + re.escape(key[-4:]))
-    return lambda text: masked.sub("[redacted]", text.replace(key, "[redacted]"))
+def _redactor(secrets: Iterable[str]) -> Callable[[str], str]:
+    """Return a function that removes every secret of ``secrets`` from a text.
+
+    Each is removed whole, URL-encoded, masked as providers echo keys (same first three
+    and last four characters, anything between), and in pieces: any end of it of 8
+    characters or more, any start of 12 or more.
+    """
+    kept = {s for s in secrets if len(s) >= _SHORTEST_SECRET}
+    forms = sorted(
+        {form for s in kept for form in (s, quote(s, safe=""), quote_plus(s))},
+        key=len,
+        reverse=True,
+    )
+    masked = [
+        re.compile(re.escape(s[:3]) + r"[\w\-.*/+=%\u2022\u2026]*?" + re.escape(s[-4:]))
+        for s in kept
+        if len(s) >= _SHORTEST_TAIL
+    ]
+
+    def redact(text: str) -> str:
+        for form in forms:  # whole, before any piece of another form cuts one in two
+            text = text.replace(form, _REDACTED)
+        for form in forms:
+            text = _without_pieces(text, form)
+        for pattern in masked:
+            text = pattern.sub(_REDACTED, text)
+        return text
+
+    return redact
+
+
+def _without_pieces(text: str, secret: str) -> str:
+    """Redact each end of ``secret`` of 8 characters or more, and each start of 12 or more."""
+    spans = []
+    if len(secret) > _SHORTEST_TAIL:
+        for found in re.finditer(re.escape(secret[-_SHORTEST_TAIL:]), text):
+            start, length = found.start(), _SHORTEST_TAIL
+            while start and length < len(secret) and text[start - 1] == secret[-length - 1]:
+                start, length = start - 1, length + 1
+            spans.append((start, found.end()))
+    if len(secret) > _SHORTEST_HEAD:
+        for found in re.finditer(re.escape(secret[:_SHORTEST_HEAD]), text):
+            end, length = found.end(), _SHORTEST_HEAD
+            while end < len(text) and length < len(secret) and text[end] == secret[length]:
+                end, length = end + 1, length + 1
+            spans.append((found.start(), end))
+    if not spans:
+        return text
+    pieces, at = [], 0
+    for start, end in sorted(spans):
+        if end <= at:
+            continue
+        pieces += [text[at : max(start, at)], _REDACTED]
+        at = end
+    return "".join([*pieces, text[at:]])
 
 
 def _error_message(err: openai.APIStatusError) -> str:
+    """Return the server's whole message (shortened by the caller, once redacted)."""
     body = err.body
     if isinstance(body, Mapping) and body.get("message"):
-        return str(body["message"])[:500]
-    return (err.message or "").strip()[:500]
+        return str(body["message"])
+    return (err.message or "").strip()
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import CassiaError, MissingAPIKeyError
 
@@ -41,11 +41,15 @@ class Provider:
         Environment variable read when no ``api_key`` is given.
     reasoning
         Turns a reasoning effort (``"low"``, ...) into the request fields it expects.
+    max_tokens_field
+        The request field that caps a reply's tokens: ``max_tokens`` for most servers,
+        ``max_completion_tokens`` for OpenAI, whose reasoning models refuse the former.
     """
 
     base_url: str
     key_variable: str
     reasoning: Callable[[str], dict[str, Any]] = _reasoning_effort
+    max_tokens_field: str = "max_tokens"
 
 
 #: Provider name -> its endpoint and quirks.
@@ -53,7 +57,9 @@ PROVIDERS: dict[str, Provider] = {
     "openrouter": Provider(
         "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", reasoning=_reasoning_object
     ),
-    "openai": Provider("https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "openai": Provider(
+        "https://api.openai.com/v1", "OPENAI_API_KEY", max_tokens_field="max_completion_tokens"
+    ),
     "anthropic": Provider("https://api.anthropic.com/v1/", "ANTHROPIC_API_KEY"),
 }
 
@@ -64,7 +70,14 @@ OPTIONAL_PARAMETERS: dict[str, tuple[str, ...]] = {
     "json_schema": ("response_format",),
     "temperature": ("temperature",),
     "reasoning": ("reasoning", "reasoning_effort"),
+    "max_tokens": ("max_tokens", "max_completion_tokens"),
+    "max_completion_tokens": ("max_tokens", "max_completion_tokens"),
+    # vLLM and others refuse a cap larger than the context left after the prompt.
+    "maximum context length": ("max_tokens", "max_completion_tokens"),
 }
+
+# User-info parts shorter than this are names ("proxy", "api"), not secrets.
+_SHORTEST_SECRET = 4
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,32 @@ class Endpoint:
             return ipaddress.ip_address(host).is_loopback
         except ValueError:
             return False
+
+    @property
+    def display_url(self) -> str:
+        """The base URL as messages show it: any user-info (``user:secret@``) redacted.
+
+        Examples
+        --------
+        >>> resolve_endpoint("https://me:s3cret-word@proxy.example.org/v1").display_url
+        'https://[redacted]@proxy.example.org/v1'
+        """
+        parts = urlsplit(self.base_url)
+        if "@" not in parts.netloc:
+            return self.base_url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"[redacted]@{host}"))
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What the base URL's user-info holds that must never be shown, as given and decoded."""
+        parts = urlsplit(self.base_url)
+        if "@" not in parts.netloc:
+            return ()
+        userinfo = parts.netloc.rpartition("@")[0]
+        found = {userinfo, *userinfo.split(":", 1)}
+        found |= {unquote(part) for part in found}
+        return tuple(sorted(s for s in found if len(s) >= _SHORTEST_SECRET))
 
     def reasoning_fields(self, effort: str) -> Mapping[str, Any]:
         """Return the request fields that ask this provider for ``effort``.

@@ -1,13 +1,19 @@
 """The annotator: reasons from the markers to a cell type and ends with a JSON answer.
 
 A formatting call is made only when no JSON can be recovered from its reply; from the
-second round on it revises its answer with the validator's feedback.
+second round on it revises its answer with the validator's feedback. The formatter only
+converts: when it finds no cell type in the reply ("unknown cell"), the cluster fails with
+the reply kept, rather than passing "unknown" off as the model's answer.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 from ..errors import StepFailed
 from ..fields import Field, answer_schema
+from ..llm import clean_model_text
 from ..prompts import render
 from ..replies import Annotation, extract_json_object, parse_annotation
 from ..replies import unsupported_markers as find_unsupported
@@ -15,6 +21,13 @@ from .context import ClusterContext, ClusterTask, Messages
 
 #: The JSON schema of the answer, from the fields declared part of it.
 ANNOTATION_SCHEMA = answer_schema()
+
+# What a formatter says when the text it was given holds no cell type.
+_NO_CELL_TYPE = re.compile(
+    r"(unknown|unclear|undetermined|indeterminate|not (determined|specified|given|stated|clear)"
+    r"|none|n/?a|null|no answer)( cell)?( types?| populations?)?",
+    re.IGNORECASE,
+)
 
 
 class Annotator:
@@ -84,14 +97,48 @@ class Annotator:
 
 
 def _read_annotation(text: str, context: ClusterContext) -> Annotation | None:
-    """Read the JSON answer from the reply; only when there is none, ask for it formatted."""
+    """Read the JSON answer from the reply; only when there is none, ask for it formatted.
+
+    A formatted answer without a cell type ("unknown cell", empty) is no answer: None.
+    """
     answer = parse_annotation(extract_json_object(text))
     if answer is not None:
-        return answer
+        return _cleaned(answer)
     system = render("formatter_system", tissue_blind=context.task.tissue_blind)
     formatted = context.ask(
         "formatter",
         [{"role": "system", "content": system}, {"role": "user", "content": text}],
         schema=ANNOTATION_SCHEMA,
     )
-    return parse_annotation(extract_json_object(formatted.content))
+    answer = parse_annotation(extract_json_object(formatted.content))
+    if answer is None or _says_no_cell_type(answer.main_cell_type):
+        return None
+    return _cleaned(answer)
+
+
+def _says_no_cell_type(main_cell_type: str) -> bool:
+    """Whether a formatter's cell type says it found none ("unknown cell", "N/A", blank)."""
+    bare = main_cell_type.strip(" .!:;-_*\"'`\t\n")
+    return not bare or _NO_CELL_TYPE.fullmatch(bare) is not None
+
+
+def _cleaned(answer: Annotation) -> Annotation | None:
+    """Return the answer without the control characters JSON escapes may have put in.
+
+    None when no cell type is left.
+    """
+
+    def clean(values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v for v in (clean_model_text(v).strip() for v in values) if v)
+
+    main_cell_type = clean_model_text(answer.main_cell_type).strip()
+    if not main_cell_type:
+        return None
+    return replace(
+        answer,
+        main_cell_type=main_cell_type,
+        sub_cell_types=clean(answer.sub_cell_types),
+        possible_mixed_cell_types=clean(answer.possible_mixed_cell_types),
+        possible_tissues=clean(answer.possible_tissues),
+        key_markers=clean(answer.key_markers),
+    )
