@@ -13,9 +13,10 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from copy import deepcopy
 from dataclasses import dataclass, replace
+from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 from anndata import AnnData
@@ -449,13 +450,27 @@ class _Job:
 def _run_pool(
     jobs: list[_Job], *, max_workers: int, progress: bool, desc: str
 ) -> tuple[list[ClusterResult], bool]:
-    """Run every job; return the results in job order and whether Ctrl-C cut the run short."""
+    """Run every job; return the results in job order and whether Ctrl-C cut the run short.
+
+    The workers are daemon threads of our own rather than a ``ThreadPoolExecutor``, whose
+    threads the interpreter joins at exit: after Ctrl-C, a worker still waiting for a reply
+    holds neither this function nor the process. It stays only while the process lives, to
+    cache the reply it was waiting for; no request starts after the stop.
+    """
     stop = threading.Event()
     done: dict[int, ClusterResult] = {}
-    executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cassia-sc")
-    futures: dict[Future, int] = {
-        executor.submit(_work_or_stop_all, job, stop): index for index, job in enumerate(jobs)
-    }
+    futures: list[Future] = [Future() for _ in jobs]
+    position = {future: index for index, future in enumerate(futures)}
+    queue: SimpleQueue[int] = SimpleQueue()
+    for index in range(len(jobs)):
+        queue.put(index)
+    for number in range(min(max_workers, len(jobs))):
+        threading.Thread(
+            target=_worker,
+            args=(jobs, futures, queue, stop),
+            name=f"cassia-sc-worker-{number}",
+            daemon=True,
+        ).start()
     bar = _progress_bar(total=len(jobs), desc=desc, unit="cluster", disable=not progress)
     interrupted = False
     try:
@@ -464,25 +479,53 @@ def _run_pool(
             # A short timeout keeps the main thread responsive to Ctrl-C.
             finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             for future in finished:
-                index = futures[future]
+                index = position[future]
                 done[index] = _outcome(future, jobs[index])
                 bar.update(1)
                 failed = sum(r.status == "failed" for r in done.values())
                 bar.set_postfix(failed=failed, refresh=False)
     except KeyboardInterrupt:
         interrupted = True
-        logger.warning("Interrupted: keeping the %d clusters that finished.", len(done))
-    finally:
-        finished_all = len(done) == len(jobs)
-        if not finished_all:
-            stop.set()  # cancels the waits and retries of calls still running
-        executor.shutdown(wait=finished_all, cancel_futures=True)
+    except BaseException:  # a bad key, an unknown model: the run stops here
+        _stop_all(stop, futures)
         bar.close()
-    results = [
-        done.get(index) or job.unfinished("The run was interrupted before this cluster finished.")
-        for index, job in enumerate(jobs)
-    ]
-    return results, interrupted
+        raise
+    while True:  # a second Ctrl-C while wrapping up must not lose what finished
+        try:
+            _stop_all(stop, futures)
+            bar.close()
+            if interrupted:
+                logger.warning("Interrupted: keeping the %d clusters that finished.", len(done))
+            unfinished = "The run was interrupted before this cluster finished."
+            results = [done.get(i) or job.unfinished(unfinished) for i, job in enumerate(jobs)]
+            return results, interrupted
+        except KeyboardInterrupt:
+            interrupted = True
+
+
+def _stop_all(stop: threading.Event, futures: list[Future]) -> None:
+    """Cancel the waits and retries of the jobs running, and the jobs not started."""
+    stop.set()
+    for future in futures:
+        future.cancel()
+
+
+def _worker(
+    jobs: list[_Job], futures: list[Future], queue: SimpleQueue[int], stop: threading.Event
+) -> None:
+    """Take jobs until there are none left or the run stopped; settle each one's future."""
+    while not stop.is_set():
+        try:
+            index = queue.get_nowait()
+        except Empty:
+            return
+        future = futures[index]
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(_work_or_stop_all(jobs[index], stop))
+        except BaseException as err:  # the main thread decides what it means
+            future.set_exception(err)
 
 
 def _work_or_stop_all(job: _Job, stop: threading.Event) -> ClusterResult:

@@ -6,6 +6,7 @@ each test interrupts the run at a known point, however slow the machine is.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -37,18 +38,24 @@ class HeldReplies:
     """
 
     def __init__(
-        self, first_held: int, *, delay: float = 0.0, on_held: Callable[[], None] | None = None
+        self,
+        first_held: int,
+        *,
+        delay: float = 0.0,
+        on_held: Callable[[], None] | None = None,
+        hold: float = HANG,
     ) -> None:
         self.model = ScriptedModel(delay=delay)
         self.first_held = first_held
         self.on_held = on_held
+        self.hold = hold
         self.released = threading.Event()
 
     def __call__(self, request: RecordedRequest, index: int) -> Reply:
         if index == self.first_held and self.on_held is not None:
             self.on_held()
         if index >= self.first_held:
-            self.released.wait(HANG)
+            self.released.wait(self.hold)
         return self.model(request, index)
 
     def release(self) -> None:
@@ -165,3 +172,92 @@ def test_interrupting_in_process_raises_with_every_cluster(scripted_llm, workers
     assert partial.interrupted and len(partial) == 11
     assert {c.status for c in partial.clusters} <= {"ok", "not_run"}
     assert any(c.status == "not_run" for c in partial.clusters)
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_at_once_while_requests_are_in_flight(scripted_llm, tmp_path):
+    """Neither the requests in flight nor their threads hold the process after Ctrl-C."""
+    held = HeldReplies(first_held=7, hold=10 * HANG)  # held until released, whatever happens
+    llm = scripted_llm(handler=held)
+    process = start_batch(llm, tmp_path, workers=2)
+    try:
+        wait_until(lambda: llm.server.request_count == 9, process, "9 requests")
+        process.send_signal(signal.SIGINT)
+        try:
+            _, stderr = process.communicate(timeout=HANG)
+        except subprocess.TimeoutExpired:
+            pytest.fail("after Ctrl-C the process waited for the requests still in flight")
+        # It ended while the server still held both replies it had asked for.
+        assert [r.answered_at for r in llm.server.requests[7:]] == [None, None]
+    finally:
+        held.release()
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=HANG)
+    assert process.returncode != 0
+    assert b"BatchInterrupted" in stderr, stderr.decode()
+    # Nothing was left to join at exit, where a second Ctrl-C used to print a traceback.
+    assert b"threading" not in stderr and b"Exception ignored" not in stderr, stderr.decode()
+    assert all((tmp_path / f"out_{name}").exists() for name in OUTPUTS)
+
+
+def test_replies_that_arrive_after_ctrl_c_are_cached(scripted_llm):
+    """The two requests in flight at Ctrl-C are answered after the run returned: both
+    replies are cached, and the resumed run does not ask for them again."""
+    held = HeldReplies(first_held=7)
+    interrupted = threading.Event()
+
+    def handler(request: RecordedRequest, index: int) -> Reply:
+        if index == 8 and not interrupted.is_set():  # both workers wait for a held reply
+            interrupted.set()
+            signal.raise_signal(signal.SIGINT)
+        return held(request, index)
+
+    llm = scripted_llm(handler=handler)
+    try:
+        with pytest.raises(cassia_sc.BatchInterrupted):
+            resume(llm, max_workers=2)
+        # The run returned while both replies were held back.
+        assert [r.answered_at for r in llm.server.requests[7:]] == [None, None]
+        assert len(ResponseCache(llm.cache_dir)) == 7
+    finally:
+        held.release()
+    deadline = time.monotonic() + HANG
+    while len(ResponseCache(llm.cache_dir)) < 9:
+        assert time.monotonic() < deadline, "the replies that came after Ctrl-C were not cached"
+        time.sleep(0.01)
+    assert llm.server.request_count == 9  # and nothing else was asked after Ctrl-C
+    llm.server.requests.clear()
+
+    result = resume(llm)
+    assert all(c.status == "ok" for c in result.clusters)
+    assert llm.server.request_count == PLAN - 9
+
+
+class SecondCtrlC(logging.Handler):
+    """A second Ctrl-C, landing while the run logs that it was interrupted."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.fired = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.fired and record.getMessage().startswith("Interrupted"):
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def test_a_second_ctrl_c_while_the_run_wraps_up_keeps_every_cluster(scripted_llm):
+    held = HeldReplies(first_held=5, on_held=lambda: signal.raise_signal(signal.SIGINT))
+    llm = scripted_llm(handler=held)
+    second = SecondCtrlC()
+    logging.getLogger("cassia_sc").addHandler(second)
+    try:
+        with pytest.raises(cassia_sc.BatchInterrupted) as raised:
+            resume(llm, max_workers=2)
+    finally:
+        logging.getLogger("cassia_sc").removeHandler(second)
+        held.release()
+    assert second.fired
+    partial = raised.value.result
+    assert len(partial) == 11 and sum(c.status == "ok" for c in partial.clusters) >= 1
