@@ -18,10 +18,12 @@ def evaluate(
 ) -> AnnData | None:
     """Score each cluster's label against the cells' known labels, with the Cell Ontology.
 
-    A cluster's truth is the most common value of ``obs[truth_key]`` among its cells. It
-    scores 1 when the predicted main cell type maps to the same Cell Ontology term (or a
-    synonym), 0.5 when one term is an ancestor of the other or they are close relatives,
-    0 otherwise; see :mod:`cassia_sc.evaluation`.
+    A cluster's truth is the most common value of ``obs[truth_key]`` among its cells, joined
+    to the cluster's answer by cluster name. Both labels are mapped to the Cell Ontology
+    with the run's tissue. A cluster scores 1 when the predicted main cell type maps to the
+    same term, 0.5 when the terms are related (an ancestor or descendant, a close relative,
+    a lineage link), 0 otherwise; ``score_100`` grades the same on CASSIA's 0-100 scale (a
+    more specific right answer 90, a broader one 80 to 50); see :mod:`cassia_sc.evaluation`.
 
     Parameters
     ----------
@@ -37,8 +39,9 @@ def evaluate(
     AnnData or None
         The evaluated copy when ``copy=True``, else None. Writes
         ``adata.uns[key]["evaluation"]``: ``table`` (per cluster: ``cluster``, ``truth``,
-        ``predicted``, their terms and term labels, ``score``, ``grade``), ``mean``, ``n``,
-        ``full``, ``partial`` and ``wrong``.
+        ``predicted``, their terms and term labels, ``score``, ``grade``, ``score_100``,
+        ``relation``, ``related``, each label's state and broader flag), ``mean``,
+        ``mean_100``, ``n``, ``full``, ``partial``, ``wrong`` and ``truth_key``.
 
     Raises
     ------
@@ -58,7 +61,8 @@ def evaluate(
         raise CassiaError(
             f"{truth_key!r} is not a column of adata.obs; it has {list(adata.obs.columns)}."
         )
-    groupby = record[Key.uns.params]["groupby"]
+    params = record[Key.uns.params]
+    groupby = params["groupby"]
     clusters = adata.obs[groupby].astype(str)
     truth = (
         pd.DataFrame({"cluster": clusters, "truth": adata.obs[truth_key].astype(str)})
@@ -66,11 +70,14 @@ def evaluate(
         .agg(lambda labels: labels.value_counts().index[0])
     )
     results = record[Key.uns.results]
-    present = results[results["cluster"].astype(str).isin(truth.index)]
+    names = results["cluster"].astype(str)
+    present = results[names.isin(truth.index)]
+    clusters = present["cluster"].astype(str).tolist()
     table = score_labels(
         present["main_cell_type"].tolist(),
-        [truth[c] for c in present["cluster"].astype(str)],
-        clusters=present["cluster"].astype(str).tolist(),
+        [truth[c] for c in clusters],  # joined by cluster name, never by position
+        clusters=clusters,
+        tissue=params.get("tissue"),
     )
     record[Key.uns.evaluation] = evaluation_record(table) | {"truth_key": truth_key}
     return adata if copy else None
