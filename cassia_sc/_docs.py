@@ -89,7 +89,9 @@ PARAMETERS: dict[str, str] = {
     "ontology": (
         "Map each main cell type to a Cell Ontology term (offline; see "
         ":mod:`cassia_sc.ontology`). None: when the ``cassia-sc[ontology]`` extra is "
-        "installed; True: always (an error without the extra); False: never."
+        "installed; True: always (an error without the extra); False: never; "
+        '``"model"`` (``tl.annotate``): also let the model choose among candidate terms for '
+        "the labels the offline rules cannot map."
     ),
     "n_runs": (
         "Annotate this many times (at a ``temperature`` above 0) and keep each cluster's "

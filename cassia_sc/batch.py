@@ -401,7 +401,8 @@ def map_to_ontology(batch: BatchResult, *, required: bool = False) -> None:
     answered = [c for c in batch.clusters if c.main_cell_type]
     try:
         ontology = cell_ontology()
-        matches = ontology.match_many([c.main_cell_type for c in answered])
+        tissue = batch.settings.get("tissue") or None
+        matches = ontology.match_many([c.main_cell_type for c in answered], tissue=tissue)
     except OntologyUnavailable:
         if required:
             raise
@@ -411,8 +412,11 @@ def map_to_ontology(batch: BatchResult, *, required: bool = False) -> None:
         cluster.ontology_term_id = match.term_id
         cluster.ontology_label = match.term_label
         cluster.ontology_score = match.score
+        cluster.set("ontology_method", match.method)
+        cluster.set("ontology_broader", match.broader)
+        cluster.set("cell_state", match.state)
         cluster.subtype_ontology_term_ids = [
-            m.term_id for m in ontology.match_many(cluster.sub_cell_types)
+            m.term_id for m in ontology.match_many(cluster.sub_cell_types, tissue=tissue)
         ]
     unmapped = [
         f"{c.cluster}: {c.main_cell_type}" for c in answered if c.ontology_term_id == "unknown"

@@ -22,12 +22,13 @@ from anndata import AnnData
 
 from ._docs import fill_docs
 from ._keys import Default, Key
-from .agents import Booster, ClusterTask, Scorer
+from .agents import Booster, ClusterTask, OntologyChooser, Scorer
 from .batch import connection_options, map_to_ontology, run_batch, run_steps
 from .errors import CassiaError
 from .evidence import DataHandle, MarkerTableEvidence
 from .llm import LLMClient
 from .markers import MarkerInput, read_markers
+from .ontology import UNKNOWN, cell_ontology
 from .results import BatchResult
 from .uncertainty import consensus, consensus_batch, run_repeated
 
@@ -89,6 +90,9 @@ def run_annotation(
     --------
     >>> result, agreement = run_annotation(adata, model="m", score=True)  # doctest: +SKIP
     """
+    choose_terms = options.get("ontology") == "model"
+    if choose_terms:
+        options["ontology"] = True  # offline first; the model only for what stays unmapped
     if n_runs <= 1 and not models:
         result, agreement = run_batch(marker, model=model, **options), None
     else:
@@ -101,7 +105,7 @@ def run_annotation(
             result.settings["agreement_threshold"] = agreement_threshold
     if result.dry_run:
         return _with_refinement_estimate(result, score, boost_below, boost_rounds), agreement
-    if score or boost_below is not None:
+    if score or boost_below is not None or choose_terms:
         provider = options.pop("provider", None)
         result = refine(
             result,
@@ -111,6 +115,7 @@ def run_annotation(
             score_provider=score_provider,
             boost_below=boost_below,
             boost_rounds=boost_rounds,
+            choose_terms=choose_terms,
             agreement_threshold=agreement_threshold,
             data=data,
             model=boost_model or model or (models[0] if models else None),
@@ -132,6 +137,7 @@ def refine(
     boost_rounds: int = Default.boost_rounds,
     rescore: bool | None = None,
     boost_all: bool = False,
+    choose_terms: bool = False,
     agreement_threshold: float = Default.agreement_threshold,
     clusters: Collection[str] | None = None,
     data: DataHandle | None = None,
@@ -163,6 +169,9 @@ def refine(
         Score the boosted answers again; by default when ``score``.
     boost_all
         Boost every answered cluster of ``clusters``, doubtful or not.
+    choose_terms
+        Let the model choose a Cell Ontology term, among candidates found offline, for
+        each main cell type the offline rules left unmapped (``ontology="model"``).
     {agreement_threshold}
     clusters
         Only these clusters; None: every one.
@@ -220,6 +229,17 @@ def refine(
             )
         if scorer is not None:
             result.settings |= {"score": True, "score_model": (judge or main).model}
+        if choose_terms:
+            unmapped = [
+                c.cluster
+                for c in result.clusters
+                if c.main_cell_type and c.ontology_term_id in (None, UNKNOWN)
+            ]
+            if unmapped:
+                chooser = OntologyChooser(cell_ontology())
+                result = run_steps(
+                    result, [chooser], clusters=unmapped, desc="Mapping labels", **common
+                )
         if boost_below is not None or boost_all:
             booster = Booster(
                 below=boost_below,

@@ -11,6 +11,8 @@ from ..errors import StepFailed
 from .annotator import ANNOTATION_SCHEMA, Annotator
 from .booster import Booster
 from .context import ClusterContext, ClusterTask, Step
+from .label_judge import Judgement, judge_pairs
+from .ontology_chooser import OntologyChooser
 from .pipelines import (
     PIPELINES,
     Pipeline,
@@ -30,6 +32,8 @@ __all__ = [
     "Booster",
     "ClusterContext",
     "ClusterTask",
+    "Judgement",
+    "OntologyChooser",
     "Pipeline",
     "Scorer",
     "Step",
@@ -37,6 +41,7 @@ __all__ = [
     "Validator",
     "annotate_cluster",
     "get_pipeline",
+    "judge_pairs",
     "known_fields",
     "register_pipeline",
 ]

@@ -39,9 +39,10 @@ class OntologyChooser:
 
     Examples
     --------
-    >>> from cassia_sc.agents import ClusterTask, OntologyChooser
     >>> from cassia_sc.ontology import cell_ontology
-    >>> chooser = OntologyChooser(cell_ontology())  # doctest: +SKIP
+    >>> chooser = OntologyChooser(cell_ontology(), n_candidates=5)
+    >>> chooser.name
+    'ontology'
     """
 
     name = "ontology"
