@@ -116,3 +116,15 @@ class ReplyCutOff(TransientFailure):
         super().__init__(message)
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
+
+
+class NotWritable(CassiaError, PermissionError):
+    """A file or folder that cannot be written: read-only, missing, or on a read-only disk."""
+
+
+class KeyAddedError(CassiaError, ValueError):
+    """A ``key_added`` that would overwrite what cassia_sc did not write, or is no key at all."""
+
+
+class FileBusy(CassiaError):
+    """Another cassia-sc is writing the file, and waiting for it was not wanted."""

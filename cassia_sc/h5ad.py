@@ -4,27 +4,31 @@ Reading takes ``obs``, ``var`` (``raw/var`` when the markers were computed on ra
 and ``uns[key]``; ``X``, layers and embeddings are never read. Writing copies the file
 under a temporary name beside the target (a kernel-side copy), adds the new ``obs``
 columns and the ``uns`` entry to the copy, and renames it over the target: on any
-failure the target is as it was.
+failure the target is as it was. Two processes that edit the same file take turns
+through :func:`locked`, so neither loses the other's entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import filelock
 import h5py
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._io import keep_mode, remove_stale_temporaries, temporary_beside
 from ._keys import Default, Key
-from .errors import CassiaError, MarkerError
+from .errors import CassiaError, FileBusy, MarkerError
 
 try:  # anndata >= 0.11
     from anndata.io import read_elem, write_elem
@@ -161,7 +165,9 @@ def write_annotation(
 
     ``target`` may be ``source`` (an in-place edit). The work is done on a copy beside
     ``target`` that replaces it only when complete, so a failure, a kill or a full disk
-    leaves ``target`` as it was.
+    leaves ``target`` as it was. ``target`` keeps its mode; a new one gets what the umask
+    allows. When other processes may write ``target`` too, hold :func:`locked` around
+    this call and whatever decided what to write.
 
     Parameters
     ----------
@@ -193,20 +199,18 @@ def write_annotation(
     source, target = Path(source), Path(target)
     if "/" in uns_key or any("/" in str(name) for name in obs_columns):
         raise ValueError("uns keys and obs column names must not contain '/'.")
-    handle, temporary = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
-    )
+    remove_stale_temporaries(target)
+    handle, temporary = temporary_beside(target)  # mode as the umask allows
     os.close(handle)
-    temporary = Path(temporary)
     try:
         shutil.copyfile(source, temporary)  # sendfile/copy_file_range: no Python-side copy
-        shutil.copymode(source, temporary)
         with h5py.File(temporary, "r+") as file:
             _add_obs_columns(file["obs"], obs_columns)
             uns = file.require_group("uns")
             if uns_key in uns:
                 del uns[uns_key]
             write_elem(uns, uns_key, dict(uns_value))
+        keep_mode(temporary, target)  # an edit in place keeps the file's mode
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -236,3 +240,125 @@ def _n_rows(element: h5py.Dataset | h5py.Group) -> int:
         if part in element:
             return element[part].shape[0]
     raise CassiaError(f"Cannot tell the length of {element.name} in this file.")
+
+
+@dataclass
+class FileOutline:
+    """The names in an ``.h5ad`` file's ``obs`` and ``uns``, without their content.
+
+    Attributes
+    ----------
+    obs_columns
+        The ``obs`` columns, in order.
+    uns
+        Each ``uns`` entry: None for an array, or the names it holds, two levels deep
+        (a dict of name to None or to a dict of names to None).
+    """
+
+    obs_columns: list[str]
+    uns: dict[str, Any]
+
+
+def read_outline(path: str | os.PathLike) -> FileOutline:
+    """Read the names of an ``.h5ad`` file's ``obs`` columns and ``uns`` entries; no data.
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` file.
+
+    Returns
+    -------
+    FileOutline
+        The names, to tell what a write would replace.
+
+    Examples
+    --------
+    >>> from cassia_sc.h5ad import read_outline
+    >>> "rank_genes_groups" in read_outline("pbmc.h5ad").uns  # doctest: +SKIP
+    True
+    """
+    with h5py.File(path, "r") as file:
+        obs = file["obs"]
+        columns = [str(c) for c in obs.attrs.get("column-order", [])]
+        uns = _names(file["uns"], depth=3) if "uns" in file else {}
+    return FileOutline(columns, uns)
+
+
+def _names(element: h5py.Group | h5py.Dataset, *, depth: int) -> dict[str, Any] | None:
+    if not isinstance(element, h5py.Group) or depth == 0:
+        return None
+    return {name: _names(element[name], depth=depth - 1) for name in element}
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """Return the lock file of ``path``: ``.{name}.lock`` beside it.
+
+    Parameters
+    ----------
+    path
+        The file that is locked.
+
+    Returns
+    -------
+    pathlib.Path
+        The lock file, there only while a process holds or waits for the lock.
+    """
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+@contextmanager
+def locked(path: str | os.PathLike, *, wait: bool = True) -> Iterator[None]:
+    """Hold the lock of ``path`` while editing it: one process at a time, on any machine.
+
+    A read-modify-write of a file (read what it holds, decide, write it back) loses
+    another process's write that lands in between; each side takes the lock around the
+    whole of it. The lock is a file beside ``path`` (see :func:`lock_path`), locked with
+    the operating system's file locks, so it is released when the process dies.
+
+    Parameters
+    ----------
+    path
+        The file to edit.
+    wait
+        Wait for another holder to finish (saying so in the log); False raises
+        :class:`~cassia_sc.errors.FileBusy` at once instead.
+
+    Yields
+    ------
+    None
+        With the lock held.
+
+    Raises
+    ------
+    FileBusy
+        When ``wait=False`` and another process holds the lock.
+
+    Examples
+    --------
+    >>> from cassia_sc.h5ad import locked, write_annotation
+    >>> with locked("pbmc.h5ad"):  # doctest: +SKIP
+    ...     write_annotation("pbmc.h5ad", "pbmc.h5ad", obs_columns={}, uns_key="x", uns_value={})
+    """
+    path = Path(path)
+    beside = lock_path(path)
+    lock = filelock.FileLock(beside)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        if not wait:
+            raise FileBusy(
+                f"{path.name} is being written by another cassia-sc; run again once it has "
+                "finished, or let this run wait for it."
+            ) from None
+        logger.warning("Waiting for another cassia-sc to finish writing %s ...", path.name)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        # Removed while still held, so no lock file stays beside the data: a process
+        # waiting on this one finds it gone once it gets the lock, and locks a new one.
+        with contextlib.suppress(OSError):
+            beside.unlink()
+        lock.release()
