@@ -9,6 +9,7 @@ reading back, the summary CSV, the report and ``pl.review``: the core fields in
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ class Field:
     name
         Column of the ``uns`` table (and key in the conversations JSON).
     kind
-        How it is stored: ``"text"``, ``"list"`` (joined with ``", "`` in tables),
+        How it is stored: ``"text"``, ``"list"`` (joined with ``", "`` in tables, see
+        :func:`join_list`),
         ``"int"``, ``"float"`` (NaN when missing), ``"bool"`` or ``"verdict"``
         (True/False/None, named ``passed``/``failed``/``unknown`` in tables).
     doc
@@ -95,9 +97,13 @@ class Field:
         return self.attribute or self.name
 
     def to_table(self, value: Any) -> Any:
-        """Return ``value`` as the ``uns`` table stores it: text, a number or NaN."""
+        """Return ``value`` as the ``uns`` table stores it: text, a number or NaN.
+
+        A list is ``", "``-joined, or JSON when an item holds a comma (see
+        :func:`join_list`), so that :meth:`from_table` gives it back equal.
+        """
         if self.kind == "list":
-            return Key.list_separator.join(value or ())
+            return join_list(value)
         if self.kind == "verdict":
             return VALIDATION_NAMES[value]
         if self.kind == "int":
@@ -109,7 +115,13 @@ class Field:
         return "" if value is None else str(value)
 
     def to_csv(self, value: Any) -> Any:
-        """Return ``value`` as the summary CSV holds it (a verdict stays True/False/None)."""
+        """Return ``value`` as the summary CSV holds it.
+
+        A verdict stays True/False/None; a list is ``", "``-joined, as CASSIA writes it
+        and its tools read it.
+        """
+        if self.kind == "list":
+            return Key.list_separator.join(value or ())
         return value if self.kind == "verdict" else self.to_table(value)
 
     def from_table(self, value: Any) -> Any:
@@ -136,25 +148,73 @@ class Field:
         return {"type": kinds.get(self.kind, "string")}
 
 
+def join_list(items: Iterable[Any] | None) -> str:
+    """Return a list as text that :func:`split_list` turns back into the same list.
+
+    Items are joined with ``", "``, as CASSIA writes lists, unless that would not come
+    back equal: when an item holds a comma (``"CD4+, CD25+ regulatory T cell"``,
+    ``"HLA-A,B"``), is empty, has spaces at either end, or the first begins with ``[``,
+    the list is written as a JSON array instead.
+
+    Parameters
+    ----------
+    items
+        The list (None for none).
+
+    Returns
+    -------
+    str
+        The text.
+
+    Examples
+    --------
+    >>> join_list(["CD3D", "CD3E"])
+    'CD3D, CD3E'
+    >>> join_list(["CD4+, CD25+ regulatory T cell", "Treg"])
+    '["CD4+, CD25+ regulatory T cell", "Treg"]'
+    """
+    items = [str(item) for item in items or ()]
+    if any("," in item or item != item.strip() or not item for item in items) or (
+        items and items[0].startswith("[")
+    ):
+        return json.dumps(items, ensure_ascii=False)
+    return Key.list_separator.join(items)
+
+
 def split_list(text: Any) -> list[str]:
-    """Split a list stored as ``"a, b"`` text back into its items.
+    """Turn a stored list back into its items: the one reader of lists in tables.
+
+    Reads what :func:`join_list` writes: a JSON array of strings, or ``", "``-joined
+    text (also written so by older versions, and by CASSIA).
 
     Parameters
     ----------
     text
-        The stored text.
+        The stored text; None or NaN for none.
 
     Returns
     -------
     list of str
-        The items, stripped, without empty ones.
+        The items; from joined text stripped, without empty ones.
 
     Examples
     --------
     >>> split_list("CD3D, CD3E,")
     ['CD3D', 'CD3E']
+    >>> split_list('["HLA-A,B", "CD74"]')
+    ['HLA-A,B', 'CD74']
     """
-    return [part.strip() for part in str(text).split(",") if part.strip()]
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return []
+    text = str(text)
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            items = None
+        if isinstance(items, list) and all(isinstance(item, str) for item in items):
+            return items
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _grade_status(row: Mapping[str, Any], params: Mapping[str, Any]) -> Grade:
@@ -252,6 +312,23 @@ CORE_FIELDS: tuple[Field, ...] = (
     ),
     _text("ontology_label", "that term's label", csv="Ontology Label"),
     Field("ontology_score", "float", "the match score of that term"),
+    _text(
+        "ontology_method",
+        "how the term was found: label, synonym, normalised, fuzzy, model or unmapped",
+    ),
+    Field(
+        "ontology_broader",
+        "bool",
+        "the term is broader than the label: the exact type has none",
+        default=False,
+    ),
+    _text(
+        "cell_state",
+        "the state or qualifier taken off the label to find its identity (activated, "
+        "cycling, tissue-resident, a segment or a place)",
+        csv="Cell State",
+        default="",
+    ),
     _list("subtype_ontology_term_ids", "the Cell Ontology term of each subtype, in order"),
     Field(
         "agreement",

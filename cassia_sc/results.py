@@ -384,8 +384,9 @@ class BatchResult:
         -------
         pandas.DataFrame
             A column per declared field; text as Python strings, lists joined with
-            ``", "``, no missing text (empty strings instead), NaN for a missing number,
-            so that it survives ``write_h5ad`` with any anndata.
+            ``", "`` (a JSON array when an item holds a comma: see
+            :func:`cassia_sc.fields.join_list`), no missing text (empty strings instead),
+            NaN for a missing number, so that it survives ``write_h5ad`` with any anndata.
 
         Examples
         --------
