@@ -139,3 +139,19 @@ class Default:
     boost_max_genes: Final = 50
     #: What a plan assumes: the share of clusters a boost will take on.
     boost_share: Final = 0.25
+
+
+class Limit:
+    """Caps on what is written (``uns``, CSV, JSON, report); the reply cache keeps replies whole.
+
+    A reply of megabytes or a label of a hundred thousand characters is cut, saying so.
+    """
+
+    #: Characters of a label: a main cell type, a subtype, any item of a list.
+    label: Final = 200
+    #: Characters of any other text value: feedback, an error, a reasoning.
+    text: Final = 5_000
+    #: Items of a list; the markers the model was given are kept whole.
+    items: Final = 200
+    #: Characters of one message of a conversation, and of a raw reply.
+    message: Final = 50_000

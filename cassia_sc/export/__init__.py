@@ -1,7 +1,9 @@
 """Everything written: CASSIA's four files, and the AnnData writers.
 
 The four files are the summary and full CSV, the conversations JSON and the HTML report;
-the AnnData writers are in :mod:`cassia_sc.export.adata`.
+the AnnData writers are in :mod:`cassia_sc.export.adata`. Every writer writes the batch
+cut to its caps (:mod:`cassia_sc.export.limits`), and CSV cells that a spreadsheet would
+run as formulas are made inert (:func:`csv_text`).
 """
 
 from __future__ import annotations
@@ -10,15 +12,19 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 from anndata import AnnData
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, spreadsheet_safe
 from .._keys import Default, Key
 from ..results import BatchResult
 from .adata import label_columns, store_result, uns_record
+from .limits import bounded
 from .report import embedding_png, render_report, report
 
 __all__ = [
+    "bounded",
+    "csv_text",
     "label_columns",
     "output_paths",
     "render_report",
@@ -92,8 +98,9 @@ def write_outputs(
     ['conversations', 'full', 'report', 'summary']
     """
     paths = output_paths(output_name)
-    atomic_write_text(paths["summary"], result.summary().to_csv(index=False))
-    atomic_write_text(paths["full"], result.full().to_csv(index=False))
+    result = bounded(result)
+    atomic_write_text(paths["summary"], csv_text(result.summary()))
+    atomic_write_text(paths["full"], csv_text(result.full()))
     conversations = {"settings": result.settings, "clusters": result.conversations()}
     atomic_write_text(
         paths["conversations"], json.dumps(conversations, ensure_ascii=False, indent=1)
@@ -101,3 +108,40 @@ def write_outputs(
     image = embedding_png(adata, key=key, basis=basis) if adata is not None else None
     atomic_write_text(paths["report"], render_report(result, embedding_png=image))
     return paths
+
+
+def csv_text(table: pd.DataFrame) -> str:
+    """Return ``table`` as CSV text that no spreadsheet runs as formulas.
+
+    In text columns, a cell beginning with ``=``, ``+``, ``-``, ``@``, a tab or a
+    carriage return gets a leading ``'`` (see :func:`cassia_sc._io.spreadsheet_safe`);
+    numbers, numeric columns and every other cell are written as they are.
+
+    Parameters
+    ----------
+    table
+        The table; its index is not written.
+
+    Returns
+    -------
+    str
+        The CSV text.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> print(csv_text(pd.DataFrame({"label": ["=1+2", "HLA-A", "-1"], "x": [-1.5, 2, 3]})))
+    label,x
+    '=1+2,-1.5
+    HLA-A,2.0
+    -1,3.0
+    <BLANKLINE>
+    """
+    table = table.copy()
+    for column in table.columns:
+        if table[column].dtype.kind not in "biufcmM":
+            table[column] = [
+                spreadsheet_safe(value) if isinstance(value, str) else value
+                for value in table[column]
+            ]
+    return table.to_csv(index=False)

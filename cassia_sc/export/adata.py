@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -16,26 +17,135 @@ import pandas as pd
 from anndata import AnnData
 
 from .._keys import Key
+from ..errors import KeyAddedError
 from ..results import BatchResult, h5_safe_frame
+from .limits import bounded
 
 logger = logging.getLogger("cassia_sc")
 
 
-def check_key_added(key_added: str) -> None:
-    """Refuse a ``key_added`` that cannot be an ``uns`` key.
+def check_key_added(
+    key_added: str,
+    *,
+    uns: Mapping[str, Any] | None = None,
+    obs: Iterable[str] = (),
+    groupby: str | None = None,
+    columns: Iterable[str] = (),
+) -> None:
+    """Refuse a ``key_added`` that is no ``uns`` key, or whose writing would replace foreign data.
+
+    Writing an annotation replaces ``uns[key_added]`` and the ``obs`` columns named
+    after it. Only what cassia_sc wrote may be replaced: an ``uns`` entry with the shape
+    of an annotation record (see :func:`is_annotation_record`), and the ``obs`` columns
+    of such an annotation. An entry such as ``rank_genes_groups``, ``neighbors`` or
+    ``louvain_colors``, or a column of the same name as one of ours while no annotation of
+    ours is stored under ``key_added``, is refused.
 
     Parameters
     ----------
     key_added
         The prefix of the ``obs`` columns and key of the ``uns`` entry.
+    uns
+        The ``uns`` the annotation goes to (of an AnnData, or
+        :attr:`cassia_sc.h5ad.FileOutline.uns`); None checks the name only.
+    obs
+        The ``obs`` columns it has.
+    groupby
+        The ``obs`` column of the clusters, which must not be replaced either.
+    columns
+        The ``obs`` columns to write, on top of those :func:`label_column_names` names.
 
     Raises
     ------
-    ValueError
-        When it contains ``/``.
+    KeyAddedError
+        With what would be lost, and what to pass instead.
+
+    Examples
+    --------
+    >>> ours = {"params": {"cassia_sc_version": "1.0"}, "results": None}
+    >>> check_key_added("cassia", uns={"cassia": ours}, obs=["cassia_celltype"])
+    >>> check_key_added("rank_genes_groups", uns={"rank_genes_groups": {"names": None}})
+    Traceback (most recent call last):
+    ...
+    cassia_sc.errors.KeyAddedError: key_added='rank_genes_groups' would replace ...
     """
+    if not isinstance(key_added, str) or not key_added.strip():
+        raise KeyAddedError(
+            f"key_added must be a name, not {key_added!r} (an unset shell variable?); "
+            "leave it out for the default, 'cassia'."
+        )
     if "/" in key_added:
-        raise ValueError(f"key_added must not contain '/': {key_added!r}.")
+        raise KeyAddedError(f"key_added must not contain '/': {key_added!r}.")
+    if uns is None:
+        return
+    ours = key_added in uns and is_annotation_record(uns[key_added])
+    if key_added in uns and not ours:
+        raise KeyAddedError(
+            f"key_added={key_added!r} would replace uns[{key_added!r}], which cassia_sc did "
+            "not write; pass another key_added."
+        )
+    present = set(obs)
+    written = [*label_column_names(key_added), *columns]
+    if groupby is not None and groupby in written:
+        raise KeyAddedError(
+            f"key_added={key_added!r} would replace obs[{groupby!r}], the clusters being "
+            "annotated; pass another key_added."
+        )
+    foreign = [] if ours else sorted({name for name in written if name in present})
+    if foreign:
+        raise KeyAddedError(
+            f"key_added={key_added!r} would replace obs columns {foreign}, which no "
+            f"annotation of cassia_sc under uns[{key_added!r}] wrote; pass another key_added."
+        )
+
+
+def is_annotation_record(entry: Any) -> bool:
+    """Tell whether an ``uns`` entry has the shape of an annotation record cassia_sc wrote.
+
+    Parameters
+    ----------
+    entry
+        The entry, or its outline (names, as :func:`cassia_sc.h5ad.read_outline` gives).
+
+    Returns
+    -------
+    bool
+        True when it holds a ``results`` table and ``params`` with ``cassia_sc_version``.
+
+    Examples
+    --------
+    >>> is_annotation_record({"params": {"cassia_sc_version": "1.0"}, "results": None})
+    True
+    >>> is_annotation_record({"params": {"groupby": "louvain"}, "names": None})
+    False
+    """
+    if not isinstance(entry, Mapping) or Key.uns.results not in entry:
+        return False
+    params = entry.get(Key.uns.params)
+    return isinstance(params, Mapping) and "cassia_sc_version" in params
+
+
+def label_column_names(key_added: str) -> list[str]:
+    """Return every ``obs`` column an annotation under ``key_added`` may write.
+
+    Parameters
+    ----------
+    key_added
+        The prefix.
+
+    Returns
+    -------
+    list of str
+        The names :func:`label_columns` may return.
+    """
+    return [
+        Key.obs.celltype(key_added),
+        Key.obs.subtype(key_added),
+        Key.obs.ontology_term_id(key_added),
+        Key.obs.agreement(key_added),
+        Key.obs.score(key_added),
+        Key.obs.celltype_initial(key_added),
+    ]
 
 
 def store_result(
@@ -68,9 +178,18 @@ def store_result(
     -------
     list of str
         The ``obs`` columns written.
+
+    Raises
+    ------
+    KeyAddedError
+        When ``key_added`` would replace an ``uns`` entry or ``obs`` columns that
+        cassia_sc did not write (see :func:`check_key_added`); nothing is written then.
     """
-    check_key_added(key_added)
+    result = bounded(result)
     columns = label_columns(adata.obs[groupby], result, key_added=key_added)
+    check_key_added(
+        key_added, uns=adata.uns, obs=adata.obs.columns, groupby=groupby, columns=columns
+    )
     for name, values in columns.items():
         adata.obs[name] = values
     adata.uns[key_added] = uns_record(result, groupby=groupby, key=key, uncertainty=uncertainty)
@@ -105,6 +224,7 @@ def label_columns(
     terms = {c.cluster: c.ontology_term_id for c in answered if c.ontology_term_id}
     agreement = {c.cluster: c.agreement for c in answered if c.agreement is not None}
     scores = {c.cluster: c.extra["score"] for c in answered if c.extra.get("score") is not None}
+    states = {c.cluster: c.extra["cell_state"] for c in answered if c.extra.get("cell_state")}
     initial = {c.cluster: c.extra.get("initial_cell_type") or c.main_cell_type for c in answered}
     boosted = any(c.extra.get("boosted") for c in answered)
     names = pd.Series(clusters).astype(str)
@@ -126,6 +246,8 @@ def label_columns(
         columns[Key.obs.ontology_term_id(key_added)] = _labels(names, terms)
     if agreement:
         columns[Key.obs.agreement(key_added)] = names.map(agreement).to_numpy(dtype=float)
+    if states:
+        columns[Key.obs.cell_state(key_added)] = _labels(names, states)
     if scores:
         columns[Key.obs.score(key_added)] = names.map(scores).to_numpy(dtype=float)
     if boosted:
@@ -157,8 +279,10 @@ def uns_record(
     -------
     dict
         ``params``, ``results``, ``conversations``, ``usage``, ``versions`` and, after
-        repeated runs, ``uncertainty``.
+        repeated runs, ``uncertainty``; long values cut as :func:`~.limits.bounded` cuts
+        them.
     """
+    result = bounded(result)
     params = {name: value for name, value in result.settings.items() if value is not None}
     params |= {"groupby": groupby, "key": key}
     record = {

@@ -26,6 +26,7 @@ from ..fields import CORE_FIELDS, VALIDATION_NAMES, Field
 from ..get import annotation
 from ..pl import annotations
 from ..results import BatchResult, ClusterResult
+from .limits import bounded
 
 
 @cache
@@ -140,6 +141,7 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
     >>> cassia_sc.export.render_report(plan).startswith("<!DOCTYPE html>")
     True
     """
+    result = bounded(result)  # a 100 KB label or a 5 MB reply would make a page no one opens
     prompts: dict[str, str] = {}  # system prompt text -> its label, shown once
     threshold = float(result.settings.get("agreement_threshold", Default.agreement_threshold))
     boost_below = result.settings.get("boost_below")
@@ -222,10 +224,15 @@ def _card(
         "error": cluster.error,
         "raw_reply": cluster.raw_reply,
         "turns": turns,
-        "added": [(f.report, f.to_table(cluster.get(f))) for f in added if cluster.get(f)],
+        "added": [(f.report, _shown(f, cluster.get(f))) for f in added if cluster.get(f)],
         "score": score,
         "score_band": "none" if score is None else "low" if score < boost_below else "high",
         "score_reasoning": cluster.extra.get("score_reasoning", ""),
         "boosted": bool(cluster.extra.get("boosted")),
         "search": " ".join(words).lower(),
     }
+
+
+def _shown(declared: Field, value: Any) -> Any:
+    """Return a step's value as the card shows it: a list ", "-joined, else as in the table."""
+    return declared.to_csv(value) if declared.kind == "list" else declared.to_table(value)

@@ -141,8 +141,8 @@ def annotate(
         )
     if copy:
         adata = adata.copy()
-    check_key_added(key_added)
     groupby = _grouping(adata, groupby, key)
+    check_key_added(key_added, uns=adata.uns, obs=adata.obs.columns, groupby=groupby)
     result, agreement = run_annotation(
         adata,
         model=model,
