@@ -99,8 +99,10 @@ _CELL = "CL:0000000"
 #: across lineages (nucleate, motile, secretory, contractile, progenitor, phagocyte, ...),
 #: plus the broad lineage classes whose children annotators are expected to tell apart
 #: (about 150 or more descendants each: leukocyte, lymphocyte, myeloid cell, epithelial cell,
-#: neuron, glial cell, ...), and "extraembryonic cell" (a grouping by origin: trophoblast,
-#: decidua, yolk sac). "native cell", "animal cell" and "somatic cell" are obsolete in
+#: neuron, glial cell, ...), "extraembryonic cell" (a grouping by origin: trophoblast,
+#: decidua, yolk sac), and the groupings whose members fall under two or more of those
+#: lineages (found by walking the shipped CL: endocrine cell, ciliated cell, bone cell, ...).
+#: "native cell", "animal cell" and "somatic cell" are obsolete in
 #: current CL, so they are not here. "mononuclear phagocyte" (monocyte, macrophage, dendritic
 #: cell) and "T cell" are deliberately left out: their children count as close relatives.
 #: Groupings by place ("kidney epithelial cell", "intestinal epithelial cell": one of these
@@ -148,6 +150,28 @@ TOO_GENERAL: dict[str, str] = {
     "CL:0000187": "muscle cell",
     "CL:1000497": "kidney cell",
     "CL:0000349": "extraembryonic cell",
+    # groupings by a property or a place whose members belong to two or more of the
+    # lineages above (epithelial, hematopoietic, neural, connective tissue, muscle, ...)
+    "CL:0000197": "sensory receptor cell",
+    "CL:0000206": "chemoreceptor cell",
+    "CL:0000163": "endocrine cell",
+    "CL:0000154": "protein secreting cell",
+    "CL:0000167": "peptide hormone secreting cell",
+    "CL:0000174": "steroid hormone secreting cell",
+    "CL:0000457": "biogenic amine secreting cell",
+    "CL:0000458": "serotonin secreting cell",
+    "CL:0002274": "histamine secreting cell",
+    "CL:0000048": "multi fate stem cell",
+    "CL:0000064": "ciliated cell",
+    "CL:0000147": "pigment cell",
+    "CL:0000228": "multinucleate cell",
+    "CL:4052002": "syncytial cell",
+    "CL:0001035": "bone cell",
+    "CL:4030031": "interstitial cell",
+    "CL:0002494": "cardiocyte",
+    "CL:0002559": "hair follicle cell",
+    "CL:1000854": "kidney blood vessel cell",
+    "CL:1000600": "lower urinary tract cell",
 }
 
 #: Abbreviations and common names expanded in step 3, as whole words, case-insensitive. A
@@ -392,11 +416,12 @@ def _singular(word: str) -> str:
 
 def _tokens(text: str) -> tuple[str, ...]:
     """Rewrite ``text`` into words, the same way for a label and for a CL name (step 3)."""
-    text = unicodedata.normalize("NFKC", _repair(text))
-    for letter, name in _GREEK.items():
-        text = text.replace(letter, name)
-    text = _strip_accents(text).casefold()
-    text = _DASHES.sub("-", text)
+    if not text.isascii():  # most names are ASCII: the unicode steps only when needed
+        text = unicodedata.normalize("NFKC", _repair(text))
+        for letter, name in _GREEK.items():
+            text = text.replace(letter, name)
+        text = _DASHES.sub("-", _strip_accents(text))
+    text = text.casefold()
     text = _NUMBERED_CELL.sub(r"\1 \2", text)
     text = _MARKER_LEVEL.sub(r"\1 \2", text)
     text = _NEGATIVE_MARKER.sub(r"\1 negative ", text)
@@ -672,6 +697,8 @@ def _stages(words: tuple[str, ...], *, full: bool, dedupe: bool) -> Iterator[tup
     if products != no_markers:
         yield from _completions(products, full=full)  # "IgA-secreting Plasma Cells"
     for stage in (paired, no_markers):
+        if dedupe:  # "immune cell t", from "Immune cells (T cells)": "t" is no cluster code
+            break
         trimmed = _drop_trailing_code(stage)
         if trimmed != stage:
             yield from _completions(_expand(trimmed), full=full)
@@ -849,6 +876,7 @@ def _build_index(parser: Any) -> _Index:
     fuzzy: dict[str, tuple[int, str]] = {}
     organ_ordered: dict[str, dict[str, tuple[int, frozenset[str]]]] = {}
     organ_bags: dict[str, dict[str, tuple[int, frozenset[str]]]] = {}
+    label_words: dict[str, tuple[str, ...]] = {}
     for term in live:
         names = [(0, labels[term])]
         names += [
@@ -859,6 +887,8 @@ def _build_index(parser: Any) -> _Index:
         for rank, name in names:
             offer(exact_label if rank == 0 else exact_synonym, name.casefold(), 0, term)
             words = _tokens(name)
+            if rank == 0:
+                label_words[term] = words
             offer(ordered, " ".join(words), rank, term)
             offer(bags, _bag(words), rank, term)
             offer(fuzzy, " ".join(words), rank, term)
@@ -890,7 +920,6 @@ def _build_index(parser: Any) -> _Index:
             for key, entries in table.items()
         }
 
-    label_words = {term: _tokens(labels[term]) for term in live}
     term_organs = {term: _organs_in(label_words[term]) for term in live}
     groupings = set()
     for term in live:
@@ -1450,7 +1479,8 @@ class CellOntology:
         if not notes:
             return self._find(outside, organs, main=True)
         inline = _tokens(re.sub(r"[()\[\]_]", " ", text))
-        term = self._lookup(_variants(inline, dedupe=True), organs) if inline else None
+        variants = _unique([*_variants(inline), *_variants(inline, dedupe=True)])
+        term = self._lookup(variants, organs) if inline else None
         if term is not None:
             return _Found(term)
         pieces = [(outside, True)] if outside else []

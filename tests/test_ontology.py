@@ -686,6 +686,9 @@ CD4_T, CD8_T = "CL:0000624", "CL:0000625"
         (B_CELL, "CL:0000182", 0.0),  # B cell, hepatocyte: unrelated
         ("CL:0000057", "CL:0000540", 0.0),  # fibroblast, neuron: unrelated
         (T_CELL, "CL:0001065", 0.0),  # T cell, innate lymphoid cell: only "lymphocyte"
+        ("CL:0000711", "CL:0000169", 0.0),  # cumulus granulosa, beta cell: "protein secreting"
+        ("CL:0000786", B_CELL, 0.5),  # plasma cell, B cell: a lineage link
+        ("CL:0000000", B_CELL, 0.0),  # "cell" says nothing of a type
         ("CL:0000182", "CL:0002204", 0.0),  # hepatocyte, tuft cell: only "epithelial cell"
         ("CL:0000136", "CL:0000062", 0.0),  # adipocyte, osteoblast: only "connective tissue"
         (UNKNOWN, B_CELL, 0.0),
@@ -854,6 +857,7 @@ def test_mojibake_repair(text, repaired):
         ("Colonocytes (Absorptive cells)", None, "CL:1000347"),  # colonocyte
         ("Intestinal Stem Cells (ISCs)", None, "CL:0002250"),  # intestinal crypt stem cell
         ("LGR5+ Intestinal Stem Cells", None, "CL:0002250"),
+        ("Immune cells (T cells)", None, "CL:0000084"),  # T cell: the note is more specific
     ],
 )
 def test_notes_and_abbreviations_in_parentheses(cl, label, tissue, expected):
@@ -1064,3 +1068,63 @@ def test_the_word_tables_are_sound(shipped_cl):
     assert ANATOMY_ADJECTIVES["dermal"] == "dermis" and ANATOMY_ADJECTIVES["renal"] == "kidney"
     for term, label in FORBIDDEN.items():
         assert shipped_cl[term]["label"].endswith(label)
+
+
+# -- similarity: CASSIA's 0-100 scale -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("truth", "predicted", "score", "kind"),
+    [
+        (B_CELL, B_CELL, 100.0, "same term"),
+        (B_CELL, "CL:0000787", 90.0, "more specific"),  # memory B cell
+        (B_CELL, "CL:0000817", 90.0, "more specific"),  # precursor B cell
+        ("CL:0000057", "CL:1000692", 90.0, "more specific"),  # fibroblast, kidney interstitial
+        ("CL:1000692", "CL:0000057", 80.0, "broader"),  # one is_a step up
+        ("CL:0000775", "CL:0000094", 80.0, "broader"),  # neutrophil, granulocyte
+        (B_CELL, LYMPHOCYTE, 70.0, "broader"),  # two steps up
+        (B_CELL, "CL:0000738", 50.0, "broader"),  # leukocyte: four steps, never below 50
+        (B_CELL, "CL:0000786", 80.0, "lineage"),  # plasma cell: CL does not file it under B
+        ("CL:0000786", B_CELL, 80.0, "lineage"),
+        (B_CELL, "CL:0000987", 60.0, "lineage"),  # IgA plasma cell: the link and two steps
+        ("CL:0000057", "CL:0000186", 80.0, "lineage"),  # fibroblast, myofibroblast cell
+        ("CL:0000680", "CL:0000187", 80.0, "lineage"),  # muscle precursor cell, muscle cell
+        (CD4_T, CD8_T, 70.0, "relative"),  # siblings
+        ("CL:0000576", "CL:0000235", 70.0, "relative"),  # monocyte, macrophage
+        ("CL:0002188", "CL:0002139", 60.0, "relative"),  # glomerular, vascular endothelial
+        ("CL:0005009", "CL:1000768", 70.0, "overlap"),  # principal and connecting tubule
+        # cells: both classes hold the connecting tubule's principal cells
+        (CD8_T, "CL:0000813", 70.0, "overlap"),  # CD8 T cell, memory T cell
+        ("CL:0002306", "CL:1000703", 0.0, "unrelated"),  # proximal tubule, renal pelvis:
+        # only "kidney epithelial cell", a grouping by place
+        ("CL:2000002", "CL:0000351", 0.0, "unrelated"),  # decidual cell, trophoblast
+        ("CL:0000000", B_CELL, 0.0, "unrelated"),
+        (B_CELL, "CL:0000000", 0.0, "unrelated"),
+        ("CL:0000000", "CL:0000000", 100.0, "same term"),
+        (UNKNOWN, B_CELL, 0.0, "unmapped"),
+    ],
+)
+def test_similarity(cl, truth, predicted, score, kind):
+    assert cl.similarity(truth, predicted) == score
+    assert cl.relation_kind(truth, predicted) == kind
+
+
+def test_relation_is_similarity_in_three_grades(cl, shipped_cl):
+    terms = sorted(t for t, meta in shipped_cl.items() if t.startswith("CL:"))[::37]
+    terms = [t for t in terms if not shipped_cl[t]["deprecated"]][:60]
+    terms += [B_CELL, T_CELL, CD4_T, CD8_T, LYMPHOCYTE, "CL:0000786", "CL:0000057"]
+    for a in terms:
+        for b in terms:
+            score = cl.similarity(a, b)
+            assert 0 <= score <= 100
+            assert score == 100 or score <= 90
+            expected = 1.0 if score == 100 else 0.5 if score >= 50 else 0.0
+            assert cl.relation(a, b) == expected == cl.relation(b, a)
+
+
+def test_groupings_by_place_are_too_general(cl):
+    general = cl._cl.general
+    for term in ("CL:0002518", "CL:0002563", "CL:1000494"):  # kidney epithelial cell,
+        assert term in general  # intestinal epithelial cell, nephron tubule epithelial cell
+    for term in ("CL:0000746", "CL:0002250", "CL:0000113", "CL:0000084"):  # cardiac muscle
+        assert term not in general  # cell, intestinal crypt stem cell, MNP, T cell
