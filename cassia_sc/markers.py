@@ -13,9 +13,16 @@ The canonical table is a :class:`pandas.DataFrame` with one row per (cluster, ge
 
 from __future__ import annotations
 
+import bz2
+import csv
+import gzip
+import io
 import logging
+import lzma
 import math
 import os
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -71,8 +78,14 @@ RANKING_METHODS: dict[str, tuple[tuple[str, ...], bool]] = {
     "Score": (("score",), False),
 }
 
-# Tokens that stand for "no gene" in hand-made or exported lists.
+# Tokens that stand for "no gene" in hand-made or exported lists, and "no value" in a
+# statistic's column (R writes NA); a cluster may be named so.
 _EMPTY_TOKENS = frozenset({"", "nan", "none", "null", "na"})
+# Separators a marker file may use: comma, semicolon (a spreadsheet set to a language with
+# decimal commas), tab.
+_SEPARATORS = (",", ";", "\t")
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+(?:[eE][+-]?\d+)?")
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
 def top_markers(
@@ -227,25 +240,130 @@ def read_markers(
             "pass celltype_column= and gene_column_name= instead."
         )
     if isinstance(marker, str | os.PathLike):
-        frame = _read_table_file(Path(marker))
-    elif isinstance(marker, pd.DataFrame):
-        frame = marker
-    else:
+        path = Path(marker)
+        frame = _read_table_file(path)
+        try:
+            return _from_table(
+                frame, celltype_column=celltype_column, gene_column_name=gene_column_name
+            )
+        except MarkerError as err:
+            raise MarkerError(f"{path}: {err}") from None
+    if not isinstance(marker, pd.DataFrame):
         raise MarkerError(
             f"markers must be an AnnData, a DataFrame or the path of a CSV file, "
             f"not {type(marker).__name__}."
         )
-    return _from_table(frame, celltype_column=celltype_column, gene_column_name=gene_column_name)
+    return _from_table(marker, celltype_column=celltype_column, gene_column_name=gene_column_name)
 
 
 def _read_table_file(path: Path) -> pd.DataFrame:
+    """Read a marker file as text; its index is each row's line number in the file."""
     if not path.is_file():
         raise FileNotFoundError(f"Marker file not found: {str(path)!r}.")
-    suffixes = [s.lower() for s in path.suffixes if s.lower() not in {".gz", ".bz2", ".zip", ".xz"}]
-    sep = "\t" if suffixes and suffixes[-1] in {".tsv", ".tab", ".txt"} else ","
-    # Everything as text: cluster names such as "01" stay as written; statistics are
-    # converted later, column by column, with errors that name the column.
-    return pd.read_csv(path, sep=sep, dtype=str, encoding="utf-8-sig")
+    text = _decoded(path, _file_bytes(path))
+    if not text.strip():
+        raise MarkerError(f"{path} is empty: export the marker table to it again.")
+    separator = _separator(path, text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
+    header: list[str] | None = None
+    rows, lines = [], []
+    start = 1
+    for record in reader:
+        line, start = start, reader.line_num + 1
+        if not any(field.strip() for field in record):
+            continue  # a blank line
+        if header is None:
+            header = record
+            continue
+        rows.append(record)
+        lines.append(line)
+    assert header is not None  # the text is not blank
+    widths = {len(row) for row in rows}
+    if widths == {len(header) + 1}:  # R's write.table: row names, and no header for them
+        rows = [row[1:] for row in rows]
+    for row, line in zip(rows, lines, strict=True):
+        if len(row) > len(header):
+            raise MarkerError(
+                f"{path}: line {line} has {len(row)} fields, the header {len(header)}; "
+                "quote values that hold the separator."
+            )
+    rows = [row + [""] * (len(header) - len(row)) for row in rows]
+    # Everything as text: cluster names such as "01" or "NA" stay as written; statistics
+    # are converted later, column by column, with errors that name the column. Only an
+    # empty cell is missing.
+    frame = pd.DataFrame(rows, columns=header, index=pd.Index(lines, name="line"), dtype=object)
+    return frame.mask(frame.apply(lambda column: column.str.strip() == ""))
+
+
+def _file_bytes(path: Path) -> bytes:
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.namelist() if not m.endswith("/")]
+            if len(members) != 1:
+                raise MarkerError(f"{path} holds {len(members)} files; zip one marker table.")
+            return archive.read(members[0])
+    opener = _OPENERS.get(suffix)
+    if opener is None:
+        return path.read_bytes()
+    with opener(path, "rb") as file:
+        return file.read()
+
+
+def _decoded(path: Path, raw: bytes) -> str:
+    """UTF-8 (with or without a byte-order mark); else Windows-1252 / Latin-1, with a warning."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    for encoding, name in (("cp1252", "Windows-1252"), ("latin-1", "Latin-1")):
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        logger.warning(
+            "%s is not UTF-8; read it as %s. Check that names with accents or symbols read "
+            "right, or save the file as UTF-8.",
+            path,
+            name,
+        )
+        return text
+    raise AssertionError("Latin-1 decodes any bytes")
+
+
+def _separator(path: Path, text: str) -> str:
+    """Return the header line's separator: the suffix's when it has one, else its most common.
+
+    The suffix's separator is a tab for ``.tsv``, ``.tab`` and ``.txt``, else a comma.
+    """
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in _OPENERS.keys() | {".zip"}]
+    expected = "\t" if suffixes and suffixes[-1] in {".tsv", ".tab", ".txt"} else ","
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    counts = {sep: _count_outside_quotes(header, sep) for sep in _SEPARATORS}
+    if counts[expected] or not any(counts.values()):
+        return expected
+    found = max(counts, key=counts.__getitem__)
+    logger.info("%s is separated by %r, not %r; read it so.", path, found, expected)
+    return found
+
+
+def _count_outside_quotes(line: str, separator: str) -> int:
+    count, quoted = 0, False
+    for character in line:
+        if character == '"':
+            quoted = not quoted
+        elif character == separator and not quoted:
+            count += 1
+    return count
+
+
+def _rows(labels: pd.Index) -> str:
+    """How an error points at rows: file lines, or a DataFrame's index labels."""
+    shown = labels[:5].tolist()
+    more = f" and {len(labels) - 5} more" if len(labels) > 5 else ""
+    if labels.name == "line":
+        return f"line{'s' if len(labels) > 1 else ''} {', '.join(map(str, shown))}{more}"
+    return f"rows with index {shown}{more}"
 
 
 def _from_table(
@@ -277,13 +395,18 @@ def _from_table(
         )
 
     stats = _table_statistics(frame)
-    if frame[cluster_column].isna().any():
-        rows = np.flatnonzero(frame[cluster_column].isna().to_numpy())[:5].tolist()
-        raise MarkerError(f"Column {cluster_column!r} has empty cluster names (rows {rows}).")
-    clusters = frame[cluster_column].astype(str).str.strip()
+    names = frame[cluster_column]
+    empty = names.isna() | (names.astype(str).str.strip() == "")
+    if empty.any():
+        raise MarkerError(
+            f"Column {cluster_column!r} has empty cluster names, at {_rows(frame.index[empty])}; "
+            "name those clusters or drop their rows."
+        )
+    _refuse_names_that_read_alike(names, cluster_column)
+    clusters = names.astype(str).str.strip()
     cluster_order = pd.unique(clusters)
-    if isinstance(frame[cluster_column].dtype, pd.CategoricalDtype):  # e.g. a Seurat factor
-        levels = frame[cluster_column].cat.categories.astype(str).str.strip()
+    if isinstance(names.dtype, pd.CategoricalDtype):  # e.g. a Seurat factor
+        levels = names.cat.categories.astype(str).str.strip()
         cluster_order = levels[levels.isin(cluster_order)].to_numpy()
     genes = frame[gene_column]
     missing = genes.isna() | genes.astype(str).str.strip().str.lower().isin(_EMPTY_TOKENS)
@@ -291,11 +414,13 @@ def _from_table(
         affected = pd.unique(clusters[missing])[:10].tolist()
         if clusters.is_unique:
             raise MarkerError(
-                f"Clusters {affected} have no marker genes; give them genes or drop them."
+                f"Clusters {affected} have no marker genes, at {_rows(frame.index[missing])}; "
+                "give them genes or drop them."
             )
         raise MarkerError(
             f"{int(missing.sum())} rows of column {gene_column!r} have no gene name "
-            f"(clusters {affected}); remove those rows or fix the table."
+            f"(clusters {affected}), at {_rows(frame.index[missing])}; remove those rows or "
+            "fix the table."
         )
     if stats.empty:  # the simplified format: comma-separated genes, in rank order
         if genes.astype(str).str.contains(",").any():
@@ -306,6 +431,26 @@ def _from_table(
         canonical = pd.DataFrame({"cluster": clusters, "gene": genes.astype(str).str.strip()})
         canonical = pd.concat([canonical, stats.set_axis(canonical.index)], axis=1)
     return _finish(canonical, cluster_order)
+
+
+def _refuse_names_that_read_alike(names: pd.Series, column: str) -> None:
+    """Refuse cluster names of different types that are the same text (0 and "0")."""
+    if names.dtype != object and not (
+        isinstance(names.dtype, pd.CategoricalDtype) and names.cat.categories.dtype == object
+    ):
+        return
+    kinds: dict[str, dict[str, object]] = {}
+    for value in pd.unique(names.to_numpy(dtype=object)):
+        kinds.setdefault(str(value).strip(), {}).setdefault(type(value).__name__, value)
+    alike = {text: seen for text, seen in kinds.items() if len(seen) > 1}
+    if alike:
+        text, seen = next(iter(alike.items()))
+        shown = " and ".join(f"{value!r} ({kind})" for kind, value in seen.items())
+        raise MarkerError(
+            f"Column {column!r} names clusters {shown}, which read the same as text and "
+            f"would be merged into cluster {text!r}. Make the column one type, e.g. "
+            f"df[{column!r}] = df[{column!r}].astype(str), or rename one of them."
+        )
 
 
 def _detect_columns(columns: list[str]) -> tuple[str | None, str | None]:
@@ -331,10 +476,23 @@ def _table_statistics(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _numeric(column: pd.Series, name: str) -> np.ndarray:
-    try:
-        return pd.to_numeric(column).to_numpy(dtype=float)
-    except (TypeError, ValueError) as err:
-        raise MarkerError(f"Column {name!r} of the marker table should be numeric: {err}") from None
+    """Return a statistic's column as floats: NA and the like are missing, decimal commas read."""
+    if column.dtype.kind in "biuf":
+        return column.to_numpy(dtype=float)
+    text = column.astype(object).where(column.notna(), "").astype(str).str.strip()
+    text = text.where(~text.str.lower().isin(_EMPTY_TOKENS), "nan")
+    commas = text.str.fullmatch(_DECIMAL_COMMA.pattern)
+    if commas.any():  # "1,5" from a spreadsheet set to a language with decimal commas
+        text = text.where(~commas, text.str.replace(",", ".", regex=False))
+    values = pd.to_numeric(text, errors="coerce")
+    bad = values.isna() & (text.str.lower() != "nan")
+    if bad.any():
+        examples = pd.unique(column[bad].astype(str))[:3].tolist()
+        raise MarkerError(
+            f"Column {name!r} of the marker table should be numeric, but holds {examples} "
+            f"at {_rows(column.index[bad])}; fix those values or drop the column."
+        )
+    return values.to_numpy(dtype=float)
 
 
 def _unique_row_names(clusters: pd.Series) -> pd.Series:

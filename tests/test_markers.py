@@ -418,3 +418,63 @@ def test_a_categorical_cluster_column_keeps_its_level_order():
     levels = ["10", "9", "8", "7", "6", "5", "4", "3", "2", "1", "0", "unused"]
     seurat["cluster"] = pd.Categorical(seurat["cluster"], categories=levels)
     assert list(top_markers(seurat)) == levels[:-1]
+
+
+# --------------------------------------------------------------------------- awkward files
+
+
+def test_a_latin1_file_is_read_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "markers.csv"
+    path.write_bytes("cluster,gene\nlymphocyte T,CD3D\ncélula B,MS4A1\n".encode("latin-1"))
+    caplog.set_level(logging.WARNING, logger="cassia_sc")
+    assert top_markers(path) == {"lymphocyte T": ["CD3D"], "célula B": ["MS4A1"]}
+    assert f"{path} is not UTF-8; read it as Windows-1252" in caplog.text
+
+
+def test_an_empty_file_names_itself(tmp_path):
+    path = tmp_path / "markers.csv"
+    path.write_bytes(b"")
+    with pytest.raises(MarkerError, match=r"markers\.csv is empty: export the marker table"):
+        top_markers(path)
+    path.write_text("\n\n")
+    with pytest.raises(MarkerError, match=r"markers\.csv is empty"):
+        top_markers(path)
+
+
+def test_a_semicolon_file_with_decimal_commas_is_read(tmp_path):
+    path = tmp_path / "markers.csv"
+    path.write_text(
+        "cluster;gene;avg_log2FC;p_val_adj\n"
+        "0;CD3D;2,5;0,001\n0;IL7R;1,5;0,01\n1;MS4A1;3,25;1e-5\n1;CD79A;0,1;0,2\n"
+    )
+    assert top_markers(path) == {"0": ["CD3D", "IL7R"], "1": ["MS4A1"]}
+
+
+def test_clusters_named_na_none_or_nan_are_names(tmp_path):
+    path = tmp_path / "markers.csv"
+    path.write_text("cluster,gene,avg_log2FC\nNA,CD3D,2\nNone,MS4A1,3\nnan,LYZ,NA\nnan,CST3,1\n")
+    assert top_markers(path) == {"NA": ["CD3D"], "None": ["MS4A1"], "nan": ["CST3"]}
+
+
+def test_clusters_0_and_text_0_in_one_frame_are_refused():
+    table = pd.DataFrame({"cluster": [0, "0", 1], "gene": ["CD3D", "MS4A1", "LYZ"]})
+    with pytest.raises(MarkerError, match=r"0 \(int\) and '0' \(str\), which read the same"):
+        top_markers(table)
+    table["cluster"] = table["cluster"].astype(str)  # the fix the message gives
+    assert top_markers(table) == {"0": ["CD3D", "MS4A1"], "1": ["LYZ"]}
+
+
+def test_errors_point_at_file_lines(tmp_path):
+    path = tmp_path / "markers.csv"
+    path.write_text('cluster,gene,avg_log2FC\na,CD3D,1\n\nb,,2\n"",LYZ,3\nc,CST3,high\n')
+    with pytest.raises(MarkerError, match=r"markers\.csv: Column 'avg_log2FC' .* at line 6;"):
+        top_markers(path)
+    path.write_text("cluster,gene\na,CD3D\n\nb,\n")
+    with pytest.raises(MarkerError, match=r"markers\.csv: .* no marker genes, at line 4;"):
+        top_markers(path)
+    path.write_text("cluster,gene\na,CD3D\n\n,MS4A1\n")
+    with pytest.raises(MarkerError, match=r"markers\.csv: .*empty cluster names, at line 4;"):
+        top_markers(path)
+    frame = pd.DataFrame({"cluster": ["a", None], "gene": ["X", "Y"]}, index=[10, 20])
+    with pytest.raises(MarkerError, match=r"empty cluster names, at rows with index \[20\]"):
+        top_markers(frame)
