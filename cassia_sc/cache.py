@@ -173,3 +173,148 @@ class ResponseCache:
 
     def __len__(self) -> int:
         return sum(1 for _ in self.directory.glob("*/*.json")) if self.directory.is_dir() else 0
+
+
+# -- managing the folder: what it holds, and clearing it (``cassia-sc cache``) --------------
+# Imported here, with the code that uses them, so that this part stays apart from the above.
+
+import contextlib  # noqa: E402
+import re  # noqa: E402
+import stat  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+from ._io import STALE_AFTER  # noqa: E402
+
+_ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.json")
+_SHARD_NAME = re.compile(r"[0-9a-f]{2}")
+_TEMPORARY_NAME = re.compile(r"\.[0-9a-f]{64}\.json\.[A-Za-z0-9_]{6,16}\.tmp")
+
+
+@dataclass(frozen=True)
+class CacheSummary:
+    """What a cache folder holds.
+
+    Attributes
+    ----------
+    directory
+        The folder.
+    entries
+        Stored replies.
+    size
+        Their size on disk, in bytes.
+    oldest, newest
+        When the oldest and the newest entry were stored (seconds since the epoch), or
+        None when there is none.
+    temporaries
+        Temporary files that interrupted writes left behind.
+    """
+
+    directory: Path
+    entries: int
+    size: int
+    oldest: float | None
+    newest: float | None
+    temporaries: int
+
+
+def _cache_files(directory: Path) -> Iterator[tuple[Path, os.stat_result, bool]]:
+    """Each file of ours in the folder: its path, its stat and whether it is an entry."""
+    if not directory.is_dir():
+        return
+    for shard in os.scandir(directory):
+        if not (_SHARD_NAME.fullmatch(shard.name) and shard.is_dir(follow_symlinks=False)):
+            continue
+        for entry in os.scandir(shard.path):
+            is_entry = bool(_ENTRY_NAME.fullmatch(entry.name))
+            if not (is_entry or _TEMPORARY_NAME.fullmatch(entry.name)):
+                continue  # not ours: never counted, never removed
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            if stat.S_ISREG(info.st_mode):
+                yield Path(entry.path), info, is_entry
+
+
+def cache_summary(directory: str | os.PathLike | None = None) -> CacheSummary:
+    """Count the replies in a cache folder, and their size.
+
+    Parameters
+    ----------
+    directory
+        The folder; by default :func:`default_cache_dir`.
+
+    Returns
+    -------
+    CacheSummary
+        The folder, its entries, their size and age, and stale temporary files.
+
+    Examples
+    --------
+    >>> from cassia_sc.cache import cache_summary
+    >>> cache_summary().entries  # doctest: +SKIP
+    1204
+    """
+    folder = Path(directory).expanduser() if directory is not None else default_cache_dir()
+    entries, size, temporaries = 0, 0, 0
+    times: list[float] = []
+    for _, info, is_entry in _cache_files(folder):
+        if is_entry:
+            entries += 1
+            size += info.st_size
+            times.append(info.st_mtime)
+        else:
+            temporaries += 1
+    return CacheSummary(
+        folder, entries, size, min(times, default=None), max(times, default=None), temporaries
+    )
+
+
+def clear_cache(
+    directory: str | os.PathLike | None = None, *, older_than: float | None = None
+) -> tuple[int, int]:
+    """Remove replies from a cache folder: all of them, or those stored long enough ago.
+
+    Only the cache's own files are removed (entries, and temporary files that interrupted
+    writes left); any other file in the folder is left alone.
+
+    Parameters
+    ----------
+    directory
+        The folder; by default :func:`default_cache_dir`.
+    older_than
+        Remove only the entries stored more than this many seconds ago; None removes all.
+
+    Returns
+    -------
+    tuple of int
+        The entries removed, and the bytes freed (temporary files included).
+
+    Examples
+    --------
+    >>> from cassia_sc.cache import clear_cache
+    >>> removed, freed = clear_cache(older_than=30 * 86400)  # doctest: +SKIP
+    """
+    folder = Path(directory).expanduser() if directory is not None else default_cache_dir()
+    now = time.time()
+    removed, freed = 0, 0
+    for path, info, is_entry in list(_cache_files(folder)):
+        age = now - info.st_mtime
+        if is_entry and older_than is not None and age <= older_than:
+            continue
+        if not is_entry and age <= max(STALE_AFTER, older_than or 0):
+            continue  # a write in progress
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed += is_entry
+        freed += info.st_size
+    if folder.is_dir():
+        for shard in os.scandir(folder):
+            if _SHARD_NAME.fullmatch(shard.name) and shard.is_dir(follow_symlinks=False):
+                with contextlib.suppress(OSError):  # not empty: kept
+                    os.rmdir(shard.path)
+    return removed, freed

@@ -1,29 +1,47 @@
-"""The ``cassia-sc`` command: annotate an existing ``.h5ad`` file, or a marker table."""
+"""The ``cassia-sc`` command: annotate an existing ``.h5ad`` file, or a marker table.
+
+What it prints passes through :func:`cassia_sc._io.printable`: a cluster name, a label or
+an error that came from a file or a model cannot move the cursor, retitle the window or
+write to the clipboard of the terminal it is shown in.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
+import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData, read_h5ad
 
 from ._docs import cli_help
-from ._keys import Default, Key
+from ._io import check_writable, format_size, printable, remove_stale_temporaries
+from ._keys import Default, Key, Limit
 from ._version import __version__
 from .agents import PIPELINES
+from .cache import cache_summary, clear_cache, default_cache_dir
 from .compat import run_batch_to_files
-from .errors import BatchInterrupted, CassiaError
+from .errors import BatchInterrupted, CassiaError, KeyAddedError, NotWritable
 from .evidence import DataHandle
-from .export import write_outputs
+from .export import bounded, output_paths, write_outputs
 from .export.adata import check_key_added, label_columns, uns_record
-from .h5ad import read_embedding, read_for_annotation, write_annotation
+from .export.limits import cut
+from .h5ad import (
+    locked,
+    read_embedding,
+    read_for_annotation,
+    read_outline,
+    write_annotation,
+)
 from .results import BatchResult
 from .workflow import run_annotation
 
@@ -51,10 +69,16 @@ examples:
   # a Seurat FindAllMarkers table, as CASSIA's runCASSIA_batch
   cassia-sc batch markers.csv --output-name pbmc --tissue blood --species human --model openai/gpt-4o-mini
 
+  # the reply cache: where it is and how large; remove what was stored over 30 days ago
+  cassia-sc cache info
+  cassia-sc cache clear --older-than 30d
+
 API keys come from OPENROUTER_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY or, for a base
 URL, CASSIA_API_KEY; never from the command line, which others can read.
 
-exit status: 0 success, 1 error, 2 usage error, 3 some clusters failed, 130 interrupted.
+exit status: 0 success, 1 error, 2 usage error (also: a --key-added that would replace data
+not written by cassia-sc, an output that cannot be written; both found before any model is
+called), 3 some clusters failed, 130 interrupted.
 """  # noqa: E501 - whole commands on one line each, to copy and paste
 
 
@@ -81,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Annotate the clusters of an .h5ad file from its uns['rank_genes_groups'] and add "
             "obs[KEY_celltype], obs[KEY_subtype] and uns[KEY] to it, without loading X. The "
-            "file is replaced only once the new one is complete."
+            "file is replaced only once the new one is complete, and keeps its permissions; "
+            "two runs on one file take turns, so neither loses the other's labels."
         ),
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -96,7 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     annotate.add_argument("--groupby", help=cli_help("groupby"))
     annotate.add_argument("--key", default=Key.uns.markers, help=cli_help("key"))
-    annotate.add_argument("--key-added", default=Default.key_added, help=cli_help("key_added"))
+    annotate.add_argument(
+        "--key-added",
+        default=Default.key_added,
+        help=cli_help("key_added")
+        + " Refused when empty, with '/', or when it would replace an uns entry or obs "
+        "columns that cassia-sc did not write (e.g. rank_genes_groups, neighbors).",
+    )
+    annotate.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="when another cassia-sc is writing the same file, stop with an error instead "
+        "of waiting for it to finish",
+    )
     annotate.add_argument("--gene-symbols", help=cli_help("gene_symbols"))
     repeated = annotate.add_argument_group("repeated runs")
     repeated.add_argument(
@@ -123,7 +160,68 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--celltype-column", help=cli_help("celltype_column"))
     batch.add_argument("--gene-column-name", help=cli_help("gene_column_name"))
     _add_run_options(batch)
+    _add_cache_command(commands)
     return parser
+
+
+def _add_cache_command(commands: argparse._SubParsersAction) -> None:
+    cache = commands.add_parser(
+        "cache",
+        help="show or clear the cache of model replies",
+        description=(
+            "Every model reply is kept in a cache folder, so that a re-run costs nothing and "
+            "an interrupted run resumes. The folder grows with every new request: see how "
+            "large it is, and remove what is no longer needed. The folder is --cache-dir, "
+            "else $CASSIA_SC_CACHE_DIR, else the user's cache folder (~/.cache/cassia_sc on "
+            "Linux)."
+        ),
+        epilog=(
+            "examples:\n\n  cassia-sc cache info\n  cassia-sc cache clear --older-than 30d\n"
+            "  cassia-sc cache clear --cache-dir runs/cache"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
+    info = actions.add_parser(
+        "info",
+        help="the folder, how many replies it holds and their size",
+        description="Show the cache folder, how many replies it holds, their size and age.",
+    )
+    clear = actions.add_parser(
+        "clear",
+        help="remove replies (all, or those stored before --older-than)",
+        description=(
+            "Remove cached replies: all of them, or with --older-than only those stored "
+            "longer ago. Only the cache's own files are removed. A run that needs a removed "
+            "reply asks the model again (and pays for it)."
+        ),
+    )
+    clear.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="AGE",
+        help="remove only replies stored more than AGE ago: a number and a unit, s, m, h, d "
+        "or w (e.g. 30d, 12h, 2w)",
+    )
+    for parser in (info, clear):
+        parser.add_argument(
+            "--cache-dir",
+            type=Path,
+            help="the cache folder (default: $CASSIA_SC_CACHE_DIR, else the user's cache folder)",
+        )
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> float:
+    """Read an age such as ``30d`` into seconds (the type of ``--older-than``)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text.lower())
+    if not found:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age: give a number and a unit, s, m, h, d or w (e.g. 30d)"
+        )
+    return float(found[1]) * _UNITS[found[2]]
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -247,25 +345,94 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.model and not getattr(args, "models", None):
-        parser.error("--model is required (or --models for annotate)")
     logging.basicConfig(format="cassia-sc: %(message)s", level=logging.WARNING)
-    if args.verbose:  # ours only: the HTTP libraries would log every request
-        logger.setLevel(logging.INFO)
+    with _printable_log():
+        if args.command == "cache":
+            return _cache(args)
+        if not args.model and not getattr(args, "models", None):
+            parser.error("--model is required (or --models for annotate)")
+        if args.verbose:  # ours only: the HTTP libraries would log every request
+            logger.setLevel(logging.INFO)
+        try:
+            result = _annotate(args) if args.command == "annotate" else _batch(args)
+        except BatchInterrupted:
+            _say("cassia-sc: interrupted; finished clusters are kept in the cache.", sys.stderr)
+            return 130
+        except KeyboardInterrupt:
+            _say("cassia-sc: interrupted.", sys.stderr)
+            return 130
+        except (KeyAddedError, NotWritable) as err:  # found before any call: a usage error
+            _say(f"cassia-sc: error: {_one_line(err)}", sys.stderr)
+            return 2
+        except (CassiaError, FileNotFoundError, ValueError) as err:
+            _say(f"cassia-sc: error: {_one_line(err)}", sys.stderr)
+            return 1
+        if not args.quiet:
+            _report(result)
+        return EXIT_SOME_FAILED if result.failed else 0
+
+
+def _say(text: str, file: TextIO | None = None) -> None:
+    """Print text that may hold a file's or a model's words, with no escape sequence."""
+    print(printable(text), file=file or sys.stdout)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split("\n")).strip() or type(err).__name__
+
+
+class _PrintableRecords(logging.Filter):
+    """Log records made printable and cut: their text may hold cluster names and labels."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = printable(cut(record.getMessage(), Limit.text)), None
+        return True
+
+
+@contextmanager
+def _printable_log() -> Iterator[None]:
+    records = _PrintableRecords()
+    logger.addFilter(records)
     try:
-        result = _annotate(args) if args.command == "annotate" else _batch(args)
-    except BatchInterrupted:
-        print("cassia-sc: interrupted; finished clusters are kept in the cache.", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("cassia-sc: interrupted.", file=sys.stderr)
-        return 130
-    except (CassiaError, FileNotFoundError, ValueError) as err:
-        print(f"cassia-sc: error: {err}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        _report(result)
-    return EXIT_SOME_FAILED if result.failed else 0
+        yield
+    finally:
+        logger.removeFilter(records)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    folder = args.cache_dir.expanduser() if args.cache_dir else default_cache_dir()
+    if args.action == "clear":
+        removed, freed = clear_cache(folder, older_than=args.older_than)
+        left = cache_summary(folder)
+        when = f" stored over {_age(args.older_than)} ago" if args.older_than is not None else ""
+        replies = f"{removed:,} repl{'y' if removed == 1 else 'ies'}"
+        _say(
+            f"Removed {replies}{when} ({format_size(freed)}) from {folder}; "
+            f"{left.entries:,} remain ({format_size(left.size)})."
+        )
+        return 0
+    summary = cache_summary(folder)
+    _say(f"Cache folder: {folder}{'' if folder.is_dir() else ' (not created yet)'}")
+    _say(f"Replies: {summary.entries:,}, {format_size(summary.size)}")
+    if summary.oldest is not None and summary.newest is not None:
+        _say(f"Stored: {_date(summary.oldest)} to {_date(summary.newest)}")
+    if summary.temporaries:
+        _say(
+            f"Left by interrupted writes: {summary.temporaries:,} temporary files "
+            "(cassia-sc cache clear removes them)"
+        )
+    return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("weeks", 7 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} seconds"
+
+
+def _date(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
 
 
 def _annotate(args: argparse.Namespace) -> BatchResult:
@@ -285,6 +452,16 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
             found.groupby,
             time.perf_counter() - started,
         )
+        # Everything that would stop the write is found now, before a model is paid.
+        outline = read_outline(source)
+        check_key_added(
+            args.key_added, uns=outline.uns, obs=outline.obs_columns, groupby=found.groupby
+        )
+        if not args.dry_run:
+            _check_writable(target, args.output_name)
+            if args.no_wait:
+                with locked(target, wait=False):
+                    pass
         # The boost reads the expression data, chunk by chunk from the file: X is never
         # loaded whole.
         cells = read_h5ad(source, backed="r") if args.boost_below is not None else None
@@ -312,26 +489,65 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
                 cells.file.close()
         if result.dry_run:
             return result
-        columns = label_columns(found.clusters, result, key_added=args.key_added)
+        columns = label_columns(found.clusters, bounded(result), key_added=args.key_added)
         started = time.perf_counter()
-        write_annotation(
-            source,
-            target,
-            obs_columns=columns,
-            uns_key=args.key_added,
-            uns_value=uns_record(
-                result, groupby=found.groupby, key=args.key, uncertainty=agreement
-            ),
-        )
-        logger.info("Wrote %s in %.2f s.", target, time.perf_counter() - started)
-        if args.output_name:
-            _write_files(result, args.output_name, source, columns, key_added=args.key_added)
+        with _writing(cache=not args.no_cache):
+            # The lock covers the whole read-modify-write: the file is read (checked, then
+            # copied) only once any other run on it has written its own entries.
+            with locked(target, wait=not args.no_wait):
+                remove_stale_temporaries(target, older_than=0)  # no one else writes it now
+                outline = read_outline(source)
+                check_key_added(
+                    args.key_added,
+                    uns=outline.uns,
+                    obs=outline.obs_columns,
+                    groupby=found.groupby,
+                    columns=columns,
+                )
+                write_annotation(
+                    source,
+                    target,
+                    obs_columns=columns,
+                    uns_key=args.key_added,
+                    uns_value=uns_record(
+                        result, groupby=found.groupby, key=args.key, uncertainty=agreement
+                    ),
+                )
+            logger.info("Wrote %s in %.2f s.", target, time.perf_counter() - started)
+            if args.output_name:
+                _write_files(result, args.output_name, source, columns, key_added=args.key_added)
     if not args.quiet:
-        print(
+        _say(
             f"Wrote {', '.join(f'obs[{name!r}]' for name in columns)} and "
             f"uns[{args.key_added!r}] to {target}."
         )
     return result
+
+
+def _check_writable(target: Path | None, output_name: str | None) -> None:
+    """Refuse, before any call, a target or an output file that cannot be written."""
+    if target is not None:
+        check_writable(target)
+    if output_name:
+        for path in output_paths(output_name).values():
+            check_writable(path, make_folders=True)
+
+
+@contextmanager
+def _writing(*, cache: bool) -> Iterator[None]:
+    """Turn a failed write after the calls (a full disk) into one line that says what is kept."""
+    try:
+        yield
+    except CassiaError:
+        raise
+    except OSError as err:
+        where = f" {err.filename}" if err.filename else ""
+        kept = (
+            " The model's replies are in the cache: the same command again calls no model."
+            if cache
+            else ""
+        )
+        raise CassiaError(f"Could not write{where}: {err.strerror or err}.{kept}") from None
 
 
 def _write_files(
@@ -360,30 +576,37 @@ def _materialise_example(name: str, folder: Path) -> Path:
 def _batch(args: argparse.Namespace) -> BatchResult:
     if not args.output_name:
         raise CassiaError("batch needs --output-name PREFIX for its output files.")
-    return run_batch_to_files(
-        args.markers,
-        args.output_name,
-        celltype_column=args.celltype_column,
-        gene_column_name=args.gene_column_name,
-        **_run_options(args),
-    )
+    if not args.dry_run:
+        _check_writable(None, args.output_name)
+    if not Path(args.markers).is_file():  # before the writes: a missing file is no write error
+        raise FileNotFoundError(f"Marker file not found: {args.markers!r}.")
+    with _writing(cache=not args.no_cache):
+        return run_batch_to_files(
+            args.markers,
+            args.output_name,
+            celltype_column=args.celltype_column,
+            gene_column_name=args.gene_column_name,
+            **_run_options(args),
+        )
 
 
 def _report(result: BatchResult) -> None:
     if result.dry_run:
         tokens = [c.estimated_prompt_tokens or 0 for c in result.clusters]
-        print(
+        _say(
             f"Dry run: {len(tokens)} clusters, about {sum(tokens):,} prompt tokens "
             f"({sum(tokens) // max(len(tokens), 1):,} per cluster) for 2 calls each; "
             "revisions add more. Nothing was called or written."
         )
         return
-    width = max(len(c.cluster) for c in result.clusters)
-    for c in result.clusters:
+    result = bounded(result)
+    names = [printable(c.cluster) for c in result.clusters]
+    width = max(map(len, names))
+    for name, c in zip(names, result.clusters, strict=True):
         label = c.main_cell_type if c.status == "ok" else f"[{c.status}] {c.error}"
-        print(f"  {c.cluster:<{width}}  {label}")
+        _say(f"  {name:<{width}}  {_one_line(label)}")
     usage = result.usage
-    print(
+    _say(
         f"{len(result) - len(result.failed)} of {len(result)} clusters annotated; "
         f"{usage['requests']} requests, {usage['cached_calls']} replies from the cache, "
         f"{usage['prompt_tokens'] + usage['completion_tokens']:,} tokens."
