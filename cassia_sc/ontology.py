@@ -1560,6 +1560,17 @@ class CellOntology:
                 return None
             if mixed is not None:
                 return mixed
+        if "resident" in words and "tissue" in words:  # "Tissue-Resident Kidney Macrophage"
+            at = words.index("resident")  # is CL's "kidney resident macrophage"
+            if at and words[at - 1] == "tissue":
+                term = self._lookup(_variants((*words[: at - 1], *words[at:])), organs)
+                if term is not None:
+                    return _Found(term)
+        placeless, places = _remove_places(words)
+        if places and placeless and placeless != ("cell",):  # places off, states kept:
+            term = self._lookup(_variants(placeless), organs)  # "Intestinal Tissue-Resident
+            if term is not None:  # Macrophage" is a tissue-resident macrophage
+                return _Found(term, tuple(_in_label(text, phrase) for phrase in places))
         rest, removed = _remove_state(words)
         if not removed:  # an abbreviation that says a state: "TRM cells"
             expanded, removed = _remove_state(_expand(words))

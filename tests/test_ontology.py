@@ -937,6 +937,10 @@ def test_anatomical_adjectives_and_word_order(cl, label, tissue, expected):
         ("Resident Memory CD8+ T cells", "lung", "CL:4033039", False),
         # lung resident memory CD8-positive, alpha-beta T cell
         ("Pelvic epithelium", "kidney", "CL:1000703", False),  # kidney pelvis urothelial cell
+        ("Tissue-Resident Kidney Macrophage", None, "CL:1000698", False),
+        # kidney resident macrophage: "tissue-resident" is CL's "resident" here
+        ("Intestinal Tissue-Resident Macrophage", None, "CL:0000864", False),
+        # tissue-resident macrophage: the place taken off first, the state kept
     ],
 )
 def test_the_tissue_chooses_between_organs(cl, label, tissue, expected, broader):
