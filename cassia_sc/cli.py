@@ -169,11 +169,11 @@ def _add_cache_command(commands: argparse._SubParsersAction) -> None:
         "cache",
         help="show or clear the cache of model replies",
         description=(
-            "Every model reply is kept in a cache folder, so that a re-run costs nothing and "
-            "an interrupted run resumes. The folder grows with every new request: see how "
-            "large it is, and remove what is no longer needed. The folder is --cache-dir, "
-            "else $CASSIA_SC_CACHE_DIR, else the user's cache folder (~/.cache/cassia_sc on "
-            "Linux)."
+            "Every model reply is kept in a cache folder, so that a re-run costs nothing\n"
+            "and an interrupted run resumes. The folder grows with every new request: see\n"
+            "how large it is, and remove what is no longer needed. The folder is\n"
+            "--cache-dir, else $CASSIA_SC_CACHE_DIR, else the user's cache folder\n"
+            "(~/.cache/cassia_sc on Linux, ~/Library/Caches/cassia_sc on macOS)."
         ),
         epilog=(
             "examples:\n\n  cassia-sc cache info\n  cassia-sc cache clear --older-than 30d\n"
@@ -207,6 +207,7 @@ def _add_cache_command(commands: argparse._SubParsersAction) -> None:
         parser.add_argument(
             "--cache-dir",
             type=Path,
+            metavar="DIR",
             help="the cache folder (default: $CASSIA_SC_CACHE_DIR, else the user's cache folder)",
         )
 
