@@ -52,6 +52,11 @@ class Key:
             return f"{key_added}_agreement"
 
         @staticmethod
+        def cell_state(key_added: str) -> str:
+            """Return the column of the state taken off each cell's label (activated, ...)."""
+            return f"{key_added}_cell_state"
+
+        @staticmethod
         def score(key_added: str) -> str:
             """Return the column of the judge's 0-100 score of each cell's label."""
             return f"{key_added}_score"
