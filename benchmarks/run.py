@@ -308,6 +308,8 @@ def perf_items(quick: bool) -> list[tuple[str, str, str]]:
          ["bench_evidence.py"], ["bench_evidence.py", "--quick"]),
         ("Score and boost pipeline, side by side with CASSIA 1.4.0 (runCASSIA_pipeline)",
          ["bench_pipeline.py"], ["bench_pipeline.py", "--quick"]),
+        ("Cell Ontology mapping and scoring, offline (targets: load < 0.5 s, < 1 ms a label; terms for >= 97 % of main types and >= 90 % of first subtypes; of the judge's >= 90, >= 90 % score >= 0.5; of its <= 30, >= 90 % score 0)",
+         ["bench_ontology.py", "--list"], ["bench_ontology.py", "--quick"]),
     ]  # fmt: skip
     done = []
     for title, full, small in items:
