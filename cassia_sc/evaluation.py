@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ._keys import Key
-from .ontology import CellOntology, OntologyMatch, cell_ontology
+from .ontology import CellOntology, OntologyMatch, cell_ontology, state_kinds
 from .results import h5_safe_frame
 
 EVALUATION_COLUMNS = [
@@ -49,6 +49,7 @@ EVALUATION_COLUMNS = [
     "predicted_broader",
 ]
 _GRADES = {1.0: "full", 0.5: "partial", 0.0: "wrong"}
+_CELL = "CL:0000000"  # "cell": what a label of state only maps to
 
 
 def score_labels(
@@ -147,6 +148,13 @@ def _compare(
     if not truths and "/" in known:  # a mixture: the best of its parts
         parts = (ontology.match(part, tissue=tissue) for part in known.split("/"))
         truths = [part for part in parts if part.mapped]
+    if predicted.mapped and truth.term_id == _CELL and truth.state:
+        # "Cycling cell": a state and no type. An answer that names the same state with a
+        # type ("Cycling B cells") is right and more specific.
+        wanted = state_kinds(truth.state)
+        named = state_kinds(predicted.state) | state_kinds(predicted.term_label)
+        if predicted.term_id != _CELL and wanted & named:
+            return 90.0, "more specific"
     if predicted.mapped and truths:
         scored = [(ontology.similarity(t.term_id, predicted.term_id), t.term_id) for t in truths]
         score, term = max(scored)

@@ -70,6 +70,7 @@ __all__ = [
     "OntologyMatch",
     "OntologyUnavailable",
     "cell_ontology",
+    "state_kinds",
 ]
 
 #: ``term_id`` of a label that maps to no CL term.
@@ -475,7 +476,8 @@ def _phrase_table(phrases: Iterable[tuple[str, ...]]) -> dict[str, list[tuple[st
 
 _ABBREVIATION_WORDS = {_tokens(short): _tokens(long) for short, long in ABBREVIATIONS.items()}
 _LONGEST_ABBREVIATION = max(len(key) for key in _ABBREVIATION_WORDS)
-_STATE_PHRASES = _phrase_table(_tokens(phrase) for phrase in STATE_WORDS)
+_STATE_KIND = {_tokens(phrase): kind for phrase, kind in STATE_WORDS.items()}
+_STATE_PHRASES = _phrase_table(_STATE_KIND)
 _ORGAN_OF_PHRASE = {
     _tokens(name): organ for organ, (_, names) in ORGANS.items() for name in (organ, *names)
 }
@@ -702,6 +704,30 @@ def _stages(words: tuple[str, ...], *, full: bool, dedupe: bool) -> Iterator[tup
         trimmed = _drop_trailing_code(stage)
         if trimmed != stage:
             yield from _completions(_expand(trimmed), full=full)
+
+
+def state_kinds(text: str) -> frozenset[str]:
+    """Return the kinds of state a text names (see :data:`STATE_WORDS`).
+
+    Parameters
+    ----------
+    text
+        A label, or an :attr:`OntologyMatch.state`.
+
+    Returns
+    -------
+    frozenset of str
+        ``"cycling"``, ``"activation"``, ``"maturity"``, ...; empty when it names none.
+
+    Examples
+    --------
+    >>> sorted(state_kinds("Proliferating Cells (G2/M Phase)"))
+    ['cycling']
+    >>> sorted(state_kinds("cycling B cell"))
+    ['cycling']
+    """
+    words = _tokens(text) if isinstance(text, str) else ()
+    return frozenset(_STATE_KIND[words[start:end]] for start, end in _spans(words, _STATE_PHRASES))
 
 
 def _remove_state(words: tuple[str, ...]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:

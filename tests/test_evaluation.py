@@ -273,3 +273,14 @@ def test_evaluate_frame_refuses_a_missing_or_contradictory_truth():
         evaluate_frame(summary, truth=both, truth_column="t")
     with pytest.raises(KeyError, match="truth_column"):
         evaluate_frame(summary)
+
+
+def test_a_truth_of_state_only_is_met_by_a_type_in_that_state():
+    table = score_labels(
+        ["Cycling B cells", "Proliferating T cells", "Proliferating Cells (G2/M Phase)",
+         "erythrocytes", "Activated T cells"],
+        ["Cycling cell", "Proliferating cell", "Proliferating cell", "Cycling cell",
+         "Cycling cell"],
+    )  # fmt: skip
+    assert table["score_100"].tolist() == [90.0, 90.0, 100.0, 0.0, 0.0]
+    assert table["relation"].tolist()[:2] == ["more specific", "more specific"]

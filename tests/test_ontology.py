@@ -32,6 +32,7 @@ from cassia_sc.ontology import (
     OntologyMatch,
     OntologyUnavailable,
     cell_ontology,
+    state_kinds,
 )
 
 MARKER100 = Path(__file__).parent / "data" / "marker100.csv"
@@ -1132,3 +1133,17 @@ def test_groupings_by_place_are_too_general(cl):
         assert term in general  # intestinal epithelial cell, nephron tubule epithelial cell
     for term in ("CL:0000746", "CL:0002250", "CL:0000113", "CL:0000084"):  # cardiac muscle
         assert term not in general  # cell, intestinal crypt stem cell, MNP, T cell
+
+
+@pytest.mark.parametrize(
+    ("text", "kinds"),
+    [
+        ("Cycling Cells (G2/M Phase)", {"cycling"}),
+        ("cycling B cell", {"cycling"}),
+        ("Tissue-Resident; Fetal", {"residency", "development"}),
+        ("Activated/Effector Memory CD4+ T cells", {"activation"}),
+        ("B cell", set()),
+    ],
+)
+def test_state_kinds(text, kinds):
+    assert state_kinds(text) == kinds
