@@ -19,7 +19,7 @@ from ._docs import fill_docs
 from ._io import atomic_write_text
 from ._keys import Default, Key
 from .errors import BatchInterrupted, CassiaError
-from .export import output_paths, render_report, write_outputs
+from .export import bounded, csv_text, output_paths, render_report, write_outputs
 from .fields import CORE_FIELDS, split_list
 from .markers import MarkerInput, RankingMethod
 from .results import BatchResult, ClusterResult, Turn, turns_from_record
@@ -255,9 +255,9 @@ def runCASSIA_score_batch(  # CASSIA's name, kept for its users
             else table.get(column, [""] * len(table))[i]
             for i, c in enumerate(table[Key.csv.cluster])
         ]
-    atomic_write_text(target, table.to_csv(index=False))
+    atomic_write_text(target, csv_text(table))
     if generate_report:
-        atomic_write_text(target.with_suffix(".html"), render_report(scored))
+        atomic_write_text(target.with_suffix(".html"), render_report(bounded(scored)))
     return table
 
 
@@ -346,8 +346,8 @@ def runCASSIA_annotationboost(  # CASSIA's name, kept for its users
     )
     one = replace(boosted, clusters=[boosted[str(cluster_name)]])
     paths = output_paths(output_name)
-    atomic_write_text(paths["summary"], one.summary().to_csv(index=False))
-    atomic_write_text(paths["report"], render_report(one))
+    atomic_write_text(paths["summary"], csv_text(bounded(one).summary()))
+    atomic_write_text(paths["report"], render_report(bounded(one)))
     return {
         "result": one.clusters[0],
         "summary_path": paths["summary"],

@@ -145,6 +145,7 @@ def label_column_names(key_added: str) -> list[str]:
         Key.obs.agreement(key_added),
         Key.obs.score(key_added),
         Key.obs.celltype_initial(key_added),
+        Key.obs.cell_state(key_added),
     ]
 
 
