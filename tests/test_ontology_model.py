@@ -112,3 +112,32 @@ def test_the_model_judge_grades_pairs_and_says_when_it_cannot(scripted_llm):
     assert llm.server.request_count == 2  # no call for a missing answer
     again = judge_pairs([("Plasma cells", "B cell")], client, tissue="kidney", species="human")
     assert again[0].score == 80 and llm.server.request_count == 2  # cached
+
+
+def test_tl_evaluate_asks_a_judge_only_for_pairs_the_ontology_cannot_relate(
+    pbmc_wilcoxon, scripted_llm
+):
+    markers = cassia_sc.top_markers(pbmc_wilcoxon, key="wilcoxon")
+    model = ScriptedModel({signature(markers["0"]): "T cell"})  # the others: "Unknown"
+
+    def handler(request, index):
+        if request.messages[0]["content"].startswith("You grade how well a predicted"):
+            return Reply(content='{"score": 5, "reasoning": "No cell type named."}')
+        return model(request, index)
+
+    llm = scripted_llm(handler=handler)
+    cassia_sc.tl.annotate(
+        pbmc_wilcoxon, tissue="blood", species="human", key="wilcoxon", **llm.options()
+    )
+    cassia_sc.tl.evaluate(pbmc_wilcoxon, "bulk_labels", judge_model="judge-model", **llm.options())
+    table = pbmc_wilcoxon.uns["cassia"]["evaluation"]["table"].set_index("cluster")
+    judged = [r for r in llm.server.requests if r.model == "judge-model"]
+    unrelated = table[~table["related"].astype(bool)]
+    pairs = set(zip(unrelated["predicted"], unrelated["truth"], strict=True))
+    assert len(judged) == len(pairs) > 0  # one call per distinct pair: the rest is cached
+    assert (
+        bool(table.loc["0", "related"])
+        and table.loc["0", "judge_score"] != table.loc["0", "judge_score"]
+    )
+    assert (unrelated["judge_score"] == 5).all()
+    assert (unrelated["judge_reasoning"] == "No cell type named.").all()

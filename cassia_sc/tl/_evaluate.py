@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 from anndata import AnnData
 
 from .._docs import fill_docs
 from .._keys import Default, Key
+from ..agents import judge_pairs
+from ..batch import connection_options
 from ..errors import CassiaError
 from ..evaluation import evaluation_record, score_labels
 from ..get import annotation_record
+from ..llm import LLMClient
 
 
 @fill_docs
 def evaluate(
-    adata: AnnData, truth_key: str, *, key: str = Default.key_added, copy: bool = False
+    adata: AnnData,
+    truth_key: str,
+    *,
+    key: str = Default.key_added,
+    judge_model: str | None = None,
+    judge_provider: str | None = None,
+    copy: bool = False,
+    **options: Any,
 ) -> AnnData | None:
     """Score each cluster's label against the cells' known labels, with the Cell Ontology.
 
@@ -31,8 +43,16 @@ def evaluate(
     truth_key
         ``obs`` column with the known labels.
     {key_read}
+    judge_model
+        A model that grades, from 0 to 100 as CASSIA's benchmark did, the pairs the ontology
+        cannot relate (``related`` is False); None: none. Each call is cached.
+    judge_provider
+        The judge's provider; by default the annotation's.
     copy
         Return an evaluated copy instead of writing to ``adata``.
+    **options
+        With ``judge_model``: options of the calls (``api_key``, ``cache_dir``, ``timeout``,
+        ``max_workers``, ...).
 
     Returns
     -------
@@ -40,7 +60,8 @@ def evaluate(
         The evaluated copy when ``copy=True``, else None. Writes
         ``adata.uns[key]["evaluation"]``: ``table`` (per cluster: ``cluster``, ``truth``,
         ``predicted``, their terms and term labels, ``score``, ``grade``, ``score_100``,
-        ``relation``, ``related``, each label's state and broader flag), ``mean``,
+        ``relation``, ``related``, each label's state and broader flag; with a judge,
+        ``judge_score`` and ``judge_reasoning`` for the pairs it graded), ``mean``,
         ``mean_100``, ``n``, ``full``, ``partial``, ``wrong`` and ``truth_key``.
 
     Raises
@@ -79,5 +100,41 @@ def evaluate(
         clusters=clusters,
         tissue=params.get("tissue"),
     )
+    if judge_model:
+        table = _judged(table, params, judge_model, judge_provider, options)
     record[Key.uns.evaluation] = evaluation_record(table) | {"truth_key": truth_key}
     return adata if copy else None
+
+
+def _judged(
+    table: pd.DataFrame,
+    params: dict[str, Any],
+    model: str,
+    provider: str | None,
+    options: dict[str, Any],
+) -> pd.DataFrame:
+    """Add a model's grade of the pairs the ontology could not relate."""
+    unrelated = ~table["related"].astype(bool)
+    pairs = list(zip(table.loc[unrelated, "predicted"], table.loc[unrelated, "truth"], strict=True))
+    client = LLMClient(
+        model=model,
+        provider=provider or str(params.get("provider") or Default.provider),
+        api_key=options.get("api_key"),
+        **connection_options(**options),
+    )
+    with client:
+        grades = judge_pairs(
+            pairs,
+            client,
+            tissue=params.get("tissue"),
+            species=params.get("species"),
+            max_workers=options.get("max_workers", Default.max_workers),
+        )
+    table = table.copy()
+    table["judge_score"] = float("nan")
+    table["judge_reasoning"] = ""
+    table.loc[unrelated, "judge_score"] = [
+        g.score if g.score is not None else float("nan") for g in grades
+    ]
+    table.loc[unrelated, "judge_reasoning"] = [g.reasoning for g in grades]
+    return table
