@@ -227,6 +227,7 @@ ABBREVIATIONS: dict[str, str] = {
     "LSEC": "liver sinusoidal endothelial cell",
     "ISC": "intestinal crypt stem cell",
     "intestinal stem cell": "intestinal crypt stem cell",
+    "crypt base columnar cell": "intestinal crypt stem cell",
     "EEC": "enteroendocrine cell",
     "TA cell": "transit amplifying cell",
     "cone photoreceptor": "retinal cone cell",
@@ -234,6 +235,7 @@ ABBREVIATIONS: dict[str, str] = {
     "tissue macrophage": "tissue-resident macrophage",
     "immune cell": "leukocyte",
     "erythroid cell": "erythroid lineage cell",
+    "3T3 cell": "fibroblast",  # the mouse embryo fibroblast line (Todaro and Green, 1963)
     "alpha cell": "pancreatic A cell",
     "beta cell": "type B pancreatic cell",
     "delta cell": "pancreatic D cell",
@@ -695,6 +697,9 @@ def _stages(words: tuple[str, ...], *, full: bool, dedupe: bool) -> Iterator[tup
     swapped = tuple(_PROGENITOR_SWAP.get(word, word) for word in no_markers)
     if swapped != no_markers:
         yield from _completions(swapped, full=full)  # CL's "oligodendrocyte precursor cell"
+    joined = _join_prefixes(no_markers)
+    if joined != no_markers:
+        yield from _completions(joined, full=full)  # "Pre-osteoblasts" is CL's preosteoblast
     products = tuple(word for word in no_markers if word not in _PRODUCT_WORDS)
     if products != no_markers:
         yield from _completions(products, full=full)  # "IgA-secreting Plasma Cells"
@@ -728,6 +733,16 @@ def state_kinds(text: str) -> frozenset[str]:
     """
     words = _tokens(text) if isinstance(text, str) else ()
     return frozenset(_STATE_KIND[words[start:end]] for start, end in _spans(words, _STATE_PHRASES))
+
+
+def _join_prefixes(words: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for word in words:
+        if out and out[-1] in ("pre", "pro", "post") and len(word) > 2:
+            out[-1] += word
+        else:
+            out.append(word)
+    return tuple(out)
 
 
 def _remove_state(words: tuple[str, ...]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:

@@ -43,7 +43,7 @@ MARKER100 = Path(__file__).parent / "data" / "marker100.csv"
 # marker100's labels are mapped with their row's tissue, as tl.evaluate does.
 MARKER100_TABLE = [
     # marker100.csv's "True Cell Type", every distinct entry
-    ("3T3 cell", UNKNOWN),  # a mouse fibroblast cell line: Cellosaurus, not CL
+    ("3T3 cell", "CL:0000057"),  # fibroblast: 3T3 is a mouse embryo fibroblast line
     ("Adipocyte", "CL:0000136"),  # adipocyte
     ("Alveolar type II cell", "CL:0002063"),  # pulmonary alveolar type 2 cell
     ("Ascending vasa recta endothelium", "CL:0000115"),  # endothelial cell, broader: CL names
@@ -592,7 +592,7 @@ def test_fuzzy_step_never_changes_the_cell_type(cl, label, not_this):
 
 
 @pytest.mark.parametrize(
-    "label", ["Doublets", "Unknown", "", "   ", None, float("nan"), "3T3 cell", "Pericyte/SMC"]
+    "label", ["Doublets", "Unknown", "", "   ", None, float("nan"), "HeLa cells", "Pericyte/SMC"]
 )
 def test_unmapped_is_unknown(cl, label):
     got = cl.match(label)
@@ -883,6 +883,8 @@ def test_notes_and_abbreviations_in_parentheses(cl, label, tissue, expected):
         ("IgA-secreting Plasma Cells", "CL:0000987"),  # IgA plasma cell
         ("PDGFRA+ Myofibroblast", "CL:0000186"),  # myofibroblast cell
         ("Immune cells", "CL:0000738"),  # leukocyte
+        ("Pre-osteoblasts", "CL:0007010"),  # preosteoblast: "pre-X" as CL's "preX"
+        ("Crypt Base Columnar Cells", "CL:0002250"),  # intestinal crypt stem cell
     ],
 )
 def test_plurals_case_hyphens_and_spelled_out_synonyms(cl, label, expected):
@@ -1094,6 +1096,9 @@ def test_the_word_tables_are_sound(shipped_cl):
         (B_CELL, "CL:0000987", 60.0, "lineage"),  # IgA plasma cell: the link and two steps
         ("CL:0000057", "CL:0000186", 80.0, "lineage"),  # fibroblast, myofibroblast cell
         ("CL:0000680", "CL:0000187", 80.0, "lineage"),  # muscle precursor cell, muscle cell
+        ("CL:2000002", "CL:0002255", 80.0, "lineage"),  # decidual, endometrial stromal cell
+        ("CL:0000148", "CL:0000541", 80.0, "lineage"),  # melanocyte, melanoblast
+        ("CL:0000062", "CL:0007010", 80.0, "lineage"),  # osteoblast, preosteoblast
         (CD4_T, CD8_T, 70.0, "relative"),  # siblings
         ("CL:0000576", "CL:0000235", 70.0, "relative"),  # monocyte, macrophage
         ("CL:0002188", "CL:0002139", 60.0, "relative"),  # glomerular, vascular endothelial
