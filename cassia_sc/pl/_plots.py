@@ -379,7 +379,9 @@ def evaluation(
     ax.set_xlim(0, 1.05)
     ax.set_xticks([0, 0.5, 1], ["wrong", "partial", "full"])
     ax.set_title(
-        f"{key}: mean score {evaluation['mean']:.2f} ({evaluation['full']} full, "
+        f"{key}: mean score {evaluation['mean']:.2f}"
+        + (f", {evaluation['mean_100']:.0f} of 100" if "mean_100" in evaluation else "")
+        + f" ({evaluation['full']} full, "
         f"{evaluation['partial']} partial, {evaluation['wrong']} wrong)",
         loc="left",
         fontsize=10,
