@@ -30,6 +30,7 @@ from .evidence import DataHandle
 from .llm import LLMClient
 from .markers import MarkerInput, RankingMethod, top_markers
 from .ontology import cell_ontology
+from .providers import PROVIDERS, resolve_endpoint
 from .results import BatchResult, ClusterResult, Turn
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ def run_batch(
     ]
     settings: dict[str, Any] = {
         "model": client.model if client else model,
-        "provider": client.provider if client else provider,
+        "provider": _shown(client.provider if client else provider),
         "tissue": tissue,
         "species": species,
         "additional_info": _clean_text(additional_info),
@@ -623,6 +624,15 @@ def _log_outcome(batch: BatchResult) -> None:
             len(failed),
             "; ".join(f"{c.cluster}: {c.error}" for c in failed[:10]),
         )
+
+
+def _shown(provider: str) -> str:
+    """Return the provider as stored and written: a base URL's user-info redacted."""
+    try:
+        endpoint = resolve_endpoint(provider)
+    except CassiaError:
+        return provider  # refused later, with its own message
+    return provider if endpoint.provider in PROVIDERS else endpoint.display_url
 
 
 def _clean_text(text: str | None) -> str | None:

@@ -621,3 +621,16 @@ def test_the_pacer_lets_one_request_through_after_a_rate_limit_then_widens():
     for thread in threads:
         thread.join(timeout=HANG)
     assert len(started) == 2 and len(cancelled) == 1
+
+
+def test_a_secret_in_the_provider_url_is_not_stored_in_the_settings():
+    plan = cassia_sc.plan(
+        cassia_sc.loadmarker("processed"),
+        tissue="blood",
+        species="human",
+        model="m",
+        provider="https://me:s3cret-word-1234@proxy.example.org/v1",
+        progress=False,
+    )
+    assert plan.settings["provider"] == "https://[redacted]@proxy.example.org/v1"
+    assert "s3cret" not in plan.summary().to_csv() and "s3cret" not in plan.to_json()
