@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +14,9 @@ import anndata as ad
 import pytest
 import scanpy as sc
 from llm_server import DEFAULT_MODEL, Handler, LLMServer, RecordedRequest, Reply
-from scripted_model import ScriptedModel
+from scripted_model import ScriptedModel, signature
 
+import cassia_sc
 from cassia_sc import LLMClient
 
 DATA = Path(__file__).parent / "data"
@@ -187,3 +189,26 @@ def scripted_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScriptedL
     """
     with ScriptedLLMFactory(tmp_path_factory) as factory:
         yield factory
+
+
+# -- pbmc68k_reduced as a file, and a model that knows its clusters ------------------------
+
+
+def digest(path: Path) -> str:
+    """The SHA-256 of a file, to tell whether it changed."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def h5ad(pbmc, tmp_path) -> Path:
+    """pbmc68k_reduced written to an .h5ad file."""
+    path = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(path)
+    return path
+
+
+@pytest.fixture
+def llm(pbmc, scripted_llm) -> ScriptedLLM:
+    """A scripted model that calls each cluster of pbmc68k_reduced "type <cluster>"."""
+    markers = cassia_sc.top_markers(pbmc)
+    return scripted_llm({signature(g): f"type {c}" for c, g in markers.items()})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -14,31 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-from conftest import ScriptedLLM
+from conftest import ScriptedLLM, digest
 from llm_server import Reply
 from scripted_model import signature
 
 import cassia_sc
 from cassia_sc.cli import main
 from cassia_sc.h5ad import write_annotation
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def h5ad(pbmc, tmp_path) -> Path:
-    path = tmp_path / "pbmc.h5ad"
-    pbmc.write_h5ad(path)
-    return path
-
-
-@pytest.fixture
-def llm(pbmc, scripted_llm) -> ScriptedLLM:
-    """A scripted model that calls each cluster of pbmc68k_reduced "type <cluster>"."""
-    markers = cassia_sc.top_markers(pbmc)
-    return scripted_llm({signature(g): f"type {c}" for c, g in markers.items()})
 
 
 def cli(llm: ScriptedLLM, *args) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import ctypes
-import hashlib
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 import pytest
-from conftest import ScriptedLLM
+from conftest import ScriptedLLM, digest
 from llm_server import Reply
 from scripted_model import annotation_reply, signature
 
@@ -38,24 +37,6 @@ from cassia_sc.h5ad import locked, write_annotation
 from cassia_sc.results import BatchResult, ClusterResult
 
 EXAMPLE = cassia_sc.loadmarker("processed")
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def h5ad(pbmc, tmp_path) -> Path:
-    path = tmp_path / "pbmc.h5ad"
-    pbmc.write_h5ad(path)
-    return path
-
-
-@pytest.fixture
-def llm(pbmc, scripted_llm) -> ScriptedLLM:
-    """A scripted model that calls each cluster of pbmc68k_reduced "type <cluster>"."""
-    markers = cassia_sc.top_markers(pbmc)
-    return scripted_llm({signature(g): f"type {c}" for c, g in markers.items()})
 
 
 def cli(llm: ScriptedLLM, *args: str) -> list[str]:
