@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,3 +214,34 @@ def llm(pbmc, scripted_llm) -> ScriptedLLM:
     """A scripted model that calls each cluster of pbmc68k_reduced "type <cluster>"."""
     markers = cassia_sc.top_markers(pbmc)
     return scripted_llm({signature(g): f"type {c}" for c, g in markers.items()})
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def cli(llm: ScriptedLLM, *args: str) -> list[str]:
+    """The command's arguments: ``args``, then the options that send every call to ``llm``."""
+    return [
+        *args,
+        "--tissue",
+        "blood",
+        "--species",
+        "human",
+        "--model",
+        llm.model,
+        "--provider",
+        llm.base_url,
+        "--cache-dir",
+        str(llm.cache_dir),
+    ]
+
+
+def command(*args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m cassia_sc`` with this interpreter: no console script on PATH needed."""
+    return subprocess.run(
+        [sys.executable, "-m", "cassia_sc", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **options,
+    )

@@ -13,37 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-from conftest import ScriptedLLM, digest
+from conftest import cli, command, digest
 from llm_server import Reply
 from scripted_model import signature
 
 import cassia_sc
 from cassia_sc.cli import main
 from cassia_sc.h5ad import write_annotation
-
-
-def cli(llm: ScriptedLLM, *args) -> list[str]:
-    """The command's arguments: ``args``, then the options that send every call to ``llm``."""
-    return [
-        *args,
-        "--tissue",
-        "blood",
-        "--species",
-        "human",
-        "--model",
-        llm.model,
-        "--provider",
-        llm.base_url,
-        "--cache-dir",
-        str(llm.cache_dir),
-    ]
-
-
-def command(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m cassia_sc`` with this interpreter: no console script on PATH needed."""
-    return subprocess.run(
-        [sys.executable, "-m", "cassia_sc", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def test_annotate_in_place_adds_only_the_new_columns_and_entry(h5ad, llm, tmp_path, capsys):

@@ -24,7 +24,7 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 import pytest
-from conftest import ScriptedLLM, digest
+from conftest import ScriptedLLM, cli, command, digest
 from llm_server import Reply
 from scripted_model import annotation_reply, signature
 
@@ -37,34 +37,6 @@ from cassia_sc.h5ad import locked, write_annotation
 from cassia_sc.results import BatchResult, ClusterResult
 
 EXAMPLE = cassia_sc.loadmarker("processed")
-
-
-def cli(llm: ScriptedLLM, *args: str) -> list[str]:
-    """The command's arguments: ``args``, then the options that send every call to ``llm``."""
-    return [
-        *args,
-        "--tissue",
-        "blood",
-        "--species",
-        "human",
-        "--model",
-        llm.model,
-        "--provider",
-        llm.base_url,
-        "--cache-dir",
-        str(llm.cache_dir),
-    ]
-
-
-def command(*args: str, **options) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m cassia_sc`` with this interpreter."""
-    return subprocess.run(
-        [sys.executable, "-m", "cassia_sc", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        **options,
-    )
 
 
 def markers_file(folder: Path, names: list[str]) -> Path:

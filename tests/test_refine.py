@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
+from conftest import cli
 from llm_server import RecordedRequest, Reply
 from scripted_model import (
     ScriptedModel,
@@ -332,25 +333,7 @@ def test_the_command_scores_and_boosts_a_file_in_place(lymphocytes, scripted_llm
     path = tmp_path / "lymphocytes.h5ad"
     lymphocytes.write_h5ad(path)
     llm = scripted_llm(handler=Lab(lymphocytes))
-    code = main(
-        [
-            "annotate",
-            str(path),
-            "--species",
-            "human",
-            "--tissue",
-            "blood",
-            "--model",
-            llm.model,
-            "--provider",
-            llm.base_url,
-            "--cache-dir",
-            str(llm.cache_dir),
-            "--score",
-            "--boost",
-            "--quiet",
-        ]
-    )
+    code = main(cli(llm, "annotate", str(path), "--score", "--boost", "--quiet"))
     assert code == 0
     back = ad.read_h5ad(path)
     table = back.uns["cassia"]["results"].set_index("cluster")
