@@ -23,9 +23,6 @@ class Key:
     class obs:
         """Columns of ``adata.obs`` written by ``tl.annotate``, prefixed by ``key_added``."""
 
-        #: Label kinds of :meth:`label`: the main cell type and the most likely subtype.
-        labels: Final = ("celltype", "subtype")
-
         @staticmethod
         def label(key_added: str, label: str) -> str:
             """Return the column of one label kind, ``"celltype"`` or ``"subtype"``."""

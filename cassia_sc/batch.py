@@ -312,22 +312,12 @@ def run_steps(
         On Ctrl-C; its ``result`` holds every cluster, the unfinished ones as they were.
     """
     wanted = set(batch.clusters_named(clusters))
-    settings = batch.settings
     chosen = [c for c in batch.clusters if c.cluster in wanted]
     jobs = [
         _step_job(
             result,
             steps,
-            ClusterTask(
-                cluster=result.cluster,
-                markers=tuple(result.markers),
-                species=str(settings.get("species", "")),
-                tissue=settings.get("tissue") or None,
-                additional_info=settings.get("additional_info") or None,
-                pipeline=str(settings.get("validator_involvement", Default.validator_involvement)),
-                data=data,
-                table_evidence=table_evidence,
-            ),
+            ClusterTask.of(result, batch.settings, data=data, table_evidence=table_evidence),
             client,
             judge,
         )

@@ -264,8 +264,9 @@ def refine(
                     **common,
                 )
                 map_to_ontology(result, required=False)
+            if boost_below is not None:  # a boost of chosen clusters has no threshold
+                result.settings["boost_below"] = boost_below
             result.settings |= {
-                "boost_below": boost_below,
                 "boost_rounds": boost_rounds,
                 "boosted": sum(bool(c.extra.get("boosted")) for c in result.clusters),
             }
@@ -321,7 +322,7 @@ def _with_refinement_estimate(
     share = Default.boost_share if boost_below is not None else 0.0
     clusters = []
     for cluster in plan_.clusters:
-        task = _task_of(cluster, plan_.settings)
+        task = ClusterTask.of(cluster, plan_.settings)
         characters = 0.0
         if score:
             characters += sum(len(m["content"]) for m in scorer.plan(task))
@@ -343,16 +344,6 @@ def _with_refinement_estimate(
         )
     settings = plan_.settings | {"estimate_includes": "; ".join(note)}
     return replace(plan_, clusters=clusters, settings=settings)
-
-
-def _task_of(cluster: Any, settings: dict[str, Any]) -> ClusterTask:
-    return ClusterTask(
-        cluster=cluster.cluster,
-        markers=tuple(cluster.markers),
-        species=str(settings.get("species", "")),
-        tissue=settings.get("tissue") or None,
-        additional_info=settings.get("additional_info") or None,
-    )
 
 
 @fill_docs

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .._keys import Default
 from ..evidence import DataHandle
 from ..fields import Field
 from ..llm import LLMClient, Reply
@@ -50,10 +51,38 @@ class ClusterTask:
     species: str
     tissue: str | None = None
     additional_info: str | None = None
-    pipeline: str = "v1"
+    pipeline: str = Default.validator_involvement
     sample: int = 0
     data: DataHandle | None = field(default=None, repr=False, compare=False)
     table_evidence: MarkerTableEvidence | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, result: Any, settings: Mapping[str, Any], **context: Any) -> ClusterTask:
+        """Return the task of a finished cluster, from its result and its run's settings.
+
+        Parameters
+        ----------
+        result
+            The cluster's :class:`~cassia_sc.ClusterResult`.
+        settings
+            Its batch's settings (species, tissue, additional_info, validator_involvement).
+        **context
+            ``data`` or ``table_evidence``.
+
+        Returns
+        -------
+        ClusterTask
+            The task its further steps work on.
+        """
+        return cls(
+            cluster=result.cluster,
+            markers=tuple(result.markers),
+            species=str(settings.get("species", "")),
+            tissue=settings.get("tissue") or None,
+            additional_info=settings.get("additional_info") or None,
+            pipeline=str(settings.get("validator_involvement", Default.validator_involvement)),
+            **context,
+        )
 
     @property
     def tissue_blind(self) -> bool:

@@ -33,8 +33,7 @@ def _grade_score(row: Mapping[str, Any], params: Mapping[str, Any]) -> Grade:
     score = row["score"]
     if score != score:  # NaN: the judge gave none
         return 1, "none"
-    below = params.get("boost_below")
-    below = float(Default.boost_below if below is None else below)
+    below = float(params.get("boost_below", Default.boost_below))
     return (2 if score < below else 1 if score < 90 else 0), str(round(score))
 
 
