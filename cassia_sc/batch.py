@@ -367,13 +367,17 @@ def _step_job(
     return _Job(result.cluster, work, kept, kept)
 
 
-def map_to_ontology(batch: BatchResult, *, required: bool = False) -> None:
+def map_to_ontology(
+    batch: BatchResult, *, required: bool = False, clusters: Collection[str] | None = None
+) -> None:
     """Give each answered cluster the Cell Ontology term of its main cell type, in place.
 
     Parameters
     ----------
     batch
         The batch to complete.
+    clusters
+        Only these clusters (e.g. those a boost gave a new label); None: every one.
     required
         Raise when the ``cassia-sc[ontology]`` extra is missing, instead of skipping.
 
@@ -389,7 +393,8 @@ def map_to_ontology(batch: BatchResult, *, required: bool = False) -> None:
     >>> result.clusters[0].ontology_term_id  # doctest: +SKIP
     'CL:0000236'
     """
-    answered = [c for c in batch.clusters if c.main_cell_type]
+    wanted = set(batch.clusters_named(clusters))
+    answered = [c for c in batch.clusters if c.main_cell_type and c.cluster in wanted]
     try:
         ontology = cell_ontology()
         tissue = batch.settings.get("tissue") or None

@@ -263,7 +263,13 @@ def refine(
                     desc="Boosting clusters",
                     **common,
                 )
-                map_to_ontology(result, required=False)
+                # Only the new labels: a term the model chose for another cluster stays.
+                relabelled = [
+                    c.cluster
+                    for c in result.clusters
+                    if c.cluster in doubtful and c.extra.get("boosted")
+                ]
+                map_to_ontology(result, required=False, clusters=relabelled)
             if boost_below is not None:  # a boost of chosen clusters has no threshold
                 result.settings["boost_below"] = boost_below
             result.settings |= {

@@ -141,3 +141,35 @@ def test_tl_evaluate_asks_a_judge_only_for_pairs_the_ontology_cannot_relate(
     )
     assert (unrelated["judge_score"] == 5).all()
     assert (unrelated["judge_reasoning"] == "No cell type named.").all()
+
+
+def test_a_boost_of_other_clusters_keeps_the_term_the_model_chose(scripted_llm):
+    markers = cassia_sc.top_markers(EXAMPLE)
+    doubtful = signature(markers["1"])
+
+    def choose(request):
+        label = re.search(r"^Label: (.+)$", request.messages[1]["content"], re.MULTILINE)[1]
+        if label == "Goblet-like cells":
+            return {"term_id": "CL:0000160", "reason": "a goblet cell"}
+        return {"term_id": "none", "reason": "no candidate fits"}
+
+    answer = chooser_answering(choose)
+
+    def handler(request, index):
+        if request.messages[0]["content"].startswith("You grade"):
+            low = (
+                signature(
+                    re.findall(r"\((\d+)\):\n(.+)", request.messages[1]["content"])[0][1].split(
+                        ", "
+                    )
+                )
+                == doubtful
+            )
+            return Reply(content=json.dumps({"score": 40 if low else 90, "reasoning": "."}))
+        return answer(request, index)
+
+    llm = scripted_llm(handler=handler)
+    result = run(llm, ontology="model", score=True, boost_below=75)
+    assert result["1"].extra["boosted"]  # a boost ran, and mapped its cluster anew
+    assert result["0"].ontology_term_id == "CL:0000160"
+    assert result["0"].extra["ontology_method"] == "model"
