@@ -135,7 +135,7 @@ def run_batch(
     --------
     >>> import cassia_sc
     >>> plan = cassia_sc.run_batch(
-    ...     cassia_sc.loadmarker("processed"), tissue="blood", species="human",
+    ...     cassia_sc.loadmarker("pbmc68k_processed"), tissue="blood", species="human",
     ...     model="any-model", dry_run=True, progress=False,
     ... )
     >>> len(plan), plan.clusters[0].status

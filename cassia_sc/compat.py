@@ -117,7 +117,7 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
     --------
     >>> import cassia_sc
     >>> summary = cassia_sc.runCASSIA_batch(  # doctest: +SKIP
-    ...     cassia_sc.loadmarker("unprocessed"), "pbmc", "openai/gpt-4o", "blood", "human"
+    ...     cassia_sc.loadmarker("pbmc68k_unprocessed"), "pbmc", "openai/gpt-4o", "blood", "human"
     ... )
     """
     return run_batch_to_files(

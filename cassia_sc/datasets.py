@@ -14,8 +14,8 @@ import pandas as pd
 from .markers import top_markers
 
 EXAMPLE_FILES = {
-    "processed": "pbmc68k_louvain_processed.csv",
-    "unprocessed": "pbmc68k_louvain_unprocessed.csv",
+    "pbmc68k_processed": "pbmc68k_louvain_processed.csv",
+    "pbmc68k_unprocessed": "pbmc68k_louvain_unprocessed.csv",
     "truth": "pbmc68k_louvain_truth.csv",
 }
 
@@ -25,7 +25,9 @@ _SEURAT_MIN_PCT = 0.1
 _SIMPLIFIED_N_GENES = 50
 
 
-def loadmarker(marker_type: Literal["processed", "unprocessed"] = "processed") -> pd.DataFrame:
+def loadmarker(
+    marker_type: Literal["pbmc68k_processed", "pbmc68k_unprocessed"] = "pbmc68k_processed",
+) -> pd.DataFrame:
     """Load the bundled example markers: 11 Louvain clusters of 700 blood cells.
 
     The markers come from a Wilcoxon test of each Louvain cluster of
@@ -34,8 +36,8 @@ def loadmarker(marker_type: Literal["processed", "unprocessed"] = "processed") -
     Parameters
     ----------
     marker_type
-        ``"processed"``: the simplified format, one row per cluster (``cluster``,
-        ``markers``: the top 50 genes, comma-separated). ``"unprocessed"``: the Seurat
+        ``"pbmc68k_processed"``: the simplified format, one row per cluster (``cluster``,
+        ``markers``: the top 50 genes, comma-separated). ``"pbmc68k_unprocessed"``: the Seurat
         ``FindAllMarkers`` format (``p_val``, ``avg_log2FC``, ``pct.1``, ``pct.2``,
         ``p_val_adj``, ``cluster``, ``gene``), one row per cluster and gene.
 
@@ -47,13 +49,16 @@ def loadmarker(marker_type: Literal["processed", "unprocessed"] = "processed") -
     Examples
     --------
     >>> import cassia_sc
-    >>> cassia_sc.loadmarker("processed").shape
+    >>> cassia_sc.loadmarker("pbmc68k_processed").shape
     (11, 2)
-    >>> cassia_sc.loadmarker("unprocessed").columns.tolist()
+    >>> cassia_sc.loadmarker("pbmc68k_unprocessed").columns.tolist()
     ['p_val', 'avg_log2FC', 'pct.1', 'pct.2', 'p_val_adj', 'cluster', 'gene']
     """
-    if marker_type not in ("processed", "unprocessed"):
-        raise ValueError(f"marker_type must be 'processed' or 'unprocessed', not {marker_type!r}.")
+    if marker_type not in ("pbmc68k_processed", "pbmc68k_unprocessed"):
+        raise ValueError(
+            "marker_type must be 'pbmc68k_processed' or 'pbmc68k_unprocessed', "
+            f"not {marker_type!r}."
+        )
     return _read_packaged(EXAMPLE_FILES[marker_type])
 
 
@@ -89,7 +94,7 @@ def build_example_markers() -> dict[str, pd.DataFrame]:
     Returns
     -------
     dict[str, pandas.DataFrame]
-        The ``"processed"``, ``"unprocessed"`` and ``"truth"`` tables.
+        The ``"pbmc68k_processed"``, ``"pbmc68k_unprocessed"`` and ``"truth"`` tables.
     """
     import scanpy as sc  # only to rebuild the files: not needed to read them
 
@@ -135,7 +140,7 @@ def build_example_markers() -> dict[str, pd.DataFrame]:
             "n_cells": counts.sum(axis=1).to_numpy(),
         }
     )
-    return {"processed": processed, "unprocessed": seurat, "truth": truth}
+    return {"pbmc68k_processed": processed, "pbmc68k_unprocessed": seurat, "truth": truth}
 
 
 if __name__ == "__main__":  # python -m cassia_sc.datasets: rewrite the bundled files

@@ -217,7 +217,7 @@ def read_markers(
     Examples
     --------
     >>> import cassia_sc
-    >>> table = cassia_sc.read_markers(cassia_sc.loadmarker("unprocessed"))
+    >>> table = cassia_sc.read_markers(cassia_sc.loadmarker("pbmc68k_unprocessed"))
     >>> list(table.columns)
     ['cluster', 'gene', 'log2fc', 'pval_adj', 'pct_in', 'pct_out']
     """
@@ -698,7 +698,7 @@ def select_markers(
     Examples
     --------
     >>> import cassia_sc
-    >>> table = cassia_sc.read_markers(cassia_sc.loadmarker("unprocessed"))
+    >>> table = cassia_sc.read_markers(cassia_sc.loadmarker("pbmc68k_unprocessed"))
     >>> top = cassia_sc.select_markers(table, n_genes=5, ranking_method="pct_diff")
     >>> int(top.groupby("cluster", observed=True).size().max())
     5

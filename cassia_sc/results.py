@@ -139,7 +139,7 @@ class ClusterResult:
     Examples
     --------
     >>> import cassia_sc
-    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("pbmc68k_processed"), tissue="blood",
     ...     species="human", model="any-model", dry_run=True, progress=False)
     >>> first = plan.clusters[0]
     >>> first.cluster, first.markers[:3]
@@ -275,7 +275,7 @@ class BatchResult:
     Examples
     --------
     >>> import cassia_sc
-    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("pbmc68k_processed"), tissue="blood",
     ...     species="human", model="any-model", dry_run=True, progress=False)
     >>> len(plan), plan["3"].status
     (11, 'not_run')
@@ -351,7 +351,7 @@ class BatchResult:
         Examples
         --------
         >>> import cassia_sc
-        >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+        >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("pbmc68k_processed"), tissue="blood",
         ...     species="human", model="any-model", dry_run=True, progress=False)
         >>> plan.summary()["Cluster ID"].tolist()[:3]
         ['0', '1', '2']
@@ -391,7 +391,7 @@ class BatchResult:
         Examples
         --------
         >>> import cassia_sc
-        >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+        >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("pbmc68k_processed"), tissue="blood",
         ...     species="human", model="any-model", dry_run=True, progress=False)
         >>> plan.table().columns[:3].tolist()
         ['cluster', 'main_cell_type', 'sub_cell_types']

@@ -389,7 +389,7 @@ def plan(
     Examples
     --------
     >>> import cassia_sc
-    >>> preview = cassia_sc.plan(cassia_sc.loadmarker("processed"), tissue="blood",
+    >>> preview = cassia_sc.plan(cassia_sc.loadmarker("pbmc68k_processed"), tissue="blood",
     ...     species="human", model="any-model", n_runs=3, progress=False)
     >>> preview.dry_run, preview.settings["runs"]
     (True, 3)

@@ -10,7 +10,7 @@ import cassia_sc
 if __name__ == "__main__":
     base_url, cache_dir, output, workers = sys.argv[1:5]
     cassia_sc.runCASSIA_batch(
-        cassia_sc.loadmarker("processed"),
+        cassia_sc.loadmarker("pbmc68k_processed"),
         output,
         "test-model",
         "blood",

@@ -25,7 +25,7 @@ import cassia_sc
 from cassia_sc.datasets import example_truth
 from cassia_sc.results import SUMMARY_COLUMNS
 
-EXAMPLE = cassia_sc.loadmarker("processed")
+EXAMPLE = cassia_sc.loadmarker("pbmc68k_processed")
 SIGNATURES = {row.cluster: signature(row.markers.split(", ")) for row in EXAMPLE.itertuples()}
 TRUTH = dict(zip(example_truth()["cluster"], example_truth()["cell_type"], strict=True))
 #: The scripted model knows each example cluster's truth.

@@ -95,7 +95,7 @@ def test_a_failed_cluster_gives_exit_status_3(h5ad, pbmc, scripted_llm):
 
 def test_batch_writes_cassias_files(llm, tmp_path):
     markers = tmp_path / "markers.csv"
-    cassia_sc.loadmarker("unprocessed").to_csv(markers, index=False)
+    cassia_sc.loadmarker("pbmc68k_unprocessed").to_csv(markers, index=False)
     code = main(cli(llm, "batch", str(markers), "--output-name", str(tmp_path / "run"), "--quiet"))
     assert code == 0
     summary = pd.read_csv(tmp_path / "run_summary.csv", dtype={"Cluster ID": str})

@@ -30,7 +30,7 @@ from cassia_sc import LLMClient
 from cassia_sc.errors import CallCancelled
 from cassia_sc.llm import RequestPacer
 
-EXAMPLE = cassia_sc.loadmarker("processed")
+EXAMPLE = cassia_sc.loadmarker("pbmc68k_processed")
 SIGNATURES = {row.cluster: signature(row.markers.split(", ")) for row in EXAMPLE.itertuples()}
 #: Quick retries: no test waits out a real backoff.
 FAST = {"retry_delay": 0.01, "max_retry_delay": 2.0, "timeout": 30.0}
@@ -625,7 +625,7 @@ def test_the_pacer_lets_one_request_through_after_a_rate_limit_then_widens():
 
 def test_a_secret_in_the_provider_url_is_not_stored_in_the_settings():
     plan = cassia_sc.plan(
-        cassia_sc.loadmarker("processed"),
+        cassia_sc.loadmarker("pbmc68k_processed"),
         tissue="blood",
         species="human",
         model="m",

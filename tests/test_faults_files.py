@@ -36,7 +36,7 @@ from cassia_sc.export.adata import label_column_names, label_columns
 from cassia_sc.h5ad import locked, write_annotation
 from cassia_sc.results import BatchResult, ClusterResult
 
-EXAMPLE = cassia_sc.loadmarker("processed")
+EXAMPLE = cassia_sc.loadmarker("pbmc68k_processed")
 
 
 def markers_file(folder: Path, names: list[str]) -> Path:

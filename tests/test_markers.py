@@ -128,14 +128,14 @@ def test_table_options_are_refused_for_an_anndata_and_vice_versa(pbmc):
     with pytest.raises(MarkerError, match="pass groupby= and key="):
         top_markers(pbmc, celltype_column="cluster")
     with pytest.raises(MarkerError, match="celltype_column= and gene_column_name="):
-        top_markers(cassia_sc.loadmarker("unprocessed"), groupby="louvain")
+        top_markers(cassia_sc.loadmarker("pbmc68k_unprocessed"), groupby="louvain")
 
 
 # --------------------------------------------------------------------------- Seurat
 
 
 def test_seurat_table_hand_checked_cluster_and_csv_path(tmp_path):
-    seurat = cassia_sc.loadmarker("unprocessed")
+    seurat = cassia_sc.loadmarker("pbmc68k_unprocessed")
     path = tmp_path / "findallmarkers.csv"
     seurat.to_csv(path)  # with R-style row names in an unnamed first column
 
@@ -150,7 +150,7 @@ def test_seurat_table_hand_checked_cluster_and_csv_path(tmp_path):
 
 
 def test_p_value_ranking_and_ascending_override():
-    seurat = cassia_sc.loadmarker("unprocessed")
+    seurat = cassia_sc.loadmarker("pbmc68k_unprocessed")
     cluster = seurat[seurat["cluster"] == "8"]
     passing = cluster[
         (cluster["p_val_adj"] < 0.05) & (cluster["avg_log2FC"] > 0.25) & (cluster["pct.1"] > 0.1)
@@ -164,7 +164,7 @@ def test_p_value_ranking_and_ascending_override():
 
 
 def test_seurat_v3_natural_log_fold_changes_are_converted():
-    seurat = cassia_sc.loadmarker("unprocessed")
+    seurat = cassia_sc.loadmarker("pbmc68k_unprocessed")
     v3 = seurat.rename(columns={"avg_log2FC": "avg_logFC"})
     v3["avg_logFC"] = v3["avg_logFC"] * math.log(2)
     table = read_markers(v3)
@@ -316,7 +316,7 @@ def test_simplified_two_columns_detected_with_empty_tokens_dropped(caplog):
 
 
 def test_bundled_processed_example_is_detected():
-    processed = cassia_sc.loadmarker("processed")
+    processed = cassia_sc.loadmarker("pbmc68k_processed")
     markers = top_markers(processed, n_genes=50)
     assert list(markers) == [str(i) for i in range(11)]
     assert markers["8"][:5] == ["TNFRSF17", "MZB1", "IGJ", "IGLL5", "AL928768.3"]
@@ -360,7 +360,7 @@ def test_bad_tables_raise_clear_errors(table, match):
 
 
 def test_unknown_ranking_method_and_bad_n_genes():
-    seurat = cassia_sc.loadmarker("unprocessed")
+    seurat = cassia_sc.loadmarker("pbmc68k_unprocessed")
     with pytest.raises(
         MarkerError, match=r"Unknown ranking_method 'logfc'; choose one of \['avg_log2FC'"
     ):
@@ -381,15 +381,20 @@ def test_missing_path_and_missing_named_column(tmp_path):
 
 def test_shipped_example_files_are_what_the_recipe_gives():
     rebuilt = build_example_markers()
-    pd.testing.assert_frame_equal(cassia_sc.loadmarker("processed"), rebuilt["processed"])
     pd.testing.assert_frame_equal(
-        cassia_sc.loadmarker("unprocessed"), rebuilt["unprocessed"], check_dtype=False, rtol=1e-5
+        cassia_sc.loadmarker("pbmc68k_processed"), rebuilt["pbmc68k_processed"]
+    )
+    pd.testing.assert_frame_equal(
+        cassia_sc.loadmarker("pbmc68k_unprocessed"),
+        rebuilt["pbmc68k_unprocessed"],
+        check_dtype=False,
+        rtol=1e-5,
     )
     pd.testing.assert_frame_equal(example_truth(), rebuilt["truth"], check_dtype=False)
 
 
 def test_loadmarker_rejects_unknown_types():
-    with pytest.raises(ValueError, match="'processed' or 'unprocessed'"):
+    with pytest.raises(ValueError, match="'pbmc68k_processed' or 'pbmc68k_unprocessed'"):
         cassia_sc.loadmarker("raw")
 
 
@@ -414,7 +419,7 @@ def test_fractions_are_looked_up_by_gene_whatever_the_row_order(pbmc_wilcoxon):
 
 
 def test_a_categorical_cluster_column_keeps_its_level_order():
-    seurat = cassia_sc.loadmarker("unprocessed")
+    seurat = cassia_sc.loadmarker("pbmc68k_unprocessed")
     levels = ["10", "9", "8", "7", "6", "5", "4", "3", "2", "1", "0", "unused"]
     seurat["cluster"] = pd.Categorical(seurat["cluster"], categories=levels)
     assert list(top_markers(seurat)) == levels[:-1]

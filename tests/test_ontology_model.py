@@ -21,7 +21,7 @@ from cassia_sc.agents import judge_pairs
 pytest.importorskip("cellxgene_ontology_guide")
 
 CHOOSER = "You map cell-type labels"
-EXAMPLE = cassia_sc.loadmarker("processed")
+EXAMPLE = cassia_sc.loadmarker("pbmc68k_processed")
 
 
 def offered(request: RecordedRequest) -> list[str]:

@@ -19,7 +19,7 @@ from cassia_sc.results import BatchResult, ClusterResult, Turn
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 IMG_ATTACK = "<img src=x onerror=alert(1)>"
 SCRIPT_ATTACK = '</script><script>window.__pwned = 1; alert("pwned")</script>'
-EXAMPLE = cassia_sc.loadmarker("processed")
+EXAMPLE = cassia_sc.loadmarker("pbmc68k_processed")
 SIGNATURES = {row.cluster: signature(row.markers.split(", ")) for row in EXAMPLE.itertuples()}
 
 

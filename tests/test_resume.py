@@ -90,7 +90,10 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen, what: s
 
 def resume(llm: ScriptedLLM, **options) -> cassia_sc.BatchResult:
     return cassia_sc.run_batch(
-        cassia_sc.loadmarker("processed"), tissue="blood", species="human", **llm.options(**options)
+        cassia_sc.loadmarker("pbmc68k_processed"),
+        tissue="blood",
+        species="human",
+        **llm.options(**options),
     )
 
 

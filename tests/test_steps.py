@@ -172,7 +172,7 @@ def test_the_core_pipelines_and_a_bad_name():
     assert [step.name for step in get_pipeline("v0").steps] == ["annotator", "validator"]
     with pytest.raises(cassia_sc.CassiaError, match=r"one of \['v1', 'v0'"):
         cassia_sc.run_batch(
-            cassia_sc.loadmarker("processed"),
+            cassia_sc.loadmarker("pbmc68k_processed"),
             tissue="blood",
             species="human",
             model="m",
@@ -187,7 +187,7 @@ def test_the_core_pipelines_and_a_bad_name():
 
 
 def test_a_dry_run_counts_every_step(scored):
-    markers = cassia_sc.loadmarker("processed")
+    markers = cassia_sc.loadmarker("pbmc68k_processed")
     plain = cassia_sc.plan(markers, tissue="blood", species="human", model="m", progress=False)
     with_scorer = cassia_sc.plan(
         markers,
@@ -235,7 +235,7 @@ def test_a_marker_table_gives_no_data_handle(scripted_llm):
     register_pipeline(Pipeline("peek", rounds=(Peek(),)))
     try:
         cassia_sc.run_batch(
-            cassia_sc.loadmarker("processed"),
+            cassia_sc.loadmarker("pbmc68k_processed"),
             tissue="blood",
             species="human",
             **llm.options(validator_involvement="peek"),

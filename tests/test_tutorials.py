@@ -265,7 +265,7 @@ def test_seurat_markers(llm, kernel, tmp_path):
 
     assert_requests_reached_the_server(llm.server)
     exported = pd.read_csv(folder / "findallmarkers.csv")
-    assert exported.columns.tolist() == cassia_sc.loadmarker("unprocessed").columns.tolist()
+    assert exported.columns.tolist() == cassia_sc.loadmarker("pbmc68k_unprocessed").columns.tolist()
     for suffix in ("summary.csv", "full.csv", "conversations.json", "report.html"):
         assert (folder / f"seurat_run_{suffix}").is_file(), suffix
     assert_cluster_answers(pd.read_csv(folder / "seurat_run_summary.csv"))

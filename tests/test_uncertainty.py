@@ -18,7 +18,7 @@ import cassia_sc
 
 pytest.importorskip("cellxgene_ontology_guide")
 
-EXAMPLE = cassia_sc.loadmarker("processed").head(4)
+EXAMPLE = cassia_sc.loadmarker("pbmc68k_processed").head(4)
 SIGNATURES = {row.cluster: signature(row.markers.split(", ")) for row in EXAMPLE.itertuples()}
 #: What the model says for each cluster on its 1st, 2nd and 3rd time.
 ANSWERS = {

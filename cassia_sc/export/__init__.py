@@ -91,7 +91,7 @@ def write_outputs(
     Examples
     --------
     >>> import cassia_sc, tempfile, os
-    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("pbmc68k_processed"), tissue="blood",
     ...     species="human", model="m", dry_run=True, progress=False)
     >>> paths = write_outputs(plan, os.path.join(tempfile.mkdtemp(), "pbmc"))
     >>> sorted(paths)

@@ -136,7 +136,7 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
     Examples
     --------
     >>> import cassia_sc
-    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("processed"), tissue="blood",
+    >>> plan = cassia_sc.run_batch(cassia_sc.loadmarker("pbmc68k_processed"), tissue="blood",
     ...     species="human", model="any-model", dry_run=True, progress=False)
     >>> cassia_sc.export.render_report(plan).startswith("<!DOCTYPE html>")
     True
