@@ -12,9 +12,9 @@ if __name__ == "__main__":
     cassia_sc.runCASSIA_batch(
         markers,
         output,
-        "test-model",
-        tissue,
-        species,
+        model="test-model",
+        tissue=tissue,
+        species=species,
         provider=base_url,
         max_workers=int(workers),
         cache_dir=cache_dir,

@@ -135,9 +135,7 @@ def make_inputs(work: Path, quick: bool, python: Path) -> list[Input]:
     inputs.append(_write(work, "synthetic", synthetic, answers, "blood"))
 
     path = work / "cassia_example_raw.csv"
-    script = (
-        f"import CASSIA; CASSIA.loadmarker('pbmc68k_processed').to_csv({str(path)!r}, index=False)"
-    )
+    script = f"import CASSIA; CASSIA.loadmarker('processed').to_csv({str(path)!r}, index=False)"
     subprocess.run([str(python), "-c", script], check=True, capture_output=True, env=_env())
     example = pd.read_csv(path)
     example.columns = ["cluster", "markers"]

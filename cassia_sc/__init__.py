@@ -5,13 +5,14 @@ from __future__ import annotations
 from . import agents, export, get, pl, tl, workflow
 from ._version import __version__
 from .batch import run_batch
+from .cassia_files import read_cassia
 from .compat import (
     runCASSIA_annotationboost,
     runCASSIA_batch,
     runCASSIA_pipeline,
     runCASSIA_score_batch,
 )
-from .datasets import loadmarker
+from .datasets import list_available_markers, loadmarker
 from .errors import (
     AuthenticationFailed,
     BatchInterrupted,
@@ -49,9 +50,11 @@ __all__ = [
     "evaluate_frame",
     "export",
     "get",
+    "list_available_markers",
     "loadmarker",
     "pl",
     "plan",
+    "read_cassia",
     "read_markers",
     "runCASSIA_annotationboost",
     "runCASSIA_batch",

@@ -129,8 +129,8 @@ PARAMETERS: dict[str, str] = {
     "annotated": "Data annotated by :func:`cassia_sc.tl.annotate`.",
     "output_name": (
         "Path prefix of CASSIA's four files, ``_summary.csv``, ``_full.csv``, "
-        "``_conversations.json`` and ``_report.html`` (a ``.csv``, ``.json`` or ``.html`` "
-        "suffix is dropped)."
+        "``_conversations.json`` and ``_report.html``, and of our ``_record.json`` (a "
+        "``.csv``, ``.json`` or ``.html`` suffix is dropped)."
     ),
     "basis": f'Embedding in ``adata.obsm[f"X_{{basis}}"]`` (default "{Default.basis}").',
     "ax": "Axes to draw on; a new figure when None.",

@@ -313,3 +313,26 @@ def spreadsheet_safe(text: str) -> str:
     if text.startswith(_FORMULA_STARTS) and not _NUMBER.fullmatch(text):
         return "'" + text
     return text
+
+
+def undo_spreadsheet_guard(text: str) -> str:
+    """Return a cell as it was before :func:`spreadsheet_safe`, for reading a CSV back.
+
+    Parameters
+    ----------
+    text
+        The cell as read.
+
+    Returns
+    -------
+    str
+        Without the ``'`` that :func:`spreadsheet_safe` put before a formula start.
+
+    Examples
+    --------
+    >>> undo_spreadsheet_guard("'=1+2"), undo_spreadsheet_guard("'quoted'")
+    ('=1+2', "'quoted'")
+    """
+    if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS):
+        return text[1:]
+    return text

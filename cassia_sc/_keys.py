@@ -85,14 +85,41 @@ class Key:
             return f"X_{basis}"
 
     class files:
-        """Suffixes of the four files of ``runCASSIA_batch``, by kind."""
+        """Suffixes of the files of ``runCASSIA_batch``, by kind.
+
+        The first four are CASSIA's; ``record`` is ours (settings and every turn with its
+        tokens), kept apart so that CASSIA's readers find only what they expect.
+        """
 
         suffixes: Final = {
             "summary": "_summary.csv",
             "full": "_full.csv",
             "conversations": "_conversations.json",
             "report": "_report.html",
+            "record": "_record.json",
         }
+
+    class cassia:
+        """CASSIA's shapes: its conversations JSON and the full CSV's history sections."""
+
+        #: Keys of one cluster's entry in the conversations JSON.
+        annotations: Final = "annotations"
+        validations: Final = "validations"
+        formatting: Final = "formatting"
+        scoring: Final = "scoring"
+        #: The title of each key's section in the ``Conversation History`` column.
+        sections: Final = {
+            "annotations": "Final Annotation Agent",
+            "validations": "Coupling Validator",
+            "formatting": "Formatting Agent",
+            "scoring": "Scoring Agent",
+        }
+        #: Between sections; CASSIA 1.4.0 also reads the second, which no reply contains.
+        section_separator: Final = " | "
+        safe_section_separator: Final = " |||SECTION||| "
+        #: What CASSIA's ``add_cassia_to_anndata`` writes: ``obs`` prefix and ``uns`` key.
+        obs_prefix: Final = "CASSIA_"
+        uns: Final = "CASSIA"
 
     class csv:
         """Columns of the summary CSV that are CASSIA's own, in its order."""

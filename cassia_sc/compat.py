@@ -6,7 +6,6 @@ and writes what CASSIA's function of the same name writes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import replace
@@ -14,15 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from anndata import AnnData
 
 from ._docs import fill_docs
 from ._io import atomic_write_text
 from ._keys import Default, Key
-from .errors import BatchInterrupted, CassiaError
+from .agents.pipelines import known_fields
+
+# PENDING(api_keys): from .api_keys import validate_api_keys
+from .cassia_files import conversations_beside, read_cassia
+from .errors import AuthenticationFailed, BatchInterrupted, CassiaError, MarkerError
 from .export import bounded, csv_text, output_paths, render_report, write_outputs
-from .fields import CORE_FIELDS, split_list
-from .markers import MarkerInput, RankingMethod
-from .results import BatchResult, ClusterResult, Turn, turns_from_record
+from .markers import MarkerInput, RankingMethod, looks_like_gene_ids, top_markers
+from .providers import resolve_endpoint
+from .results import BatchResult
 from .workflow import refine, run_annotation
 
 logger = logging.getLogger("cassia_sc")
@@ -50,34 +54,47 @@ _CASSIA_ONLY = frozenset(
 @fill_docs
 def runCASSIA_batch(  # CASSIA's name, kept for its users
     marker: MarkerInput,
-    output_name: str,
-    model: str,
-    tissue: str | None,
-    species: str,
-    provider: str = Default.provider,
-    max_workers: int = Default.max_workers,
+    output_name: str | os.PathLike = "cell_type_analysis_results.json",
     n_genes: int = Default.n_genes,
+    model: str | None = None,
+    temperature: float | None = None,
+    tissue: str | None = "lung",
+    species: str = "human",
     additional_info: str | None = None,
-    temperature: float = 0,
-    validator_involvement: str = Default.validator_involvement,
-    reasoning: str | None = None,
-    ranking_method: RankingMethod = Default.ranking_method,
-    ascending: bool | None = None,
     celltype_column: str | None = None,
     gene_column_name: str | None = None,
+    max_workers: int = 10,
+    provider: str = Default.provider,
     max_retries: int = 1,
+    ranking_method: RankingMethod = Default.ranking_method,
+    ascending: bool | None = None,
+    validator_involvement: str = Default.validator_involvement,
+    reasoning: str | None = None,
+    use_reference: bool = False,
+    reference_model: str | None = None,
+    reference_cell_type_hint: str | None = None,
+    verbose: bool = True,
+    validate_api_key_before_start: bool = True,
+    auto_convert_ids: bool = True,
+    proxy: str | None = None,
     **options: Any,
 ) -> pd.DataFrame:
-    """Annotate every cluster and write CASSIA's four output files.
+    """Annotate every cluster and write CASSIA's files.
 
-    The same parameters as CASSIA's ``runCASSIA_batch``; the work is done by
+    CASSIA 1.4.0's parameters, in its order and with its defaults, so that a CASSIA call
+    (positional or not) binds the same way; the work is done by
     :func:`cassia_sc.run_batch`. Writes, each atomically:
 
-    - ``{output_name}_summary.csv``: one row per cluster, failed ones included;
-    - ``{output_name}_full.csv``: the summary plus each cluster's conversation;
-    - ``{output_name}_conversations.json``: per cluster, the annotator, validator and
-      formatter turns;
-    - ``{output_name}_report.html``: a self-contained report.
+    - ``{output_name}_summary.csv``: one row per cluster, failed ones included, in the
+      order of the input clusters (CASSIA sorts its rows by cluster name; every reader of
+      ours joins by ``Cluster ID``, never by row position);
+    - ``{output_name}_full.csv``: the summary plus each cluster's replies, in CASSIA's
+      ``Conversation History`` section format;
+    - ``{output_name}_conversations.json``: CASSIA's shape, cluster name -> its
+      ``annotations``, ``validations``, ``formatting`` and ``scoring`` replies, as read by
+      CASSIA's scorer, booster and report generators;
+    - ``{output_name}_report.html``: a self-contained report;
+    - ``{output_name}_record.json``: ours, the settings and every turn with its tokens.
 
     A dry run (``dry_run=True``) writes nothing.
 
@@ -85,41 +102,95 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
     ----------
     {marker}
     {output_name}
+    {n_genes}
     {model}
+    temperature
+        Sampling temperature; None: 0.
     {tissue}
     {species}
-    {provider}
-    {max_workers}
-    {n_genes}
     {additional_info}
-    {temperature}
-    {validator_involvement}
-    {reasoning}
-    {ranking_method}
-    {ascending}
     {celltype_column}
     {gene_column_name}
+    {max_workers}
+    {provider}
     max_retries
         As in CASSIA: further attempts for a cluster whose calls failed. CASSIA repeats
         the whole cluster on top of its HTTP client's 2 retries per call; here each failed
         call is retried up to ``2 + max_retries`` times, which covers the same faults
         without repeating the calls that had succeeded.
+    {ranking_method}
+    {ascending}
+    {validator_involvement}
+    {reasoning}
+    use_reference, reference_model, reference_cell_type_hint
+        CASSIA's retrieval of its bundled reference documents: not available here; asking
+        for it raises :class:`~cassia_sc.CassiaError`.
+    verbose
+        Show progress (unless ``progress=`` is given).
+    validate_api_key_before_start
+        Check the key with one cheap request before the first cluster
+        (:func:`cassia_sc.validate_api_keys`); skipped for a server on this machine,
+        which needs no key, for a dry run and when ``client=`` is given.
+    auto_convert_ids
+        Ensembl or Entrez gene IDs: for an AnnData whose ``var`` also has gene symbols,
+        the symbols are sent (``gene_symbols=`` chosen for you); for a marker table,
+        converting needs a network look-up that cassia_sc does not make, so IDs raise
+        :class:`~cassia_sc.MarkerError` (convert them first, or pass ``False`` to send
+        them as they are). Symbols are sent as they are either way.
+    proxy
+        CASSIA's proxy presets are not available: give the proxy's base URL as
+        ``provider``, or set ``HTTPS_PROXY``; any other value than None raises.
     **options
-        Any other option of :func:`cassia_sc.run_batch` (``api_key``, ``cache_dir``, ``timeout``,
-        ``requests_per_minute``, ``progress``, ``dry_run``, ...).
+        Any other option of :func:`cassia_sc.run_batch` (``api_key``, ``cache_dir``,
+        ``timeout``, ``requests_per_minute``, ``progress``, ``dry_run``, ...).
 
     Returns
     -------
     pandas.DataFrame
-        The summary table, as written to ``{output_name}_summary.csv``.
+        The summary table, as written to ``{output_name}_summary.csv`` (CASSIA returns
+        a dictionary of its results instead).
+
+    Raises
+    ------
+    CassiaError
+        An option of CASSIA's that is not available here, or a missing ``model``.
+    AuthenticationFailed
+        ``validate_api_key_before_start`` and the key was refused.
+
+    Notes
+    -----
+    CASSIA's defaults are kept for its callers, ``tissue="lung"`` and ``max_workers=10``
+    among them: give the tissue (None for a tissue-blind annotation). ``model`` is
+    required: CASSIA picks one per provider, cassia_sc does not choose a model for you.
 
     Examples
     --------
     >>> import cassia_sc
     >>> summary = cassia_sc.runCASSIA_batch(  # doctest: +SKIP
-    ...     cassia_sc.loadmarker("pbmc68k_unprocessed"), "pbmc", "openai/gpt-4o", "blood", "human"
+    ...     cassia_sc.loadmarker("unprocessed"), "intestine", 50, "openai/gpt-4o",
+    ...     tissue="large intestine", species="human",
     ... )
     """
+    _refuse_unavailable(
+        use_reference=use_reference,
+        reference_model=reference_model,
+        reference_cell_type_hint=reference_cell_type_hint,
+        proxy=proxy,
+    )
+    if not model:
+        raise CassiaError(
+            "model must be given, e.g. model='openai/gpt-4o': cassia_sc does not choose one."
+        )
+    options.setdefault("progress", verbose)
+    if auto_convert_ids:
+        options |= _symbols_for_gene_ids(
+            marker,
+            celltype_column=celltype_column,
+            gene_column_name=gene_column_name,
+            gene_symbols=options.get("gene_symbols"),
+        )
+    if validate_api_key_before_start and not options.get("dry_run") and "client" not in options:
+        _check_key(provider, options.get("api_key"))
     return run_batch_to_files(
         marker,
         output_name,
@@ -130,7 +201,7 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
         max_workers=max_workers,
         n_genes=n_genes,
         additional_info=additional_info,
-        temperature=temperature,
+        temperature=Default.temperature if temperature is None else temperature,
         validator_involvement=validator_involvement,
         reasoning=reasoning,
         ranking_method=ranking_method,
@@ -230,7 +301,11 @@ def runCASSIA_score_batch(  # CASSIA's name, kept for its users
     if not model:
         raise CassiaError("model must be given: the judge's model, e.g. model='openai/gpt-4o'.")
     table = pd.read_csv(source, dtype={Key.csv.cluster: str}, keep_default_na=False)
-    batch = _batch_from_table(table, _conversations_beside(source, conversations_json_path))
+    batch = read_cassia(
+        table,
+        conversations=conversations_json_path or conversations_beside(source),
+        fields=known_fields(),
+    )
     unscored = [
         row[Key.csv.cluster] for _, row in table.iterrows() if str(row.get("Score", "")) == ""
     ]
@@ -323,9 +398,10 @@ def runCASSIA_annotationboost(  # CASSIA's name, kept for its users
         ``report_path``.
     """
     source = Path(full_result_path)
-    table = pd.read_csv(source, dtype={Key.csv.cluster: str}, keep_default_na=False)
-    journal = None if conversations_json_path == "auto" else conversations_json_path
-    batch = _batch_from_table(table, _conversations_beside(source, journal))
+    journal = conversations_json_path
+    if journal == "auto":
+        journal = conversations_beside(source)
+    batch = read_cassia(source, conversations=journal, fields=known_fields())
     batch.settings |= {
         "species": species or batch.settings.get("species"),
         "additional_info": major_cluster_info,
@@ -463,54 +539,61 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
     )
 
 
-def _batch_from_table(table: pd.DataFrame, conversations: dict[str, list[Turn]]) -> BatchResult:
-    """Rebuild a batch from a summary or full CSV of ``runCASSIA_batch`` (CASSIA's or ours)."""
-    by_csv = {f.csv: f for f in CORE_FIELDS if f.csv}
-    first = table.iloc[0] if len(table) else {}
-    clusters = []
-    for _, row in table.iterrows():
-        name = str(row[Key.csv.cluster])
-        result = ClusterResult(
-            cluster=name,
-            markers=split_list(row.get(Key.csv.markers, "")),
-            status="ok" if row.get(Key.csv.main_cell_type) else "failed",
-            main_cell_type=str(row.get(Key.csv.main_cell_type, "")) or None,
-            sub_cell_types=split_list(row.get(Key.csv.sub_cell_types, "")),
-            possible_mixed_cell_types=split_list(row.get(Key.csv.possible_mixed_cell_types, "")),
-            iterations=int(row.get(Key.csv.iterations) or 0),
-        )
-        for column, declared in by_csv.items():
-            if str(row.get(column, "")) != "":
-                value = row[column]
-                if declared.kind == "verdict":  # the CSV holds True/False, not the names
-                    result.set(declared.key, {"True": True, "False": False}.get(str(value)))
-                else:
-                    result.set(declared.key, declared.from_table(value))
-        history = row.get(Key.csv.conversation, "")
-        result.conversation = conversations.get(name) or (
-            [Turn("annotator", "assistant", str(history))] if history else []
-        )
-        clusters.append(result)
-    settings = {
-        "model": first.get(Key.csv.model, ""),
-        "provider": first.get(Key.csv.provider, ""),
-        "tissue": first.get(Key.csv.tissue, "") or None,
-        "species": first.get(Key.csv.species, ""),
+def _refuse_unavailable(**asked: Any) -> None:
+    """Refuse CASSIA's options that have no counterpart here, one line each, with the way out."""
+    reasons = {
+        "use_reference": "CASSIA's retrieval of its bundled reference documents is not "
+        "available in cassia_sc; leave it False (evidence from the data: tl.boost)",
+        "reference_model": "only used by use_reference, which is not available",
+        "reference_cell_type_hint": "only used by use_reference; give the parent "
+        "population as additional_info instead",
+        "proxy": "CASSIA's proxy presets are not available; give the proxy's base URL as "
+        "provider=..., or set HTTPS_PROXY",
     }
-    return BatchResult(clusters=clusters, settings=settings)
+    for name, value in asked.items():
+        if value not in (None, False):
+            raise CassiaError(f"{name}={value!r}: {reasons[name]}.")
 
 
-def _conversations_beside(source: Path, given: str | os.PathLike | None) -> dict[str, list[Turn]]:
-    """Each cluster's turns from a conversations JSON (``{prefix}_conversations.json``)."""
-    if given is not None:
-        path = Path(given)
-    else:
-        prefix = source.with_suffix("").name
-        for suffix in ("_summary", "_full", "_scored"):
-            prefix = prefix.removesuffix(suffix)
-        path = source.with_name(f"{prefix}{Key.files.suffixes['conversations']}")
-    if not path.is_file():
-        return {}
-    stored = json.loads(path.read_text(encoding="utf-8"))
-    clusters = stored.get("clusters", []) if isinstance(stored, dict) else []
-    return {str(c["cluster"]): turns_from_record(c) for c in clusters if "cluster" in c}
+def _symbols_for_gene_ids(
+    marker: MarkerInput,
+    *,
+    celltype_column: str | None,
+    gene_column_name: str | None,
+    gene_symbols: str | None,
+) -> dict[str, Any]:
+    """Return the options that send symbols instead of IDs (``auto_convert_ids``)."""
+    if isinstance(marker, AnnData):
+        if gene_symbols is not None or not looks_like_gene_ids(marker.var_names):
+            return {}
+        for column in marker.var.columns:
+            values = marker.var[column]
+            textual = values.dtype.kind in "OSUT" or isinstance(values.dtype, pd.CategoricalDtype)
+            if textual and values.notna().all() and not looks_like_gene_ids(values.astype(str)):
+                logger.info("Gene IDs in var_names: sending the symbols of var[%r].", column)
+                return {"gene_symbols": column}
+        raise MarkerError(
+            "var_names are Ensembl/Entrez gene IDs and no column of var holds symbols: "
+            "pass gene_symbols='<column>', or auto_convert_ids=False to send the IDs."
+        )
+    genes = top_markers(
+        marker, n_genes=5, celltype_column=celltype_column, gene_column_name=gene_column_name
+    )
+    if looks_like_gene_ids([g for listed in genes.values() for g in listed]):
+        raise MarkerError(
+            "The markers are Ensembl/Entrez gene IDs: converting them needs a network "
+            "look-up (CASSIA asks mygene.info), which cassia_sc does not make. Convert them "
+            "to symbols first, or pass auto_convert_ids=False to send the IDs."
+        )
+    return {}
+
+
+def _check_key(provider: str, api_key: str | None) -> None:
+    """``validate_api_key_before_start``: one cheap request, unless the server is local."""
+    if resolve_endpoint(provider).is_loopback:
+        return
+    if not validate_api_keys(provider, api_key):  # noqa: F821 (PENDING api_keys)
+        raise AuthenticationFailed(
+            f"The API key for {provider} was refused (validate_api_key_before_start=True); "
+            "set it with cassia_sc.set_api_key(key, provider=...)."
+        )

@@ -1,17 +1,26 @@
-"""Example marker data shipped with the package, derived from Scanpy's ``pbmc68k_reduced``.
+"""Example marker sets shipped with the package: CASSIA's own, and sets from ``pbmc68k_reduced``.
 
-The files in ``cassia_sc/data/`` are rebuilt by :func:`build_example_markers`; their
-provenance and the truth of each cluster are described in ``cassia_sc/data/README.md``.
+CASSIA's three example sets keep CASSIA's names (``"processed"``, ``"unprocessed"``,
+``"subcluster_results"``), so CASSIA's tutorials run unchanged; they are copies of the files of
+CASSIA 1.4.0 (MIT licence). Our own sets, from Scanpy's ``pbmc68k_reduced``, are rebuilt by
+:func:`build_example_markers`. The provenance of every file is in ``cassia_sc/data/README.md``.
 """
 
 from __future__ import annotations
 
 from importlib import resources
-from typing import Literal
 
 import pandas as pd
 
+from .errors import MarkerError
 from .markers import top_markers
+
+#: CASSIA's example sets, by the name CASSIA's ``loadmarker`` gives them.
+CASSIA_FILES = {
+    "processed": "cassia_processed.csv",
+    "unprocessed": "cassia_unprocessed.csv.gz",
+    "subcluster_results": "cassia_subcluster_results.csv",
+}
 
 EXAMPLE_FILES = {
     "pbmc68k_processed": "pbmc68k_louvain_processed.csv",
@@ -19,47 +28,98 @@ EXAMPLE_FILES = {
     "truth": "pbmc68k_louvain_truth.csv",
 }
 
+#: The marker sets of :func:`loadmarker`, CASSIA's first; ``"truth"`` is not one.
+_MARKER_SETS = [*CASSIA_FILES, "pbmc68k_processed", "pbmc68k_unprocessed"]
+
 # Seurat FindAllMarkers' defaults before Seurat 5 (logfc.threshold, min.pct).
 _SEURAT_MIN_ABS_LOG2FC = 0.25
 _SEURAT_MIN_PCT = 0.1
 _SIMPLIFIED_N_GENES = 50
 
 
-def loadmarker(
-    marker_type: Literal["pbmc68k_processed", "pbmc68k_unprocessed"] = "pbmc68k_processed",
-) -> pd.DataFrame:
-    """Load the bundled example markers: 11 Louvain clusters of 700 blood cells.
+def loadmarker(marker_type: str = "processed") -> pd.DataFrame:
+    """Load a bundled example marker set, by the names CASSIA's ``loadmarker`` uses.
 
-    The markers come from a Wilcoxon test of each Louvain cluster of
-    :func:`scanpy.datasets.pbmc68k_reduced` against the rest (``pts=True``).
+    CASSIA's three sets come from CASSIA 1.4.0 and are read as CASSIA reads them
+    (:func:`pandas.read_csv`, row-name columns dropped); cluster names are strings in
+    every set.
 
     Parameters
     ----------
     marker_type
-        ``"pbmc68k_processed"``: the simplified format, one row per cluster (``cluster``,
-        ``markers``: the top 50 genes, comma-separated). ``"pbmc68k_unprocessed"``: the Seurat
-        ``FindAllMarkers`` format (``p_val``, ``avg_log2FC``, ``pct.1``, ``pct.2``,
-        ``p_val_adj``, ``cluster``, ``gene``), one row per cluster and gene.
+        One of :func:`list_available_markers`:
+
+        ``"processed"`` (CASSIA's default)
+            CASSIA's simplified example: 6 clusters of human large intestine, named by
+            their cell type (``Broad.cell.type``, e.g. ``"plasma cell"``), with their top
+            50 markers comma-separated (``Top.Markers``).
+        ``"unprocessed"``
+            The Seurat ``FindAllMarkers`` table of the same 6 clusters (``p_val``,
+            ``avg_log2FC``, ``pct.1``, ``pct.2``, ``p_val_adj``, ``cluster``, ``gene``),
+            31,313 rows, one per cluster and gene.
+        ``"subcluster_results"``
+            CASSIA's subclustering example: ``FindAllMarkers`` of 6 subclusters of one
+            population (CD8 T cells in CASSIA's tutorial), same columns, 2,023 rows. The
+            subclusters are named ``"0"`` to ``"5"``: strings here, where CASSIA's own
+            reader gives integers.
+        ``"pbmc68k_processed"``
+            11 Louvain clusters of 700 blood cells of :func:`scanpy.datasets.pbmc68k_reduced`
+            in the simplified format (``cluster``, ``markers``: the top 50 genes,
+            comma-separated), from a Wilcoxon test of each cluster against the rest.
+        ``"pbmc68k_unprocessed"``
+            The same test in the ``FindAllMarkers`` format, one row per cluster and gene.
 
     Returns
     -------
     pandas.DataFrame
-        The markers, cluster names as strings.
+        The markers, with cluster names as strings.
+
+    Raises
+    ------
+    MarkerError
+        For an unknown ``marker_type``; the message lists the known ones.
 
     Examples
     --------
     >>> import cassia_sc
+    >>> processed = cassia_sc.loadmarker()
+    >>> processed.shape, processed.columns.tolist()
+    ((6, 2), ['Broad.cell.type', 'Top.Markers'])
+    >>> processed["Broad.cell.type"][1]
+    'plasma cell'
+    >>> cassia_sc.loadmarker("unprocessed").shape
+    (31313, 7)
+    >>> cassia_sc.loadmarker("subcluster_results")["cluster"].unique().tolist()
+    ['0', '1', '2', '3', '4', '5']
     >>> cassia_sc.loadmarker("pbmc68k_processed").shape
     (11, 2)
     >>> cassia_sc.loadmarker("pbmc68k_unprocessed").columns.tolist()
     ['p_val', 'avg_log2FC', 'pct.1', 'pct.2', 'p_val_adj', 'cluster', 'gene']
     """
-    if marker_type not in ("pbmc68k_processed", "pbmc68k_unprocessed"):
-        raise ValueError(
-            "marker_type must be 'pbmc68k_processed' or 'pbmc68k_unprocessed', "
-            f"not {marker_type!r}."
+    if marker_type not in _MARKER_SETS:
+        raise MarkerError(
+            f"Unknown marker_type {marker_type!r}; choose one of {list_available_markers()}."
         )
+    if marker_type in CASSIA_FILES:
+        return _read_packaged(CASSIA_FILES[marker_type])
     return _read_packaged(EXAMPLE_FILES[marker_type])
+
+
+def list_available_markers() -> list[str]:
+    """Return the names of the example marker sets :func:`loadmarker` accepts.
+
+    Returns
+    -------
+    list[str]
+        CASSIA's three sets, then the two from ``pbmc68k_reduced``.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> cassia_sc.datasets.list_available_markers()
+    ['processed', 'unprocessed', 'subcluster_results', 'pbmc68k_processed', 'pbmc68k_unprocessed']
+    """
+    return list(_MARKER_SETS)
 
 
 def example_truth() -> pd.DataFrame:
@@ -81,8 +141,12 @@ def example_truth() -> pd.DataFrame:
 
 
 def _read_packaged(name: str) -> pd.DataFrame:
+    """Read a bundled CSV (gzip-compressed when its name ends in .gz) as CASSIA does."""
+    compression = "gzip" if name.endswith(".gz") else None
     with resources.files("cassia_sc.data").joinpath(name).open("rb") as handle:
-        return pd.read_csv(handle, dtype={"cluster": str})
+        frame = pd.read_csv(handle, dtype={"cluster": str}, compression=compression)
+    # CASSIA's files keep R's row names in a column without a header: not data.
+    return frame.drop(columns=[c for c in frame.columns if c.startswith("Unnamed:")])
 
 
 def build_example_markers() -> dict[str, pd.DataFrame]:

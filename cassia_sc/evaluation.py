@@ -250,8 +250,10 @@ def evaluate_frame(
     Examples
     --------
     >>> import cassia_sc
-    >>> summary = cassia_sc.runCASSIA_batch(markers, "run", model, None, "human")  # doctest: +SKIP
-    >>> known = dict(zip(clusters, markers["True Cell Type"]))  # doctest: +SKIP
+    >>> summary = cassia_sc.runCASSIA_batch(  # doctest: +SKIP
+    ...     markers, "run", model=model, tissue=None
+    ... )
+    >>> known = {"0": "B cell", "1": "CD8 T cell"}  # cluster name -> true cell type
     >>> table = cassia_sc.evaluate_frame(summary, truth=known)  # doctest: +SKIP
     """
     needed = [predicted_column, *([cluster_column] if cluster_column else [])]

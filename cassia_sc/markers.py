@@ -23,7 +23,7 @@ import math
 import os
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -85,7 +85,34 @@ _EMPTY_TOKENS = frozenset({"", "nan", "none", "null", "na"})
 # decimal commas), tab.
 _SEPARATORS = (",", ";", "\t")
 _DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+(?:[eE][+-]?\d+)?")
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# An Ensembl gene ID (with its version or not) or an Entrez Gene number.
+_GENE_ID = re.compile(r"ENS[A-Z]*G\d{11}(\.\d+)?|\d+")
+
+
+def looks_like_gene_ids(genes: Iterable[str]) -> bool:
+    """Return whether most names are Ensembl gene IDs (ENSG..., ENSMUSG...) or Entrez numbers.
+
+    Parameters
+    ----------
+    genes
+        Gene names.
+
+    Returns
+    -------
+    bool
+        True when more than half are IDs.
+
+    Examples
+    --------
+    >>> looks_like_gene_ids(["ENSG00000167286", "ENSMUSG00000002111.3", "CD3E"])
+    True
+    >>> looks_like_gene_ids(["CD3E", "7157"])
+    False
+    """
+    names = [str(g) for g in genes]
+    return sum(bool(_GENE_ID.fullmatch(name)) for name in names) > len(names) / 2
 
 
 def top_markers(
@@ -119,8 +146,10 @@ def top_markers(
         ``gene``, ``avg_log2FC``, ``p_val_adj``, ``pct.1``, ``pct.2``), Scanpy
         :func:`scanpy.get.rank_genes_groups_df` output with ``group=None`` (``group``,
         ``names``, ``scores``, ``logfoldchanges``, ``pvals_adj``, optionally
-        ``pct_nz_group`` and ``pct_nz_reference``), or the simplified two-column format
-        (cluster, comma-separated genes).
+        ``pct_nz_group`` and ``pct_nz_reference``), or the simplified format: one row per
+        cluster, its name in the first column and its genes, comma-separated, in one other
+        column; further columns, such as the ``Tissue``, ``Species`` and ``Dataset`` of
+        CASSIA's benchmark tables, are ignored.
     n_genes
         How many genes to keep per cluster; fewer when fewer pass the filters.
     ranking_method
@@ -374,9 +403,6 @@ def _from_table(
     if frame.empty:
         raise MarkerError(f"The marker table is empty (columns: {columns}).")
 
-    detected_cluster, detected_gene = _detect_columns(columns)
-    cluster_column = celltype_column or detected_cluster
-    gene_column = gene_column_name or detected_gene
     for given, name in (
         (celltype_column, "celltype_column"),
         (gene_column_name, "gene_column_name"),
@@ -385,13 +411,18 @@ def _from_table(
             raise MarkerError(
                 f"{name}={given!r} is not a column of the marker table; it has {columns}."
             )
+    cluster_column, gene_column = _detect_columns(
+        frame, celltype_column=celltype_column, gene_column_name=gene_column_name
+    )
     if cluster_column is None or gene_column is None:
         raise MarkerError(
             f"Cannot tell which marker format this table is; it has the columns {columns}. "
             "Expected Seurat FindAllMarkers (cluster, gene, avg_log2FC, p_val_adj, pct.1, pct.2), "
             "Scanpy rank_genes_groups_df (group, names, scores, logfoldchanges, pvals_adj) or "
-            "two columns (cluster, comma-separated genes). Name the columns with "
-            "celltype_column= and gene_column_name=."
+            "one row per cluster: its name in the first column and its genes, comma-separated, "
+            "in one other column (as CASSIA's benchmark tables: True Cell Type, Marker List, "
+            "Tissue, Species, Dataset). Name the columns with celltype_column= and "
+            "gene_column_name=."
         )
 
     stats = _table_statistics(frame)
@@ -453,15 +484,60 @@ def _refuse_names_that_read_alike(names: pd.Series, column: str) -> None:
         )
 
 
-def _detect_columns(columns: list[str]) -> tuple[str | None, str | None]:
+def _detect_columns(
+    frame: pd.DataFrame, *, celltype_column: str | None, gene_column_name: str | None
+) -> tuple[str | None, str | None]:
+    """Return the cluster and gene columns: those given, else found by name, else by content.
+
+    A column is None when it cannot be told; several columns that could each be the
+    gene lists are refused, naming them.
+    """
+    columns = list(frame.columns)
     if {"cluster", "gene"} <= set(columns):
-        return "cluster", "gene"
-    if {"group", "names"} <= set(columns):
-        return "group", "names"
-    named = [c for c in columns if c and not c.startswith("Unnamed:")]
-    if len(named) == 2:
-        return named[0], named[1]
-    return None, None
+        found: tuple[str | None, str | None] = ("cluster", "gene")
+    elif {"group", "names"} <= set(columns):
+        found = ("group", "names")
+    else:
+        # Row names written by pandas ("Unnamed: 0") or R (an empty header) are no data.
+        named = [c for c in columns if c and not c.startswith("Unnamed:")]
+        if len(named) == 2:
+            found = (named[0], named[1])
+        else:
+            # One row per cluster, as CASSIA reads it: the names in the first column, the
+            # genes in the one column of comma-separated lists; the rest is ignored.
+            cluster = celltype_column or next((c for c in named if c != gene_column_name), None)
+            gene = gene_column_name or _gene_list_column(frame, [c for c in named if c != cluster])
+            found = (cluster, gene)
+    return celltype_column or found[0], gene_column_name or found[1]
+
+
+def _gene_list_column(frame: pd.DataFrame, columns: list[str]) -> str | None:
+    """Return the one column of ``columns`` holding gene lists; None when none does."""
+    lists = [column for column in columns if _holds_gene_lists(frame[column])]
+    if len(lists) > 1:
+        raise MarkerError(
+            f"Columns {lists} could each hold the comma-separated marker genes of each "
+            f"cluster; name the one to use with gene_column_name=, e.g. "
+            f"gene_column_name={lists[0]!r}."
+        )
+    return lists[0] if lists else None
+
+
+def _holds_gene_lists(column: pd.Series) -> bool:
+    """Return whether ``column`` reads as comma-separated gene names.
+
+    Some value must hold a comma, and no name may hold a space (prose such as
+    "cd8-positive, alpha-beta t cell" is not a gene list) or be only a number (as
+    "1,5" with a decimal comma, or "1,234").
+    """
+    if column.dtype.kind in "biufcmM":
+        return False
+    text = column[column.notna()].astype(str)
+    if not text.str.contains(",", regex=False).any():
+        return False
+    tokens = text.str.split(",").explode().str.strip()
+    tokens = tokens[tokens != ""]
+    return not tokens.str.contains(r"\s").any() and not tokens.str.fullmatch(_NUMBER).all()
 
 
 def _table_statistics(frame: pd.DataFrame) -> pd.DataFrame:

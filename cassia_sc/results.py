@@ -246,10 +246,6 @@ class ClusterResult:
             if t.agent == agent
         ]
 
-    def conversation_text(self) -> str:
-        """Return the whole conversation as readable text, one block per message."""
-        return "\n\n".join(f"[{t.agent} / {t.role}]\n{t.content}" for t in self.conversation)
-
 
 _ATTRIBUTES = frozenset(f.name for f in fields(ClusterResult))
 
@@ -438,21 +434,6 @@ class BatchResult:
             result.conversation = turns_from_record(turns_by_cluster.get(row["cluster"], {}))
             clusters.append(result)
         return cls(clusters=clusters, settings=dict(record.get(Key.uns.params, {})), fields=kept)
-
-    def full(self) -> pd.DataFrame:
-        """Return the summary table plus each cluster's conversation.
-
-        Returns
-        -------
-        pandas.DataFrame
-            :meth:`summary` with ``Validation Feedback``, ``Raw Reply`` and
-            ``Conversation History`` columns.
-        """
-        table = self.summary()
-        table[Key.csv.validation_feedback] = [c.validation_feedback for c in self.clusters]
-        table[Key.csv.raw_reply] = [c.raw_reply or "" for c in self.clusters]
-        table[Key.csv.conversation] = [c.conversation_text() for c in self.clusters]
-        return table
 
     def conversations(self) -> list[dict[str, Any]]:
         """Return each cluster's conversations, agent by agent, JSON-ready.

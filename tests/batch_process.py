@@ -12,9 +12,9 @@ if __name__ == "__main__":
     cassia_sc.runCASSIA_batch(
         cassia_sc.loadmarker("pbmc68k_processed"),
         output,
-        "test-model",
-        "blood",
-        "human",
+        model="test-model",
+        tissue="blood",
+        species="human",
         provider=base_url,
         max_workers=int(workers),
         cache_dir=cache_dir,

@@ -29,7 +29,7 @@ ROOMS: list[tuple[str, set[str]]] = [
         "inputs and parsing",
         {"markers", "replies", "prompts", "providers", "cache", "ontology", "h5ad", "datasets"},
     ),
-    ("results and evidence", {"fields", "results", "evaluation", "evidence"}),
+    ("results and evidence", {"fields", "results", "cassia_files", "evaluation", "evidence"}),
     ("model client", {"llm"}),
     ("agents", {"agents"}),
     ("batch", {"batch"}),

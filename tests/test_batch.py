@@ -385,9 +385,9 @@ def test_a_poisoned_cluster_fails_alone_and_stays_in_every_output(scripted_llm, 
     summary = cassia_sc.runCASSIA_batch(
         EXAMPLE,
         str(tmp_path / "out"),
-        "test-model",
-        "blood",
-        "human",
+        model="test-model",
+        tissue="blood",
+        species="human",
         client=llm.client(**FAST_RETRIES),
         progress=False,
     )
@@ -398,7 +398,11 @@ def test_a_poisoned_cluster_fails_alone_and_stays_in_every_output(scripted_llm, 
     full = pd.read_csv(tmp_path / "out_full.csv", dtype={"Cluster ID": str})
     assert full.set_index("Cluster ID").loc["6", "Status"] == "failed"
     conversations = json.loads((tmp_path / "out_conversations.json").read_text())
-    assert [c["cluster"] for c in conversations["clusters"]] == [str(i) for i in range(11)]
+    assert list(conversations) == [str(i) for i in range(11)]  # CASSIA's shape, by name
+    assert conversations["6"]["annotations"] == [] and conversations["6"]["formatting"] == ""
+    record = json.loads((tmp_path / "out_record.json").read_text())
+    assert [c["cluster"] for c in record["clusters"]] == [str(i) for i in range(11)]
+    assert "content filter" in record["clusters"][6]["error"]
     assert "content filter" in (tmp_path / "out_report.html").read_text()
 
 
@@ -476,7 +480,7 @@ def test_key_from_the_environment_is_sent_and_written_nowhere(llm, tmp_path, mon
     )
     assert {r.headers["authorization"] for r in llm.server.requests} == {f"Bearer {secret}"}
     written = list((tmp_path / "out").iterdir()) + list(llm.cache_dir.rglob("*.json"))
-    assert len(written) == 4 + 22
+    assert len(written) == 5 + 22
     for path in written:
         assert secret not in path.read_text(), path
 
@@ -521,17 +525,27 @@ def test_runcassia_batch_writes_the_four_files_with_cassia_columns(llm, tmp_path
     summary = cassia_sc.runCASSIA_batch(
         EXAMPLE, str(tmp_path / "pbmc.csv"), tissue="blood", species="human", **llm.options()
     )
-    for suffix in ("summary.csv", "full.csv", "conversations.json", "report.html"):
+    for suffix in ("summary.csv", "full.csv", "conversations.json", "report.html", "record.json"):
         assert (tmp_path / f"pbmc_{suffix}").is_file()
     on_disk = pd.read_csv(tmp_path / "pbmc_summary.csv", dtype={"Cluster ID": str})
     assert list(on_disk.columns) == SUMMARY_COLUMNS
     assert on_disk["Predicted General Cell Type"].tolist() == [TRUTH[str(i)] for i in range(11)]
     assert on_disk["Marker Number"].tolist() == [len(m.split(", ")) for m in EXAMPLE["markers"]]
     assert list(summary.columns) == SUMMARY_COLUMNS
-    full = pd.read_csv(tmp_path / "pbmc_full.csv")
-    assert "[validator / assistant]" in full["Conversation History"][0]
+    record = json.loads((tmp_path / "pbmc_record.json").read_text())
+    first = record["clusters"][0]
+    # CASSIA's shapes: the conversations JSON and the full CSV hold the same replies.
     conversations = json.loads((tmp_path / "pbmc_conversations.json").read_text())
-    first = conversations["clusters"][0]
+    assert list(conversations) == [str(i) for i in range(11)]
+    replies = conversations["0"]
+    assert replies["annotations"] == [first["annotator"][-1]["content"]]
+    assert replies["validations"] == [first["validator"][-1]["content"]]
+    assert json.loads(replies["formatting"])["main_cell_type"] == TRUTH["0"]
+    assert replies["scoring"] == ""
+    history = pd.read_csv(tmp_path / "pbmc_full.csv")["Conversation History"][0]
+    assert history.startswith("Final Annotation Agent: " + replies["annotations"][0])
+    assert " | Coupling Validator: " + replies["validations"][0] in history
+    assert history.endswith(" | Formatting Agent: " + replies["formatting"])
     assert [t["role"] for t in first["annotator"]] == ["system", "user", "assistant"]
     assert [t["role"] for t in first["validator"]] == ["system", "user", "assistant"]
     assert first["formatter"] == []
@@ -649,9 +663,9 @@ def test_model_text_is_escaped_in_the_report(scripted_llm, tmp_path):
     cassia_sc.runCASSIA_batch(
         EXAMPLE,
         str(tmp_path / "x"),
-        "m",
-        "blood",
-        "human",
+        model="m",
+        tissue="blood",
+        species="human",
         client=llm.client(**FAST_RETRIES),
         progress=False,
     )

@@ -68,6 +68,7 @@ def test_the_bundled_example_by_name(llm, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.glob("pbmc_*")) == [
         "pbmc_conversations.json",
         "pbmc_full.csv",
+        "pbmc_record.json",
         "pbmc_report.html",
         "pbmc_summary.csv",
     ]

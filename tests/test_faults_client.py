@@ -406,9 +406,9 @@ def test_an_echoed_key_is_redacted_in_every_form_before_the_message_is_cut(
     cassia_sc.runCASSIA_batch(
         EXAMPLE,
         str(tmp_path / "out"),
-        "test-model",
-        "blood",
-        "human",
+        model="test-model",
+        tissue="blood",
+        species="human",
         client=llm.client(api_key=secret, **FAST),
         progress=False,
     )

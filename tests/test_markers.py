@@ -298,11 +298,90 @@ def test_marker100_with_named_columns_and_a_byte_order_mark():
 
 
 def test_a_table_of_no_known_format_names_its_columns_and_the_parameters():
+    # One gene per row under unknown names, and no column of comma-separated genes.
+    table = pd.DataFrame(
+        {
+            "Cell type": ["T", "T", "B"],
+            "Top gene": ["CD3D", "CD3E", "MS4A1"],
+            "Tissue": ["blood, peripheral", "blood, peripheral", "lymph node"],
+            "Fold change": ["2,5", "1,5", "3,0"],  # decimal commas: numbers, not genes
+        }
+    )
     with pytest.raises(MarkerError) as raised:
-        top_markers(MARKER100)
+        top_markers(table)
     message = str(raised.value)
-    assert "'True Cell Type'" in message and "'Marker List'" in message and "'Dataset'" in message
+    assert "'Cell type'" in message and "'Top gene'" in message and "'Fold change'" in message
     assert "celltype_column=" in message and "gene_column_name=" in message
+
+
+def benchmark_table() -> pd.DataFrame:
+    """Two rows in the shape of CASSIA's benchmark tables (marker100.csv and the like)."""
+    return pd.DataFrame(
+        {
+            "True Cell Type": ["Plasma cell", "cd8-positive, alpha-beta T cell"],
+            "Marker List": ["JCHAIN, MZB1, IGKC, TNFRSF17", "CD8A,CD8B , GZMK,CCL5"],
+            "Tissue": ["large intestine", "blood, peripheral"],  # a comma, but not genes
+            "Species": ["Human", "Human"],
+            "Dataset": ["GTEx", "TS"],
+        }
+    )
+
+
+def test_cassias_benchmark_shape_is_read_first_column_and_gene_list(tmp_path):
+    expected = {
+        "Plasma cell": ["JCHAIN", "MZB1", "IGKC", "TNFRSF17"],
+        "cd8-positive, alpha-beta T cell": ["CD8A", "CD8B", "GZMK", "CCL5"],
+    }
+    table = benchmark_table()
+    assert top_markers(table) == expected
+    canonical = read_markers(table)
+    assert canonical.columns.tolist() == ["cluster", "gene"]  # Tissue, Species... are ignored
+    assert canonical["cluster"].cat.categories.tolist() == list(expected)
+    # The same from a file, whose row names R or pandas may have written first.
+    table.to_csv(tmp_path / "benchmark.csv")
+    assert pd.read_csv(tmp_path / "benchmark.csv").columns[0] == "Unnamed: 0"
+    assert top_markers(tmp_path / "benchmark.csv") == expected
+    assert top_markers(table, n_genes=2)["Plasma cell"] == ["JCHAIN", "MZB1"]
+
+
+def test_a_batch_dry_run_reads_the_benchmark_shape():
+    plan = cassia_sc.run_batch(
+        benchmark_table(),
+        tissue="large intestine",
+        species="human",
+        model="m",
+        dry_run=True,
+        progress=False,
+    )
+    assert [c.cluster for c in plan.clusters] == [
+        "Plasma cell",
+        "cd8-positive, alpha-beta T cell",
+    ]
+    assert plan.clusters[1].markers == ["CD8A", "CD8B", "GZMK", "CCL5"]
+    assert plan.clusters[0].conversation[1].content.endswith("JCHAIN, MZB1, IGKC, TNFRSF17")
+
+
+def test_marker100_needs_no_column_names():
+    named = top_markers(MARKER100, celltype_column="True Cell Type", gene_column_name="Marker List")
+    assert top_markers(MARKER100) == named
+    # Naming only the genes takes the names from the first column, as CASSIA does.
+    assert top_markers(MARKER100, gene_column_name="Marker List") == named
+    assert list(named)[:2] == ["Ascending vasa recta endothelium", "B cell"]
+
+
+def test_several_gene_list_columns_are_refused_naming_them():
+    table = benchmark_table()
+    table["Reference markers"] = ["IGHA1,IGHA2", "CD8A, GZMB"]
+    with pytest.raises(MarkerError) as raised:
+        top_markers(table)
+    message = str(raised.value)
+    assert "['Marker List', 'Reference markers']" in message
+    assert "gene_column_name=" in message
+    chosen = top_markers(table, gene_column_name="Reference markers")
+    assert list(chosen.values()) == [["IGHA1", "IGHA2"], ["CD8A", "GZMB"]]
+    # Naming the names column alone still leaves two candidates for the genes.
+    with pytest.raises(MarkerError, match="could each hold"):
+        top_markers(table, celltype_column="True Cell Type")
 
 
 def test_simplified_two_columns_detected_with_empty_tokens_dropped(caplog):
@@ -391,11 +470,6 @@ def test_shipped_example_files_are_what_the_recipe_gives():
         rtol=1e-5,
     )
     pd.testing.assert_frame_equal(example_truth(), rebuilt["truth"], check_dtype=False)
-
-
-def test_loadmarker_rejects_unknown_types():
-    with pytest.raises(ValueError, match="'pbmc68k_processed' or 'pbmc68k_unprocessed'"):
-        cassia_sc.loadmarker("raw")
 
 
 @pytest.mark.parametrize("ranking_method", ["avg_log2FC", "p_val_adj", "pct_diff", "Score"])

@@ -349,9 +349,9 @@ def batch_files(adata, llm, prefix) -> None:
     cassia_sc.runCASSIA_batch(
         adata,
         str(prefix),
-        llm.model,
-        "blood",
-        "human",
+        model=llm.model,
+        tissue="blood",
+        species="human",
         provider=llm.base_url,
         cache_dir=llm.cache_dir,
         progress=False,

@@ -112,9 +112,9 @@ def report_path(tmp_path_factory) -> Path:
         cassia_sc.runCASSIA_batch(
             EXAMPLE,
             str(folder / "run"),
-            "test-model",
-            "blood",
-            "human",
+            model="test-model",
+            tissue="blood",
+            species="human",
             client=llm.client(),
             progress=False,
         )

@@ -1,9 +1,11 @@
-"""Everything written: CASSIA's four files, and the AnnData writers.
+"""Everything written: the files of ``runCASSIA_batch``, and the AnnData writers.
 
-The four files are the summary and full CSV, the conversations JSON and the HTML report;
-the AnnData writers are in :mod:`cassia_sc.export.adata`. Every writer writes the batch
-cut to its caps (:mod:`cassia_sc.export.limits`), and CSV cells that a spreadsheet would
-run as formulas are made inert (:func:`csv_text`).
+The files are CASSIA's four (the summary and full CSV, the conversations JSON and the HTML
+report, each in CASSIA's shape so that CASSIA's own functions read them) and our record
+(``_record.json``: settings and every turn with its tokens); the AnnData writers are in
+:mod:`cassia_sc.export.adata`. Every writer writes the batch cut to its caps
+(:mod:`cassia_sc.export.limits`), and CSV cells that a spreadsheet would run as formulas
+are made inert (:func:`csv_text`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from anndata import AnnData
 
 from .._io import atomic_write_text, spreadsheet_safe
 from .._keys import Default, Key
+from ..cassia_files import cassia_conversations, history_text
 from ..results import BatchResult
 from .adata import label_columns, store_result, uns_record
 from .limits import bounded
@@ -25,6 +28,7 @@ from .report import embedding_png, render_report, report
 __all__ = [
     "bounded",
     "csv_text",
+    "full_table",
     "label_columns",
     "output_paths",
     "render_report",
@@ -36,7 +40,7 @@ __all__ = [
 
 
 def output_paths(output_name: str | os.PathLike) -> dict[str, Path]:
-    """Return the four files of ``runCASSIA_batch`` for a path prefix, by kind.
+    """Return the files of ``runCASSIA_batch`` for a path prefix, by kind.
 
     Parameters
     ----------
@@ -47,7 +51,7 @@ def output_paths(output_name: str | os.PathLike) -> dict[str, Path]:
     Returns
     -------
     dict[str, pathlib.Path]
-        ``summary``, ``full``, ``conversations`` and ``report``.
+        ``summary``, ``full``, ``conversations``, ``report`` and ``record``.
 
     Examples
     --------
@@ -68,7 +72,7 @@ def write_outputs(
     key: str = Default.key_added,
     basis: str = Default.basis,
 ) -> dict[str, Path]:
-    """Write the four files of ``runCASSIA_batch`` for ``result``, each atomically.
+    """Write the files of ``runCASSIA_batch`` for ``result``, each atomically.
 
     Parameters
     ----------
@@ -76,7 +80,9 @@ def write_outputs(
         The batch to write.
     output_name
         Path prefix: ``{output_name}_summary.csv``, ``_full.csv``, ``_conversations.json``
-        and ``_report.html`` are written (see :func:`output_paths`).
+        (CASSIA's shape: cluster name -> its agents' replies), ``_report.html`` and
+        ``_record.json`` (ours: settings and every turn) are written (see
+        :func:`output_paths`).
     adata
         The annotated data the batch came from, to show its cells on ``basis`` in the
         report.
@@ -86,7 +92,8 @@ def write_outputs(
     Returns
     -------
     dict[str, pathlib.Path]
-        The files written, by kind (``summary``, ``full``, ``conversations``, ``report``).
+        The files written, by kind (``summary``, ``full``, ``conversations``, ``report``,
+        ``record``).
 
     Examples
     --------
@@ -95,19 +102,44 @@ def write_outputs(
     ...     species="human", model="m", dry_run=True, progress=False)
     >>> paths = write_outputs(plan, os.path.join(tempfile.mkdtemp(), "pbmc"))
     >>> sorted(paths)
-    ['conversations', 'full', 'report', 'summary']
+    ['conversations', 'full', 'record', 'report', 'summary']
     """
     paths = output_paths(output_name)
     result = bounded(result)
     atomic_write_text(paths["summary"], csv_text(result.summary()))
-    atomic_write_text(paths["full"], csv_text(result.full()))
-    conversations = {"settings": result.settings, "clusters": result.conversations()}
-    atomic_write_text(
-        paths["conversations"], json.dumps(conversations, ensure_ascii=False, indent=1)
-    )
+    atomic_write_text(paths["full"], csv_text(full_table(result)))
+    atomic_write_text(paths["conversations"], _json_text(cassia_conversations(result)))
+    record = {"settings": result.settings, "clusters": result.conversations()}
+    atomic_write_text(paths["record"], _json_text(record))
     image = embedding_png(adata, key=key, basis=basis) if adata is not None else None
     atomic_write_text(paths["report"], render_report(result, embedding_png=image))
     return paths
+
+
+def full_table(result: BatchResult) -> pd.DataFrame:
+    """Return the full CSV's table: the summary plus each cluster's conversation.
+
+    Parameters
+    ----------
+    result
+        The batch.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The summary with ``Validation Feedback``, ``Raw Reply`` and ``Conversation
+        History`` (in CASSIA's section format, see
+        :func:`cassia_sc.cassia_files.history_text`) columns.
+    """
+    table = result.summary()
+    table[Key.csv.validation_feedback] = [c.validation_feedback for c in result.clusters]
+    table[Key.csv.raw_reply] = [c.raw_reply or "" for c in result.clusters]
+    table[Key.csv.conversation] = [history_text(c) for c in result.clusters]
+    return table
+
+
+def _json_text(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=1)
 
 
 def csv_text(table: pd.DataFrame) -> str:

@@ -2,6 +2,7 @@
 
 from ._annotate import annotate
 from ._evaluate import evaluate
+from ._import import import_cassia
 from ._refine import boost, score
 
-__all__ = ["annotate", "boost", "evaluate", "score"]
+__all__ = ["annotate", "boost", "evaluate", "import_cassia", "score"]
