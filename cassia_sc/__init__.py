@@ -9,8 +9,11 @@ from .cassia_files import read_cassia
 from .compat import (
     runCASSIA_annotationboost,
     runCASSIA_batch,
+    runCASSIA_batch_n_times,
+    runCASSIA_generate_score_report,
     runCASSIA_pipeline,
     runCASSIA_score_batch,
+    runCASSIA_similarity_score_batch,
 )
 from .datasets import list_available_markers, loadmarker
 from .errors import (
@@ -58,8 +61,11 @@ __all__ = [
     "read_markers",
     "runCASSIA_annotationboost",
     "runCASSIA_batch",
+    "runCASSIA_batch_n_times",
+    "runCASSIA_generate_score_report",
     "runCASSIA_pipeline",
     "runCASSIA_score_batch",
+    "runCASSIA_similarity_score_batch",
     "run_batch",
     "run_repeated",
     "select_markers",

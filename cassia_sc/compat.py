@@ -6,6 +6,7 @@ and writes what CASSIA's function of the same name writes.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from dataclasses import replace
@@ -26,7 +27,8 @@ from .errors import AuthenticationFailed, BatchInterrupted, CassiaError, MarkerE
 from .export import bounded, csv_text, output_paths, render_report, write_outputs
 from .markers import MarkerInput, RankingMethod, looks_like_gene_ids, top_markers
 from .providers import resolve_endpoint
-from .results import BatchResult
+from .results import BatchResult, ClusterResult
+from .uncertainty import consensus, consensus_batch, run_repeated
 from .workflow import refine, run_annotation
 
 logger = logging.getLogger("cassia_sc")
@@ -537,6 +539,203 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
         boost_provider=annotationboost_provider,
         **options,
     )
+
+
+@fill_docs
+def runCASSIA_batch_n_times(  # CASSIA's name, kept for its users
+    n: int,
+    marker: MarkerInput,
+    output_name: str | os.PathLike = "cell_type_analysis_results",
+    model: str | None = None,
+    temperature: float | None = None,
+    tissue: str | None = "lung",
+    species: str = "human",
+    additional_info: str | None = None,
+    celltype_column: str | None = None,
+    gene_column_name: str | None = None,
+    max_workers: int = 10,
+    batch_max_workers: int = 5,
+    provider: str = Default.provider,
+    max_retries: int = 1,
+    validator_involvement: str = Default.validator_involvement,
+    **options: Any,
+) -> list[BatchResult]:
+    """Annotate the same clusters ``n`` times and write each run's files, as CASSIA does.
+
+    Run ``i`` (from 1) writes the files of :func:`runCASSIA_batch` under
+    ``{output_name}_{i}``, so that ``file_pattern=f"{output_name}_*_summary.csv"`` finds
+    them for :func:`runCASSIA_similarity_score_batch`. The work is done by
+    :func:`cassia_sc.run_repeated`: each run has its own cache entries, so a repeated run
+    is a new sample, and a restarted one asks only for what is missing.
+
+    Parameters
+    ----------
+    n
+        Runs.
+    {marker}
+    output_name
+        Prefix of each run's files.
+    {model}
+    temperature
+        Sampling temperature; None: 0 (as CASSIA's default for this function); above 0
+        the runs differ more.
+    {tissue}
+    {species}
+    {additional_info}
+    {celltype_column}
+    {gene_column_name}
+    {max_workers}
+    batch_max_workers
+        CASSIA runs several batches at once; here the runs share one pool of
+        ``max_workers`` calls, one run after another, which is as fast for the provider
+        and keeps each run's files complete before the next starts.
+    {provider}
+    max_retries
+        As in :func:`runCASSIA_batch`.
+    {validator_involvement}
+    **options
+        Other options of :func:`cassia_sc.run_batch` (``api_key``, ``cache_dir``, ...).
+
+    Returns
+    -------
+    list of BatchResult
+        The runs, in order (CASSIA returns None).
+    """
+    if not model:
+        raise CassiaError("model must be given, e.g. model='openai/gpt-4o'.")
+    logger.debug("batch_max_workers=%s: runs share one pool here.", batch_max_workers)
+    runs = run_repeated(
+        marker,
+        n_runs=n,
+        model=model,
+        temperature=Default.temperature if temperature is None else temperature,
+        tissue=tissue,
+        species=species,
+        additional_info=additional_info,
+        celltype_column=celltype_column,
+        gene_column_name=gene_column_name,
+        max_workers=max_workers,
+        provider=provider,
+        max_retries=_CASSIA_CLIENT_RETRIES + max_retries,
+        validator_involvement=validator_involvement,
+        **options,
+    )
+    if not options.get("dry_run"):
+        for index, run in enumerate(runs, start=1):
+            write_outputs(run, f"{output_name}_{index}")
+    return runs
+
+
+def runCASSIA_similarity_score_batch(  # CASSIA's name, kept for its users
+    marker: MarkerInput,
+    file_pattern: str,
+    output_name: str | os.PathLike,
+    celltype_column: str | None = None,
+    max_workers: int = 10,
+    model: str | None = None,
+    provider: str = Default.provider,
+    main_weight: float = 0.5,
+    sub_weight: float = 0.5,
+    temperature: float | None = None,
+    generate_report: bool = True,
+    report_output_path: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Measure how much repeated runs agree, per cluster, from their summary files.
+
+    CASSIA asks a model to score the similarity of the runs' answers; here the agreement
+    is computed without a model, by :func:`cassia_sc.consensus`: two answers agree when
+    they name the same Cell Ontology term or one is an ancestor of the other, so the
+    result is the same on every run and costs nothing. ``model``, ``provider``,
+    ``temperature``, ``max_workers``, ``main_weight`` and ``sub_weight`` are accepted for
+    CASSIA's callers and not used.
+
+    Parameters
+    ----------
+    marker
+        The markers the runs annotated: their clusters, in order, are the rows.
+    file_pattern
+        A glob of the runs' summary CSVs, e.g. ``"run_*_summary.csv"``; runs are joined
+        by cluster name, whatever each file's row order.
+    output_name
+        The table's path (``.csv`` added when missing).
+    celltype_column
+        The marker table's cluster column, when not the first.
+    max_workers, model, provider, main_weight, sub_weight, temperature
+        Not used (see above).
+    generate_report
+        Also write the report of the consensus answers.
+    report_output_path
+        Its path; default ``{output_name}_report.html``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`cassia_sc.consensus`'s table: per cluster ``cluster``, ``consensus``,
+        ``agreement``, ``flagged``, ``answers`` and ``consensus_run``.
+
+    Raises
+    ------
+    CassiaError
+        No file matches ``file_pattern``.
+    """
+    unused = {"model": model, "temperature": temperature, "max_workers": max_workers}
+    logger.debug("Agreement needs no model; not used: %s", unused)
+    del provider, main_weight, sub_weight
+    files = sorted(glob.glob(str(file_pattern)))
+    if not files:
+        raise CassiaError(f"No summary file matches {file_pattern!r}.")
+    clusters = list(top_markers(marker, celltype_column=celltype_column))
+    runs = [_aligned(read_cassia(path), clusters) for path in files]
+    table = consensus(runs)
+    target = Path(output_name)
+    if target.suffix.lower() != ".csv":
+        target = target.with_name(target.name + ".csv")
+    atomic_write_text(target, csv_text(table))
+    if generate_report:
+        report = Path(report_output_path or target.with_name(f"{target.stem}_report.html"))
+        atomic_write_text(report, render_report(bounded(consensus_batch(runs, table))))
+    return table
+
+
+def runCASSIA_generate_score_report(  # CASSIA's name, kept for its users
+    csv_path: str | os.PathLike, index_name: str = "CASSIA_reports_summary"
+) -> Path:
+    """Write the report of a scored (or any) results CSV, beside it.
+
+    CASSIA writes one page per cluster and an index; here one self-contained page holds
+    every cluster, with its score, its judge's reasoning and its conversation (from the
+    conversations file beside the CSV, else its ``Conversation History`` column).
+
+    Parameters
+    ----------
+    csv_path
+        The CSV of :func:`runCASSIA_score_batch` (or of a batch).
+    index_name
+        The report's name in the CSV's folder (``.html`` added).
+
+    Returns
+    -------
+    pathlib.Path
+        The report.
+    """
+    source = Path(csv_path)
+    batch = read_cassia(source, fields=known_fields())
+    target = source.with_name(f"{Path(index_name).name.removesuffix('.html')}.html")
+    atomic_write_text(target, render_report(bounded(batch)))
+    return target
+
+
+def _aligned(run: BatchResult, clusters: list[str]) -> BatchResult:
+    """Return the run with the markers' clusters in order; one it lacks is a failure."""
+    by_name = {c.cluster: c for c in run.clusters}
+    missing = [name for name in clusters if name not in by_name]
+    if missing:
+        logger.warning("%s has no row for clusters %s.", run.settings.get("source"), missing)
+    ordered = [
+        by_name.get(name) or ClusterResult(name, [], status="failed", error="no row in this run")
+        for name in clusters
+    ]
+    return replace(run, clusters=ordered)
 
 
 def _refuse_unavailable(**asked: Any) -> None:

@@ -299,3 +299,37 @@ def test_gene_ids_are_converted_from_var_or_refused_for_a_table(pbmc_wilcoxon, t
     )
     genes = summary["Marker List"][0].split(", ")
     assert set(genes) <= set(symbols) and not any(g.startswith("ENSG") for g in genes)
+
+
+# -- CASSIA's repeated runs and score report --------------------------------------------------
+
+
+def test_repeated_runs_write_numbered_files_that_agree_by_name(llm, tmp_path):
+    runs = cassia_sc.runCASSIA_batch_n_times(
+        2, THREE, str(tmp_path / "uq"), model=llm.model, temperature=0.5, tissue="blood",
+        provider=llm.base_url, cache_dir=llm.cache_dir, progress=False,
+    )  # fmt: skip
+    assert len(runs) == 2 and llm.server.request_count == 2 * 2 * 3  # a new sample per run
+    for index in (1, 2):
+        assert (tmp_path / f"uq_{index}_summary.csv").is_file()
+    # One run's rows reordered and one cluster missing: joined by name, not by position.
+    second = pd.read_csv(tmp_path / "uq_2_summary.csv", dtype={"Cluster ID": str})
+    second.iloc[::-1].iloc[:-1].to_csv(tmp_path / "uq_2_summary.csv", index=False)
+    table = cassia_sc.runCASSIA_similarity_score_batch(
+        THREE, str(tmp_path / "uq_*_summary.csv"), str(tmp_path / "scores")
+    )
+    assert table["cluster"].tolist() == ["0", "1", "2"]
+    assert table["consensus"].tolist() == ["type 0", "type 1", "type 2"]
+    assert table["agreement"].tolist() == [0.5, 1.0, 1.0]  # cluster 0 has no row in run 2
+    assert (tmp_path / "scores.csv").is_file() and (tmp_path / "scores_report.html").is_file()
+    with pytest.raises(CassiaError, match="No summary file matches"):
+        cassia_sc.runCASSIA_similarity_score_batch(THREE, str(tmp_path / "none_*.csv"), "x")
+
+
+def test_the_score_report_shows_each_cluster_with_its_score_and_conversation(tmp_path):
+    path, conversations = cassia_made_run(tmp_path, ["0", "1"], scored=True)
+    report = cassia_sc.runCASSIA_generate_score_report(path, index_name="scores")
+    assert report == tmp_path / "scores.html"
+    html = report.read_text()
+    assert conversations["1"]["annotations"][0] in html
+    assert "because 1" in html
