@@ -35,22 +35,6 @@ logger = logging.getLogger("cassia_sc")
 
 # CASSIA's HTTP client retries every call twice before its own per-cluster retries.
 _CASSIA_CLIENT_RETRIES = 2
-# runCASSIA_pipeline's options that have no meaning here (merging, report styles, ID
-# conversion, per-stage reasoning): accepted so CASSIA's calls run, and ignored.
-_CASSIA_ONLY = frozenset(
-    {
-        "merge_model",
-        "merge_provider",
-        "merge_reasoning",
-        "conversation_history_mode",
-        "report_style",
-        "validate_api_keys_before_start",
-        "auto_convert_ids",
-        "annotation_reasoning",
-        "score_reasoning",
-        "annotationboost_reasoning",
-    }
-)
 
 
 @fill_docs
@@ -451,12 +435,22 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
     additional_info: str | None = None,
     max_retries: int = 1,
     merge_annotations: bool = True,
+    merge_model: str | None = None,
+    merge_provider: str | None = None,
+    conversation_history_mode: str = "final",
     ranking_method: RankingMethod = Default.ranking_method,
     ascending: bool | None = None,
+    report_style: str = "per_iteration",
     validator_involvement: str = Default.validator_involvement,
     output_dir: str | os.PathLike | None = None,
+    validate_api_keys_before_start: bool = True,
+    auto_convert_ids: bool = True,
     n_genes: int = Default.n_genes,
     overall_reasoning: str | None = None,
+    annotation_reasoning: str | None = None,
+    score_reasoning: str | None = None,
+    annotationboost_reasoning: str | None = None,
+    merge_reasoning: str | None = None,
     **options: Any,
 ) -> BatchResult:
     """Annotate, score, boost the clusters scored below ``score_threshold``, and rescore.
@@ -488,20 +482,31 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
     {additional_info}
     max_retries
         As in :func:`runCASSIA_batch`.
-    merge_annotations
+    merge_annotations, merge_model, merge_provider, merge_reasoning
         CASSIA's grouping of labels into broader levels: not available yet, skipped with
         a warning.
+    conversation_history_mode
+        What the boost reads of the first exchange: here always all of it (``"full"``;
+        CASSIA's default ``"final"`` summarises it first); ``"none"`` is refused.
     {ranking_method}
     {ascending}
+    report_style
+        One report holds every round of the boost, whichever style is asked.
     {validator_involvement}
     output_dir
         Folder of the output files; default the working folder.
+    validate_api_keys_before_start, auto_convert_ids
+        As in :func:`runCASSIA_batch`.
     {n_genes}
     overall_reasoning
         Reasoning effort of every stage.
+    annotation_reasoning
+        Reasoning effort of the annotation; default ``overall_reasoning``.
+    score_reasoning, annotationboost_reasoning
+        One effort serves every stage here: a value other than the annotation's is
+        refused.
     **options
-        Other options of :func:`cassia_sc.run_batch` (``api_key``, ``cache_dir``, ...);
-        CASSIA's options that have no meaning here are accepted and ignored.
+        Other options of :func:`cassia_sc.run_batch` (``api_key``, ``cache_dir``, ...).
 
     Returns
     -------
@@ -512,9 +517,30 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
         raise CassiaError("annotation_model must be given, e.g. 'openai/gpt-4o'.")
     if merge_annotations:
         logger.warning("merge_annotations: grouping labels into levels is not available yet.")
-    ignored = {name: options.pop(name) for name in list(options) if name in _CASSIA_ONLY}
-    if ignored:
-        logger.info("Ignoring CASSIA options that have no meaning here: %s", sorted(ignored))
+    logger.debug("Not used yet: %s", (merge_model, merge_provider, merge_reasoning, report_style))
+    if conversation_history_mode == "none":
+        raise CassiaError(
+            "conversation_history_mode='none': the boost here always reads the first exchange."
+        )
+    reasoning = annotation_reasoning or overall_reasoning
+    for name, effort in (
+        ("score_reasoning", score_reasoning),
+        ("annotationboost_reasoning", annotationboost_reasoning),
+    ):
+        if effort not in (None, reasoning):
+            raise CassiaError(
+                f"{name}={effort!r}: one reasoning effort serves every stage here; "
+                f"give it as overall_reasoning (now {reasoning!r})."
+            )
+    if auto_convert_ids:
+        options |= _symbols_for_gene_ids(
+            marker,
+            celltype_column=None,
+            gene_column_name=None,
+            gene_symbols=options.get("gene_symbols"),
+        )
+    if validate_api_keys_before_start and not options.get("dry_run") and "client" not in options:
+        _check_key(annotation_provider or overall_provider, options.get("api_key"))
     prefix = Path(output_dir or ".") / output_file_name
     return run_batch_to_files(
         marker,
@@ -529,7 +555,7 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
         ranking_method=ranking_method,
         ascending=ascending,
         validator_involvement=validator_involvement,
-        reasoning=overall_reasoning,
+        reasoning=reasoning,
         max_retries=_CASSIA_CLIENT_RETRIES + max_retries,
         score=True,
         score_model=score_model,

@@ -333,3 +333,26 @@ def test_the_score_report_shows_each_cluster_with_its_score_and_conversation(tmp
     html = report.read_text()
     assert conversations["1"]["annotations"][0] in html
     assert "because 1" in html
+
+
+def test_the_pipeline_takes_cassias_parameters_in_order_and_refuses_what_it_cannot_do():
+    parameters = list(inspect.signature(cassia_sc.runCASSIA_pipeline).parameters)
+    expected = ["output_file_name", "tissue", "species", "marker", "max_workers"]
+    expected += ["overall_provider", "annotation_model", "annotation_provider", "score_model"]
+    expected += ["score_provider", "annotationboost_model", "annotationboost_provider"]
+    expected += ["score_threshold", "additional_info", "max_retries", "merge_annotations"]
+    expected += ["merge_model", "merge_provider", "conversation_history_mode", "ranking_method"]
+    expected += ["ascending", "report_style", "validator_involvement", "output_dir"]
+    expected += ["validate_api_keys_before_start", "auto_convert_ids", "n_genes"]
+    expected += ["overall_reasoning", "annotation_reasoning", "score_reasoning"]
+    expected += ["annotationboost_reasoning", "merge_reasoning"]
+    assert parameters[: len(expected)] == expected
+    common = {"annotation_model": "m", "merge_annotations": False, "dry_run": True}
+    with pytest.raises(CassiaError, match="reads the first exchange"):
+        cassia_sc.runCASSIA_pipeline(
+            "p", "blood", "human", THREE, conversation_history_mode="none", **common
+        )
+    with pytest.raises(CassiaError, match="give it as overall_reasoning"):
+        cassia_sc.runCASSIA_pipeline(
+            "p", "blood", "human", THREE, overall_reasoning="low", score_reasoning="high", **common
+        )

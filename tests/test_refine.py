@@ -372,7 +372,7 @@ def test_runcassia_pipeline_final_table_and_report_carry_the_boosted_labels(
         score_threshold=75,
         merge_annotations=False,
         output_dir=tmp_path,
-        conversation_history_mode="final",  # CASSIA's option: accepted, no meaning here
+        conversation_history_mode="final",  # CASSIA's default; the boost reads it all
         cache_dir=llm.cache_dir,
         progress=False,
     )
