@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import agents, export, get, pl, tl, workflow
 from ._version import __version__
+from .api_keys import clear_validation_cache, set_api_key, validate_api_keys
 from .batch import run_batch
 from .cassia_files import read_cassia
 from .compat import (
@@ -26,6 +27,7 @@ from .errors import (
     MissingAPIKeyError,
     ModelNotFound,
     OntologyUnavailable,
+    UnknownProvider,
 )
 from .evaluation import evaluate_frame
 from .llm import LLMClient
@@ -47,8 +49,10 @@ __all__ = [
     "MissingAPIKeyError",
     "ModelNotFound",
     "OntologyUnavailable",
+    "UnknownProvider",
     "__version__",
     "agents",
+    "clear_validation_cache",
     "consensus",
     "evaluate_frame",
     "export",
@@ -69,7 +73,9 @@ __all__ = [
     "run_batch",
     "run_repeated",
     "select_markers",
+    "set_api_key",
     "tl",
     "top_markers",
+    "validate_api_keys",
     "workflow",
 ]

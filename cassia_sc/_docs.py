@@ -36,8 +36,9 @@ PARAMETERS: dict[str, str] = {
     ),
     "api_key": (
         "The key; by default ``OPENROUTER_API_KEY``, ``OPENAI_API_KEY``, "
-        "``ANTHROPIC_API_KEY``, or ``CASSIA_API_KEY`` for a base URL. A server on this "
-        "machine needs none."
+        "``ANTHROPIC_API_KEY``, or for a base URL ``CASSIA_API_KEY``, then CASSIA's "
+        "``CUSTOMIZED_API_KEY`` (``DEEPSEEK_API_KEY`` first for api.deepseek.com). A server "
+        "on this machine needs none."
     ),
     "max_workers": f"Clusters annotated at the same time (default {Default.max_workers}).",
     "n_genes": f"Markers per cluster given to the model (default {Default.n_genes}).",

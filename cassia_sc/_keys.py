@@ -149,6 +149,8 @@ class Default:
 
     key_added: Final = "cassia"
     provider: Final = "openrouter"
+    #: The provider of ``set_api_key`` when none is given (CASSIA's default there).
+    key_provider: Final = "openai"
     n_genes: Final = 50
     max_workers: Final = 4
     temperature: Final = 0.0

@@ -74,7 +74,8 @@ examples:
   cassia-sc cache clear --older-than 30d
 
 API keys come from OPENROUTER_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY or, for a base
-URL, CASSIA_API_KEY; never from the command line, which others can read.
+URL, CASSIA_API_KEY or CUSTOMIZED_API_KEY; never from the command line, which others can
+read.
 
 exit status: 0 success, 1 error, 2 usage error (also: a --key-added that would replace data
 not written by cassia-sc, an output that cannot be written; both found before any model is

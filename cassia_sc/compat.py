@@ -20,13 +20,11 @@ from ._docs import fill_docs
 from ._io import atomic_write_text
 from ._keys import Default, Key
 from .agents.pipelines import known_fields
-
-# PENDING(api_keys): from .api_keys import validate_api_keys
+from .api_keys import check_api_key
 from .cassia_files import conversations_beside, read_cassia
 from .errors import AuthenticationFailed, BatchInterrupted, CassiaError, MarkerError
 from .export import bounded, csv_text, output_paths, render_report, write_outputs
 from .markers import MarkerInput, RankingMethod, looks_like_gene_ids, top_markers
-from .providers import resolve_endpoint
 from .results import BatchResult, ClusterResult
 from .uncertainty import consensus, consensus_batch, run_repeated
 from .workflow import refine, run_annotation
@@ -115,8 +113,8 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
         Show progress (unless ``progress=`` is given).
     validate_api_key_before_start
         Check the key with one cheap request before the first cluster
-        (:func:`cassia_sc.validate_api_keys`); skipped for a server on this machine,
-        which needs no key, for a dry run and when ``client=`` is given.
+        (:func:`cassia_sc.validate_api_keys`: the model list, which costs no tokens);
+        skipped for a dry run and when ``client=`` is given.
     auto_convert_ids
         Ensembl or Entrez gene IDs: for an AnnData whose ``var`` also has gene symbols,
         the symbols are sent (``gene_symbols=`` chosen for you); for a marker table,
@@ -176,7 +174,7 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
             gene_symbols=options.get("gene_symbols"),
         )
     if validate_api_key_before_start and not options.get("dry_run") and "client" not in options:
-        _check_key(provider, options.get("api_key"))
+        _check_key(provider, options.get("api_key"), model)
     return run_batch_to_files(
         marker,
         output_name,
@@ -540,7 +538,9 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
             gene_symbols=options.get("gene_symbols"),
         )
     if validate_api_keys_before_start and not options.get("dry_run") and "client" not in options:
-        _check_key(annotation_provider or overall_provider, options.get("api_key"))
+        _check_key(
+            annotation_provider or overall_provider, options.get("api_key"), annotation_model
+        )
     prefix = Path(output_dir or ".") / output_file_name
     return run_batch_to_files(
         marker,
@@ -813,12 +813,8 @@ def _symbols_for_gene_ids(
     return {}
 
 
-def _check_key(provider: str, api_key: str | None) -> None:
-    """``validate_api_key_before_start``: one cheap request, unless the server is local."""
-    if resolve_endpoint(provider).is_loopback:
-        return
-    if not validate_api_keys(provider, api_key):  # noqa: F821 (PENDING api_keys)
-        raise AuthenticationFailed(
-            f"The API key for {provider} was refused (validate_api_key_before_start=True); "
-            "set it with cassia_sc.set_api_key(key, provider=...)."
-        )
+def _check_key(provider: str, api_key: str | None, model: str | None) -> None:
+    """``validate_api_key_before_start``: one request that costs no tokens, as CASSIA makes."""
+    status = check_api_key(provider, api_key, model=model)
+    if not status.valid:
+        raise AuthenticationFailed(f"{status.reason} (validate_api_key_before_start=True)")

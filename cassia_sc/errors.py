@@ -11,6 +11,10 @@ class MarkerError(CassiaError, ValueError):
     """Marker input that cannot be read, or that holds nothing to annotate."""
 
 
+class UnknownProvider(CassiaError, ValueError):
+    """A provider that is neither a known name nor the http(s) base URL of a server."""
+
+
 class MissingAPIKeyError(CassiaError):
     """No API key for the provider: neither ``api_key=`` nor its environment variable."""
 

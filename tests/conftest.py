@@ -32,7 +32,14 @@ Override = Callable[[RecordedRequest, list[str]], Reply | None]
 def _isolated_environment(tmp_path_factory, monkeypatch):
     """No test reads a real key or writes to the user's cache folder."""
     monkeypatch.setenv("CASSIA_SC_CACHE_DIR", str(tmp_path_factory.mktemp("default-cache")))
-    for variable in ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "CASSIA_API_KEY"):
+    for variable in (
+        "OPENROUTER_API_KEY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "CASSIA_API_KEY",
+        "CUSTOMIZED_API_KEY",
+        "DEEPSEEK_API_KEY",
+    ):
         monkeypatch.delenv(variable, raising=False)
 
 

@@ -14,7 +14,17 @@ Tests start it on 127.0.0.1 (random free port), point the real ``openai`` client
         assert server.request_count == 1
 
 Routes: ``POST /v1/chat/completions`` (or ``/chat/completions``) and ``GET /v1/models``
-(or ``/models``); everything else is a 404 in OpenAI's error shape.
+(or ``/models``); everything else is a 404 in OpenAI's error shape. GET requests are
+recorded apart, in ``server.get_requests`` (``request_count`` counts chat completions
+only), and a ``get_handler`` may answer them instead (an error status, another body, a
+route of its own such as OpenRouter's ``/key``)::
+
+    def refuse(request: RecordedRequest, index: int) -> Reply | None:
+        return Reply(status=401)  # None: the default answer (the model list, or 404)
+
+    with LLMServer(get_handler=refuse) as server:
+        ...
+        assert [r.path for r in server.get_requests] == ["/v1/models"]
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_MODEL",
+    "GetHandler",
     "Handler",
     "LLMServer",
     "RecordedRequest",
@@ -80,6 +91,7 @@ class RecordedRequest:
     # time.monotonic() just before the reply is written: the client cannot have it sooner,
     # so a request that arrives later was sent after the client could have read it.
     replying_at: float | None = None
+    query: str = ""  # what followed "?" in the URL (GET requests)
 
     @property
     def model(self) -> str | None:
@@ -117,6 +129,8 @@ class Reply:
 
 
 Handler = Callable[[RecordedRequest, int], Reply]
+#: Answers a GET request, or returns None for the default answer (the model list, or 404).
+GetHandler = Callable[[RecordedRequest, int], "Reply | None"]
 
 
 def _message_text(content: Any) -> str:
@@ -231,11 +245,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         owner._enter()
         try:
             raw = self._read_body()
-            path = self.path.split("?", 1)[0].rstrip("/")
+            path, _, query = self.path.partition("?")
+            path = path.rstrip("/")
             if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
                 self._chat_completion(owner, path, raw)
-            elif method == "GET" and path in ("/v1/models", "/models"):
-                self._send(200, json.dumps(owner._models_payload()).encode())
+            elif method == "GET":
+                self._get(owner, path, query)
             else:
                 message = f"Unknown request URL: {method} {self.path}"
                 self._send(404, _error_body(message, 404, "unknown_url"))
@@ -284,6 +299,41 @@ class _RequestHandler(BaseHTTPRequestHandler):
             message = reply.error_message or _phrase(reply.status)
             payload = _error_body(message, reply.status)
         request.replying_at = time.monotonic()
+        self._send(reply.status, payload, reply.headers)
+        request.status, request.answered_at = reply.status, time.monotonic()
+
+    # -- GET routes: the model list, and whatever a get_handler answers --------------
+    def _get(self, owner: LLMServer, path: str, query: str) -> None:
+        request = RecordedRequest(
+            path=path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body={},
+            time=time.monotonic(),
+            method="GET",
+            query=query,
+        )
+        index = owner._record_get(request)
+        models_route = path in ("/v1/models", "/models")
+        try:
+            reply = owner.get_handler(request, index) if owner.get_handler else None
+            if reply is not None and not isinstance(reply, Reply):
+                raise TypeError(f"get_handler returned {type(reply).__name__}, expected Reply")
+        except Exception as exc:
+            message = f"test get_handler raised {type(exc).__name__}: {exc}"
+            self._send(500, _error_body(message, 500, "handler_error"))
+            return
+        if reply is None:
+            reply = Reply() if models_route else Reply(status=404)
+        if reply.delay > 0:
+            time.sleep(reply.delay)
+        if reply.raw_body is not None:
+            payload = reply.raw_body
+        elif reply.status == 200:
+            payload = json.dumps(owner._models_payload() if models_route else {}).encode()
+        elif reply.status == 404 and reply.error_message is None and not models_route:
+            payload = _error_body(f"Unknown request URL: GET {self.path}", 404, "unknown_url")
+        else:
+            payload = _error_body(reply.error_message or _phrase(reply.status), reply.status)
         self._send(reply.status, payload, reply.headers)
         request.status, request.answered_at = reply.status, time.monotonic()
 
@@ -386,6 +436,9 @@ class LLMServer:
     Starts on construction in a daemon thread; use as a context manager or call
     :meth:`close`. ``handler(request, index)`` receives the recorded request and its
     0-based arrival number and returns a :class:`Reply`. It may be called concurrently.
+    ``get_handler(request, index)`` does the same for GET requests (numbered apart), or
+    returns None for the default answer; a 200 without ``raw_body`` is the model list on
+    ``/models`` and ``{}`` elsewhere.
     """
 
     def __init__(
@@ -393,10 +446,13 @@ class LLMServer:
         handler: Handler | None = None,
         *,
         models: Iterable[str] = (DEFAULT_MODEL,),
+        get_handler: GetHandler | None = None,
     ) -> None:
         self.handler: Handler = handler if handler is not None else reply_always("")
+        self.get_handler: GetHandler | None = get_handler
         self.models: list[str] = list(models)
         self.requests: list[RecordedRequest] = []
+        self.get_requests: list[RecordedRequest] = []
         self.max_concurrency = 0
         self._active = 0
         self._lock = threading.Lock()
@@ -429,6 +485,11 @@ class LLMServer:
             self.requests.append(request)
             return len(self.requests) - 1
 
+    def _record_get(self, request: RecordedRequest) -> int:
+        with self._lock:
+            self.get_requests.append(request)
+            return len(self.get_requests) - 1
+
     def _models_payload(self) -> dict[str, Any]:
         return {
             "object": "list",
@@ -455,6 +516,7 @@ class LLMServer:
         """Forget recorded requests and the concurrency high-water mark."""
         with self._lock:
             self.requests.clear()
+            self.get_requests.clear()
             self.max_concurrency = self._active
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ ROOMS: list[tuple[str, set[str]]] = [
         {"markers", "replies", "prompts", "providers", "cache", "ontology", "h5ad", "datasets"},
     ),
     ("results and evidence", {"fields", "results", "cassia_files", "evaluation", "evidence"}),
-    ("model client", {"llm"}),
+    ("model client", {"llm", "api_keys"}),
     ("agents", {"agents"}),
     ("batch", {"batch"}),
     ("repeated runs", {"uncertainty"}),

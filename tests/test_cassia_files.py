@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ScriptedLLM
-from scripted_model import signature
+from llm_server import LLMServer, Reply
+from scripted_model import ScriptedModel, signature
 
 import cassia_sc
 from cassia_sc import ClusterResult
@@ -26,7 +27,7 @@ from cassia_sc.cassia_files import (
     read_conversations,
     turns_from_history,
 )
-from cassia_sc.errors import CassiaError, MarkerError
+from cassia_sc.errors import AuthenticationFailed, CassiaError, MarkerError
 from cassia_sc.results import Turn
 
 matplotlib.use("Agg")
@@ -255,8 +256,24 @@ def test_the_signature_is_cassias_and_a_positional_call_binds_as_in_cassia(llm, 
     assert summary["Marker Number"].tolist() == [7, 7, 7]
     assert summary["Tissue"].tolist() == ["blood"] * 3
     assert all("healthy donor" in json.dumps(r.body) for r in llm.server.requests)
-    # The server is on this machine: no key check went out before the six calls.
+    # One key check (the model list, which costs no tokens) before the six calls.
+    assert [r.path for r in llm.server.get_requests] == ["/v1/models"]
     assert llm.server.request_count == 6
+
+
+def test_a_refused_key_stops_the_run_before_any_cluster(tmp_path):
+    refuse = lambda request, index: Reply(status=401, error_message="invalid key")  # noqa: E731
+    with LLMServer(ScriptedModel({}), get_handler=refuse) as server:
+        with pytest.raises(AuthenticationFailed, match="validate_api_key_before_start"):
+            cassia_sc.runCASSIA_batch(
+                THREE, str(tmp_path / "run"), model="test-model", provider=server.base_url
+            )
+        assert server.request_count == 0 and not list(tmp_path.iterdir())
+        cassia_sc.runCASSIA_batch(
+            THREE, str(tmp_path / "run"), model="test-model", provider=server.base_url,
+            validate_api_key_before_start=False, cache_dir=tmp_path / "cache", progress=False,
+        )  # fmt: skip
+        assert server.request_count == 6
 
 
 def test_cassia_options_without_counterpart_are_refused_with_the_way_out(tmp_path):
