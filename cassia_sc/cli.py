@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch = commands.add_parser(
         "batch",
         help="annotate a marker table (Seurat, Scanpy or two columns), as runCASSIA_batch",
-        description="Annotate every cluster of a marker table and write CASSIA's four files.",
+        description="Annotate every cluster of a marker table and write CASSIA's files.",
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -555,7 +555,7 @@ def _writing(*, cache: bool) -> Iterator[None]:
 def _write_files(
     result: BatchResult, output_name: str, source: Path, columns: dict, *, key_added: str
 ) -> None:
-    """CASSIA's four files; the report shows the cells on the UMAP when the file has one."""
+    """Write CASSIA's files; the report shows the cells on the UMAP when the file has one."""
     coordinates = read_embedding(source, basis=Default.basis)
     cells = None
     if coordinates is not None:

@@ -201,7 +201,7 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
 def run_batch_to_files(
     marker: MarkerInput, output_name: str | os.PathLike, **options: Any
 ) -> BatchResult:
-    """Annotate (and score and boost, if asked) and write the four files, even after Ctrl-C.
+    """Annotate (and score and boost, if asked) and write the files, even after Ctrl-C.
 
     Parameters
     ----------
@@ -454,7 +454,7 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
     """Annotate, score, boost the clusters scored below ``score_threshold``, and rescore.
 
     CASSIA's pipeline, whose final table and report carry the boosted labels (CASSIA
-    1.4.0 writes them before its boost runs). Writes the four files of
+    1.4.0 writes them before its boost runs). Writes the files of
     :func:`runCASSIA_batch` under ``output_dir``.
 
     Parameters

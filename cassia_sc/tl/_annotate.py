@@ -68,8 +68,9 @@ def annotate(
     {gene_symbols}
     {max_workers}
     output_name
-        When given, also write ``runCASSIA_batch``'s four files with this path prefix
-        (``_summary.csv``, ``_full.csv``, ``_conversations.json``, ``_report.html``).
+        When given, also write ``runCASSIA_batch``'s files with this path prefix
+        (CASSIA's ``_summary.csv``, ``_full.csv``, ``_conversations.json`` and
+        ``_report.html``, and our ``_record.json``).
     {copy}
     {n_runs}
     {models}
