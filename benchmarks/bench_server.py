@@ -20,7 +20,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from cassia_model import (
+    cassia_agent,
+    cassia_annotation,
+    cassia_formatting,
+    cassia_validation,
+    split_markers,
+)
 from llm_server import RecordedRequest, Reply
+
+__all__ = ["BenchModel", "Faults", "request_hash", "signature", "split_markers"]
 
 # The reasoning every annotator reply carries (about 1,200 characters), whoever asks.
 REASONING = (
@@ -38,24 +47,12 @@ REASONING = (
 )
 FEEDBACK = "The annotation agrees with the lineage-defining markers; no contradiction found."
 
-_CASSIA_ANNOTATOR = "You are a professional computational biologist"
-_CASSIA_VALIDATOR = "validate the final annotation results"
-_CASSIA_FORMATTER = "You are a formatting assistant"
-_CASSIA_MARKERS = re.compile(
-    r"based on this ranked marker list:\n(.*?)(?: Below is some additional information|\n|$)", re.S
-)
-_CASSIA_VALIDATOR_MARKERS = re.compile(r"\nMarker List: (.*?)\nAdditional Info:")
-_CASSIA_KEY = re.compile(r"\[\[CLUSTER_KEY=(.*?)\]\]")
 _OUR_MARKERS = re.compile(r"Ranked marker genes of the cluster \(\d+\):\n(.+)")
 
 
 def signature(markers: list[str]) -> str:
     """How the server tells clusters apart: their first three markers."""
     return "|".join(m.strip() for m in markers[:3])
-
-
-def split_markers(text: str) -> list[str]:
-    return [m.strip() for m in text.split(",") if m.strip()]
 
 
 @dataclass
@@ -93,26 +90,12 @@ class BenchModel:
         return reply
 
     def identify(self, request: RecordedRequest) -> tuple[str, str, str | None]:
-        system = " ".join(request.messages[0]["content"].split()) if request.messages else ""
-        text = "\n".join(m["content"] for m in request.messages)
-        if _CASSIA_ANNOTATOR in system:
-            found = _CASSIA_MARKERS.search(text)
-            return (
-                "cassia",
-                "annotator",
-                signature(split_markers(found.group(1))) if found else None,
-            )
-        if _CASSIA_VALIDATOR in system:
-            found = _CASSIA_VALIDATOR_MARKERS.search(text)
-            return (
-                "cassia",
-                "validator",
-                signature(split_markers(found.group(1))) if found else None,
-            )
-        if _CASSIA_FORMATTER in system:
-            found = _CASSIA_KEY.search(text)
-            return "cassia", "formatter", found.group(1) if found else None
-        found = _OUR_MARKERS.search(text)
+        found = cassia_agent(request)  # CASSIA's agents, told apart as the tests do
+        if found is not None:
+            agent, markers = found
+            return "cassia", agent, signature(markers) if markers else None
+        system = request.messages[0]["content"] if request.messages else ""
+        found = _OUR_MARKERS.search("\n".join(m["content"] for m in request.messages))
         agent = (
             "validator" if system.startswith("You review cell-type annotations") else "annotator"
         )
@@ -125,17 +108,10 @@ class BenchModel:
         subtypes = [f"{answer} subtype {letter}" for letter in "AB"]
         if program == "cassia":
             if agent == "annotator":
-                return Reply(
-                    content=f"{reasoning}[[CLUSTER_KEY={key}]]\nFINAL ANNOTATION COMPLETED"
-                )
+                return Reply(content=cassia_annotation(reasoning, key or ""))
             if agent == "validator":
-                return Reply(content=f"{FEEDBACK}\nValidation result: VALIDATION PASSED")
-            block = {
-                "main_cell_type": answer,
-                "sub_cell_types": subtypes,
-                "possible_mixed_cell_types": [],
-            }
-            return Reply(content="```json\n" + json.dumps(block) + "\n```")
+                return Reply(content=cassia_validation(FEEDBACK))
+            return Reply(content=cassia_formatting(answer, subtypes))
         if agent == "validator":
             return Reply(content=json.dumps({"verdict": "pass", "feedback": FEEDBACK}))
         block = {

@@ -3,9 +3,10 @@ performance items of earlier issues; writes ``benchmarks/RESULTS.md``.
 
 Run: ``python benchmarks/run.py`` (about 5 minutes) or ``python benchmarks/run.py --quick``
 (tiny sizes, prints only, to keep the scripts working). Needs nothing but this repository
-and the package registries: CASSIA 1.4.0 is installed into ``benchmarks/.venv-cassia``
-on first use. Both programs talk to one scripted OpenAI-compatible server on 127.0.0.1
-(``bench_server.py``) with a fixed latency per request, with the same ``max_workers``.
+and the package registries: CASSIA 1.4.0 runs in the venv the tests use too, built once
+per machine in the user's cache folder (``tests/cassia_env.py``). Both programs talk to one
+scripted OpenAI-compatible server on 127.0.0.1 (``bench_server.py``) with a fixed latency
+per request, with the same ``max_workers``.
 """
 
 from __future__ import annotations
@@ -31,10 +32,9 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_batch import synthetic_markers
 from bench_server import BenchModel, Faults, request_hash, signature, split_markers
+from cassia_env import CASSIA_VERSION, cassia_python
 from llm_server import LLMServer
 
-CASSIA_VERSION = "1.4.0"
-CASSIA_VENV = HERE / ".venv-cassia"
 MARKER100 = HERE.parent / "tests" / "data" / "marker100.csv"
 PROGRAMS = ("ours", "cassia")
 NAMES = {"ours": "cassia_sc", "cassia": f"CASSIA {CASSIA_VERSION}"}
@@ -88,24 +88,6 @@ class Run:
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def cassia_python() -> Path:
-    """CASSIA's own interpreter, installing it into its venv the first time."""
-    python = CASSIA_VENV / "bin" / "python"
-    check = [
-        str(python),
-        "-c",
-        f"import importlib.metadata as m; assert m.version('cassia') == '{CASSIA_VERSION}'",
-    ]
-    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
-        return python
-    print(f"installing cassia=={CASSIA_VERSION} into {CASSIA_VENV} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(CASSIA_VENV)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", f"cassia=={CASSIA_VERSION}"], check=True
-    )
-    return python
 
 
 def make_inputs(work: Path, quick: bool, python: Path) -> list[Input]:

@@ -71,7 +71,9 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
 
     - ``{output_name}_summary.csv``: one row per cluster, failed ones included, in the
       order of the input clusters (CASSIA sorts its rows by cluster name; every reader of
-      ours joins by ``Cluster ID``, never by row position);
+      ours joins by ``Cluster ID``, never by row position), ending with the
+      ``Conversation History`` column, which CASSIA's scorer reads for a cluster named
+      ``"0"``;
     - ``{output_name}_full.csv``: the summary plus each cluster's replies, in CASSIA's
       ``Conversation History`` section format;
     - ``{output_name}_conversations.json``: CASSIA's shape, cluster name -> its

@@ -528,7 +528,7 @@ def test_runcassia_batch_writes_the_four_files_with_cassia_columns(llm, tmp_path
     for suffix in ("summary.csv", "full.csv", "conversations.json", "report.html", "record.json"):
         assert (tmp_path / f"pbmc_{suffix}").is_file()
     on_disk = pd.read_csv(tmp_path / "pbmc_summary.csv", dtype={"Cluster ID": str})
-    assert list(on_disk.columns) == SUMMARY_COLUMNS
+    assert list(on_disk.columns) == [*SUMMARY_COLUMNS, "Conversation History"]
     assert on_disk["Predicted General Cell Type"].tolist() == [TRUTH[str(i)] for i in range(11)]
     assert on_disk["Marker Number"].tolist() == [len(m.split(", ")) for m in EXAMPLE["markers"]]
     assert list(summary.columns) == SUMMARY_COLUMNS

@@ -124,7 +124,7 @@ def test_a_new_step_reaches_every_table_and_file(pbmc_wilcoxon, scored, tmp_path
     assert by_cluster["n_cells"].to_dict() == clusters.value_counts().to_dict()
 
     summary = pd.read_csv(tmp_path / "run_summary.csv", dtype={"Cluster ID": str})
-    assert summary.columns[-2:].tolist() == ["Score", "Cells"]
+    assert summary.columns[-3:].tolist() == ["Score", "Cells", "Conversation History"]
     assert summary.set_index("Cluster ID").loc["3", "Score"] == 40
 
     html = (tmp_path / "run_report.html").read_text(encoding="utf-8")

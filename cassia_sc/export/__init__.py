@@ -79,7 +79,9 @@ def write_outputs(
     result
         The batch to write.
     output_name
-        Path prefix: ``{output_name}_summary.csv``, ``_full.csv``, ``_conversations.json``
+        Path prefix: ``{output_name}_summary.csv`` (the summary table plus the
+        ``Conversation History`` column that CASSIA's scorer may read), ``_full.csv``,
+        ``_conversations.json``
         (CASSIA's shape: cluster name -> its agents' replies), ``_report.html`` and
         ``_record.json`` (ours: settings and every turn) are written (see
         :func:`output_paths`).
@@ -106,7 +108,11 @@ def write_outputs(
     """
     paths = output_paths(output_name)
     result = bounded(result)
-    atomic_write_text(paths["summary"], csv_text(result.summary()))
+    summary = result.summary()
+    # CASSIA's scorer reads a cluster named "0" (falsy once pandas makes it 0) from this
+    # column rather than from the conversations JSON: without it, it would score blind.
+    summary[Key.csv.conversation] = [history_text(c) for c in result.clusters]
+    atomic_write_text(paths["summary"], csv_text(summary))
     atomic_write_text(paths["full"], csv_text(full_table(result)))
     atomic_write_text(paths["conversations"], _json_text(cassia_conversations(result)))
     record = {"settings": result.settings, "clusters": result.conversations()}
