@@ -35,6 +35,14 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_batch import synthetic_markers
 from bench_server import BenchModel, signature, split_markers
+from cassia_model import (
+    cassia_agent,
+    cassia_boost_conclusion,
+    cassia_boost_report,
+    cassia_gene_request,
+    cassia_score,
+    cassia_summary,
+)
 from llm_server import LLMServer, RecordedRequest, Reply
 from run import CASSIA_VERSION, _env, cassia_python
 
@@ -50,16 +58,9 @@ NAMES = {"ours": "cassia_sc", "cassia": f"CASSIA {CASSIA_VERSION}"}
 _OUR_SCORER = "You grade cell-type annotations"
 _OUR_BOOSTER = "asked to settle a doubtful cell-type annotation"
 _OUR_MARKERS = re.compile(r"Ranked marker genes of the cluster \(\d+\):\n(.+)")
-_CASSIA_SCORER = "Your task is to evaluate and rate single-cell annotation results"
-_CASSIA_SCORER_MARKERS = re.compile(r"<marker>\n(.*?)\n</marker>", re.S)
-_CASSIA_BOOSTER = "called in whenever an annotation needs deeper scrutiny"
-_CASSIA_BOOSTER_MARKERS = re.compile(r"Top ranked markers \(high → low\)\uff1a\n\s*(.*)")
-_CASSIA_SUMMARIZER = "You are a specialized scientific summarization agent"
-_CASSIA_REPORTER = "You are a specialized scientific report generator"
-_CASSIA_KEY = re.compile(r"\[\[CLUSTER_KEY=(.*?)\]\]")
+# CASSIA's agents past the annotation, as tests/cassia_model.py tells them apart.
+_CASSIA_LATER_AGENTS = ("scorer", "booster", "summarizer", "reporter")
 _LAST_ANSWER = re.compile(r'"main_cell_type"\s*:\s*"([^"]*)"')
-_FINAL_TYPE = re.compile(r"Final cell type: (.+)")
-_CHECK_GENES = re.compile(r"<check_genes>(.*?)</check_genes>", re.S)
 
 # The rows of the table, in order: the agents of both programs.
 AGENTS = {
@@ -114,15 +115,10 @@ class PipelineModel:
             return "ours", agent, _key(_OUR_MARKERS, text)
         if _OUR_BOOSTER in first:
             return "ours", "booster", _key(_OUR_MARKERS, text)
-        if _CASSIA_SCORER in first:
-            return "cassia", "scorer", _key(_CASSIA_SCORER_MARKERS, text)
-        if _CASSIA_BOOSTER in first:
-            return "cassia", "booster", _key(_CASSIA_BOOSTER_MARKERS, text)
-        if _CASSIA_SUMMARIZER in first:
-            found = _CASSIA_KEY.search(text)
-            return "cassia", "summarizer", found.group(1) if found else None
-        if _CASSIA_REPORTER in first:
-            return "cassia", "reporter", None
+        found = cassia_agent(request)
+        if found is not None and found[0] in _CASSIA_LATER_AGENTS:
+            agent, markers = found
+            return "cassia", agent, signature(markers) if markers else None
         return self.annotation.identify(request)
 
     def answer(self, program: str, agent: str, key: str | None, request: RecordedRequest) -> Reply:
@@ -139,28 +135,11 @@ class PipelineModel:
             )
             if program == "ours":
                 return Reply(content=json.dumps({"score": score, "reasoning": reasoning}))
-            return Reply(
-                content=f"<reasoning>\n{reasoning}\n</reasoning>\n\n<score>{score}</score>"
-            )
+            return Reply(content=cassia_score(score, reasoning))
         if agent == "summarizer":
-            return Reply(
-                content=f"Previously Identified Cell Type: {self.first.get(key or '', 'Unknown')}\n"
-                f"Key Supporting Markers: {', '.join(genes)}\n"
-                "Remaining Uncertainties: the lineage markers were not checked."
-            )
+            return Reply(content=cassia_summary(self.first.get(key or "", "Unknown"), genes))
         if agent == "reporter":
-            found = _FINAL_TYPE.findall(text)
-            checked = _CHECK_GENES.findall(text)
-            return Reply(
-                content="<OVERVIEW>\nOne round of gene checks.\n</OVERVIEW>\n"
-                "<ITERATION_1>\n<HYPOTHESES>\n1. The first annotation.\n</HYPOTHESES>\n"
-                f"<GENES_CHECKED>\n{checked[0] if checked else ''}\n</GENES_CHECKED>\n"
-                "<KEY_FINDINGS>\n1. The lineage markers settle it. (Hypothesis_1)\n"
-                "</KEY_FINDINGS>\n</ITERATION_1>\n"
-                f"<FINAL_ANNOTATION>\n{found[-1] if found else 'Unknown'}\n</FINAL_ANNOTATION>\n"
-                f"<MARKER_SUMMARY>\n{', '.join(genes)}\n</MARKER_SUMMARY>\n"
-                "<RECOMMENDATIONS>\nNone.\n</RECOMMENDATIONS>"
-            )
+            return Reply(content=cassia_boost_report(text))
         # The booster: genes once, then the right type.
         asked = any(m.get("role") == "assistant" for m in request.messages)
         hypotheses = ["the first annotation", right]
@@ -181,16 +160,8 @@ class PipelineModel:
                 content=f"The evidence supports {right}.\n```json\n{json.dumps(block)}\n```"
             )
         if not asked:
-            return Reply(
-                content="Evaluation\nThe first call rests on too few markers.\n\n"
-                f"celltype to check 1\n\n<check_genes>{','.join(genes)}</check_genes>\n\n"
-                "<reasoning>\nThe lineage markers tell the hypotheses apart.\n</reasoning>"
-            )
-        return Reply(
-            content="FINAL ANNOTATION COMPLETED\n"
-            f"Final cell type: {right}\nConfidence level: high\n"
-            f"Key markers: {', '.join(genes)}"
-        )
+            return Reply(content=cassia_gene_request(genes, "The first call rests on few markers."))
+        return Reply(content=cassia_boost_conclusion(right, genes))
 
 
 def _key(pattern: re.Pattern[str], text: str) -> str | None:
