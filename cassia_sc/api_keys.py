@@ -88,6 +88,11 @@ def set_api_key(api_key: str, provider: str = Default.key_provider) -> None:
         ``api.deepseek.com`` also into ``DEEPSEEK_API_KEY``, as CASSIA does. Both base-URL
         variables serve every base URL: the last key set wins.
 
+    Returns
+    -------
+    None
+        The key is in this process's environment from now on.
+
     Raises
     ------
     ValueError
