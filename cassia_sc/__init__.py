@@ -8,13 +8,17 @@ from .api_keys import clear_validation_cache, set_api_key, validate_api_keys
 from .batch import run_batch
 from .cassia_files import read_cassia
 from .compat import (
+    merge_annotations,
+    merge_annotations_all,
     runCASSIA_annotationboost,
     runCASSIA_batch,
     runCASSIA_batch_n_times,
     runCASSIA_generate_score_report,
+    runCASSIA_n_subcluster,
     runCASSIA_pipeline,
     runCASSIA_score_batch,
     runCASSIA_similarity_score_batch,
+    runCASSIA_subclusters,
 )
 from .datasets import list_available_markers, loadmarker
 from .errors import (
@@ -59,6 +63,8 @@ __all__ = [
     "get",
     "list_available_markers",
     "loadmarker",
+    "merge_annotations",
+    "merge_annotations_all",
     "pl",
     "plan",
     "read_cassia",
@@ -67,9 +73,11 @@ __all__ = [
     "runCASSIA_batch",
     "runCASSIA_batch_n_times",
     "runCASSIA_generate_score_report",
+    "runCASSIA_n_subcluster",
     "runCASSIA_pipeline",
     "runCASSIA_score_batch",
     "runCASSIA_similarity_score_batch",
+    "runCASSIA_subclusters",
     "run_batch",
     "run_repeated",
     "select_markers",

@@ -43,6 +43,18 @@ PARAMETERS: dict[str, str] = {
     "max_workers": f"Clusters annotated at the same time (default {Default.max_workers}).",
     "n_genes": f"Markers per cluster given to the model (default {Default.n_genes}).",
     "additional_info": "Free text about the sample (treatment, sorting, disease), if any.",
+    "parent": (
+        'The population the clusters are subclusters of, e.g. ``"T cell"``: the model is '
+        "told so, and that each subcluster's markers were ranked against its siblings (as "
+        "``rank_genes_groups`` computed on that population ranks them), and names what "
+        "sets each one apart. None: the clusters of a whole dataset."
+    ),
+    "restrict_to": (
+        "Annotate only the subclusters of one population: ``(column, values)``, the cells "
+        "whose ``obs[column]`` is one of ``values`` (Scanpy's ``restrict_to``). The markers "
+        "in ``uns[key]`` must be those of the ``groupby`` subclusters ranked against each "
+        "other on these cells; cells outside get NaN, and ``parent`` defaults to the values."
+    ),
     "temperature": "Sampling temperature; sent where the endpoint accepts it.",
     "validator_involvement": (
         '``"v1"`` (moderate; up to 2 rounds) or ``"v0"`` (strict: a stricter review, an '

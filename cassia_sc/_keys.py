@@ -63,6 +63,21 @@ class Key:
             """Return the column of each cell's main cell type before the annotation boost."""
             return f"{key_added}_celltype_initial"
 
+        @staticmethod
+        def celltype_broad(key_added: str) -> str:
+            """Return the column of each cell's broad lineage (``tl.levels``)."""
+            return f"{key_added}_celltype_broad"
+
+        @staticmethod
+        def celltype_detailed(key_added: str) -> str:
+            """Return the column of each cell's detailed type (``tl.levels``)."""
+            return f"{key_added}_celltype_detailed"
+
+        @staticmethod
+        def celltype_very_detailed(key_added: str) -> str:
+            """Return the column of each cell's most specific type and state (``tl.levels``)."""
+            return f"{key_added}_celltype_very_detailed"
+
     class uns:
         """Keys of ``adata.uns`` read, and the sub-keys of the entry ``tl.annotate`` writes."""
 
@@ -120,6 +135,15 @@ class Key:
         #: What CASSIA's ``add_cassia_to_anndata`` writes: ``obs`` prefix and ``uns`` key.
         obs_prefix: Final = "CASSIA_"
         uns: Final = "CASSIA"
+        #: The columns of ``runCASSIA_subclusters``' table (``{output_name}.csv``), in order:
+        #: the subcluster, its two most likely types, its markers and the reasoning.
+        subcluster_columns: Final = (
+            "Result ID",
+            "main_cell_type",
+            "sub_cell_type",
+            "key_markers",
+            "reason",
+        )
 
     class csv:
         """Columns of the summary CSV that are CASSIA's own, in its order."""
@@ -139,6 +163,12 @@ class Key:
         validation_feedback: Final = "Validation Feedback"
         raw_reply: Final = "Raw Reply"
         conversation: Final = "Conversation History"
+        #: CASSIA's ``merge_annotations`` columns, by ``detail_level`` (``tl.levels`` too).
+        levels: Final = {
+            "broad": "Merged_Grouping_1",
+            "detailed": "Merged_Grouping_2",
+            "very_detailed": "Merged_Grouping_3",
+        }
 
     #: Separator of list values in tables, as CASSIA writes them.
     list_separator: Final = ", "

@@ -54,6 +54,7 @@ def run_batch(
     max_workers: int = Default.max_workers,
     n_genes: int = Default.n_genes,
     additional_info: str | None = None,
+    parent: str | None = None,
     temperature: float | None = Default.temperature,
     validator_involvement: str = Default.validator_involvement,
     reasoning: str | None = None,
@@ -92,6 +93,7 @@ def run_batch(
     {max_workers}
     {n_genes}
     {additional_info}
+    {parent}
     {temperature}
     {validator_involvement}
     {reasoning}
@@ -172,6 +174,7 @@ def run_batch(
             species=species,
             tissue=tissue or None,
             additional_info=_clean_text(additional_info),
+            parent=_clean_text(parent),
             pipeline=pipeline.name,
             sample=sample,
             data=data,
@@ -184,6 +187,7 @@ def run_batch(
         "tissue": tissue,
         "species": species,
         "additional_info": _clean_text(additional_info),
+        "parent": _clean_text(parent),
         "n_genes": n_genes,
         "ranking_method": ranking_method,
         "ascending": ascending,

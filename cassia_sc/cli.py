@@ -33,7 +33,7 @@ from .compat import run_batch_to_files
 from .errors import BatchInterrupted, CassiaError, KeyAddedError, NotWritable
 from .evidence import DataHandle
 from .export import bounded, output_paths, write_outputs
-from .export.adata import check_key_added, label_columns, uns_record
+from .export.adata import check_key_added, uns_record
 from .export.limits import cut
 from .h5ad import (
     locked,
@@ -43,6 +43,7 @@ from .h5ad import (
     write_annotation,
 )
 from .results import BatchResult
+from .tl._subclusters import file_label_columns, read_population
 from .workflow import run_annotation
 
 logger = logging.getLogger("cassia_sc")
@@ -136,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         "of waiting for it to finish",
     )
     annotate.add_argument("--gene-symbols", help=cli_help("gene_symbols"))
+    annotate.add_argument(
+        "--restrict-to",
+        nargs="+",
+        metavar=("COLUMN", "VALUE"),
+        help=cli_help("restrict_to") + " Give the column, then its values.",
+    )
     repeated = annotate.add_argument_group("repeated runs")
     repeated.add_argument(
         "--n-runs", type=int, default=Default.n_runs, metavar="N", help=cli_help("n_runs")
@@ -258,6 +265,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     options.add_argument("--n-genes", type=int, default=Default.n_genes, help=cli_help("n_genes"))
     options.add_argument("--additional-info", help=cli_help("additional_info"))
+    options.add_argument("--parent", metavar="CELL_TYPE", help=cli_help("parent"))
     options.add_argument(
         "--validator-involvement",
         choices=list(PIPELINES),
@@ -305,6 +313,7 @@ def _run_options(args: argparse.Namespace) -> dict:
         "max_workers": args.max_workers,
         "n_genes": args.n_genes,
         "additional_info": args.additional_info,
+        "parent": args.parent,
         "validator_involvement": args.validator_involvement,
         "ranking_method": args.ranking_method,
         "ascending": args.ascending,
@@ -459,6 +468,17 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
         check_key_added(
             args.key_added, uns=outline.uns, obs=outline.obs_columns, groupby=found.groupby
         )
+        population = None
+        if args.restrict_to:  # the subclusters of one population: checked before any call
+            population = read_population(
+                source,
+                args.restrict_to,
+                key=args.key,
+                groupby=found.groupby,
+                key_added=args.key_added,
+                parent=args.parent,
+            )
+            args.parent = population.parent
         if not args.dry_run:
             _check_writable(target, args.output_name)
             if args.no_wait:
@@ -470,7 +490,10 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
         try:
             data = (
                 DataHandle.from_markers(
-                    cells, key=args.key, groupby=found.groupby, gene_symbols=args.gene_symbols
+                    cells if population is None else cells[population.cells],
+                    key=args.key,
+                    groupby=found.groupby,
+                    gene_symbols=args.gene_symbols,
                 )
                 if cells is not None
                 else None
@@ -491,7 +514,7 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
                 cells.file.close()
         if result.dry_run:
             return result
-        columns = label_columns(found.clusters, bounded(result), key_added=args.key_added)
+        columns = file_label_columns(found.clusters, result, population, key_added=args.key_added)
         started = time.perf_counter()
         with _writing(cache=not args.no_cache):
             # The lock covers the whole read-modify-write: the file is read (checked, then

@@ -19,11 +19,14 @@ from anndata import AnnData
 from ._docs import fill_docs
 from ._io import atomic_write_text
 from ._keys import Default, Key
+from .agents.grouper import group_levels, model_levels
 from .agents.pipelines import known_fields
 from .api_keys import check_api_key
+from .batch import connection_options
 from .cassia_files import conversations_beside, read_cassia
-from .errors import AuthenticationFailed, BatchInterrupted, CassiaError, MarkerError
+from .errors import AuthenticationFailed, BatchInterrupted, CassiaError, FatalLLMError, MarkerError
 from .export import bounded, csv_text, output_paths, render_report, write_outputs
+from .llm import LLMClient
 from .markers import MarkerInput, RankingMethod, looks_like_gene_ids, top_markers
 from .results import BatchResult, ClusterResult
 from .uncertainty import consensus, consensus_batch, run_repeated
@@ -483,8 +486,9 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
     max_retries
         As in :func:`runCASSIA_batch`.
     merge_annotations, merge_model, merge_provider, merge_reasoning
-        CASSIA's grouping of labels into broader levels: not available yet, skipped with
-        a warning.
+        Name each cluster at CASSIA's three levels (``Merged_Grouping_1..3``; see
+        :func:`merge_annotations_all`) with this model, provider and reasoning effort (by
+        default the annotator's), after the boost; the files are written again with them.
     conversation_history_mode
         What the boost reads of the first exchange: here always all of it (``"full"``;
         CASSIA's default ``"final"`` summarises it first); ``"none"`` is refused.
@@ -515,9 +519,7 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
     """
     if not annotation_model:
         raise CassiaError("annotation_model must be given, e.g. 'openai/gpt-4o'.")
-    if merge_annotations:
-        logger.warning("merge_annotations: grouping labels into levels is not available yet.")
-    logger.debug("Not used yet: %s", (merge_model, merge_provider, merge_reasoning, report_style))
+    logger.debug("One report holds every style: report_style=%r", report_style)
     if conversation_history_mode == "none":
         raise CassiaError(
             "conversation_history_mode='none': the boost here always reads the first exchange."
@@ -544,7 +546,7 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
             annotation_provider or overall_provider, options.get("api_key"), annotation_model
         )
     prefix = Path(output_dir or ".") / output_file_name
-    return run_batch_to_files(
+    result = run_batch_to_files(
         marker,
         prefix,
         tissue=tissue,
@@ -567,6 +569,27 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
         boost_provider=annotationboost_provider,
         **options,
     )
+    if not merge_annotations or result.dry_run:
+        return result
+    # CASSIA's last stage: the three levels, named over all clusters at once, by name.
+    client = LLMClient(
+        model=merge_model or annotation_model,
+        provider=merge_provider or annotation_provider or overall_provider,
+        api_key=options.get("api_key"),
+        temperature=Default.temperature,
+        reasoning=merge_reasoning or reasoning,
+        **connection_options(**options),
+    )
+    try:
+        with client:
+            result = model_levels(result, client, additional_info=additional_info)
+    except FatalLLMError as error:
+        logger.warning(
+            "merge_annotations failed (%s); the files are written without levels.", error
+        )
+        return result
+    write_outputs(result, prefix)
+    return result
 
 
 @fill_docs
@@ -766,6 +789,203 @@ def _aligned(run: BatchResult, clusters: list[str]) -> BatchResult:
     return replace(run, clusters=ordered)
 
 
+@fill_docs
+def merge_annotations(  # CASSIA's name, kept for its users
+    csv_path: str | os.PathLike,
+    output_path: str | os.PathLike | None = None,
+    provider: str = Default.provider,
+    model: str | None = None,
+    temperature: float | None = None,
+    api_key: str | None = None,
+    additional_context: str | None = None,
+    batch_size: int = 20,
+    detail_level: str = "broad",
+    reasoning: str | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """Name each cluster of a ``runCASSIA_batch`` table at one level, as CASSIA's function does.
+
+    Adds CASSIA's column of ``detail_level``: ``Merged_Grouping_1`` (``"broad"``: the
+    lineage, e.g. T cell, myeloid cell), ``Merged_Grouping_2`` (``"detailed"``: the type,
+    e.g. CD8+ T cell, macrophage) or ``Merged_Grouping_3`` (``"very_detailed"``: the most
+    specific type with its state). Unlike CASSIA 1.4.0, every answered cluster is named in
+    one call, so that one type gets one name; the reply is keyed by cluster name and
+    joined to the rows by name, never by position (a reply that lacks a cluster or names
+    one too many is asked for again); failed rows are not sent and stay empty, with a
+    warning that says why. See :class:`cassia_sc.agents.Grouper`.
+
+    Parameters
+    ----------
+    csv_path
+        The summary (or full, or scored) CSV of a ``runCASSIA_batch`` run, CASSIA's or
+        ours: read with :func:`cassia_sc.read_cassia`, clusters named by ``Cluster ID``.
+    output_path
+        Where the table with the new column goes; None: not written.
+    {provider}
+    model
+        The model (required: there is no default model here).
+    {temperature}
+        None: 0.
+    {api_key}
+    additional_context
+        Free text about the sample for the model.
+    batch_size
+        Accepted for CASSIA's callers and not used: one call names every cluster.
+    detail_level
+        ``"broad"``, ``"detailed"`` or ``"very_detailed"``.
+    {reasoning}
+    **options
+        Options of the calls (``cache_dir``, ``timeout``, ``max_retries``, ...).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table as read, in its row order, with the column added (empty for a row
+        without a name).
+
+    Examples
+    --------
+    >>> cassia_sc.merge_annotations("run_summary.csv", "run_merged.csv",
+    ...     model="openai/gpt-4o", detail_level="detailed")  # doctest: +SKIP
+    """
+    return _merged_levels(
+        csv_path,
+        output_path,
+        [detail_level],
+        provider=provider,
+        model=model,
+        temperature=temperature,
+        api_key=api_key,
+        additional_context=additional_context,
+        reasoning=reasoning,
+        options=options,
+    )
+
+
+@fill_docs
+def merge_annotations_all(  # CASSIA's name, kept for its users
+    csv_path: str | os.PathLike,
+    output_path: str | os.PathLike | None = None,
+    provider: str = Default.provider,
+    model: str | None = None,
+    temperature: float | None = None,
+    api_key: str | None = None,
+    additional_context: str | None = None,
+    batch_size: int = 20,
+    reasoning: str | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """Name each cluster of a ``runCASSIA_batch`` table at the three levels, as CASSIA does.
+
+    One call per level, the three at once, each over every answered cluster; adds
+    ``Merged_Grouping_1``, ``Merged_Grouping_2`` and ``Merged_Grouping_3``, joined to the
+    rows by cluster name (see :func:`merge_annotations`).
+
+    Parameters
+    ----------
+    csv_path
+        The summary (or full, or scored) CSV of a ``runCASSIA_batch`` run.
+    output_path
+        Where the table with the new columns goes; None: not written.
+    {provider}
+    model
+        The model (required: there is no default model here).
+    {temperature}
+        None: 0.
+    {api_key}
+    additional_context
+        Free text about the sample for the model.
+    batch_size
+        Accepted for CASSIA's callers and not used: one call names every cluster.
+    {reasoning}
+    **options
+        Options of the calls (``cache_dir``, ``timeout``, ``max_retries``, ...).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table as read, in its row order, with the three columns added.
+    """
+    return _merged_levels(
+        csv_path,
+        output_path,
+        list(Key.csv.levels),
+        provider=provider,
+        model=model,
+        temperature=temperature,
+        api_key=api_key,
+        additional_context=additional_context,
+        reasoning=reasoning,
+        options=options,
+    )
+
+
+def _merged_levels(
+    csv_path: str | os.PathLike,
+    output_path: str | os.PathLike | None,
+    levels: list[str],
+    *,
+    provider: str,
+    model: str | None,
+    temperature: float | None,
+    api_key: str | None,
+    additional_context: str | None,
+    reasoning: str | None,
+    options: dict[str, Any],
+) -> pd.DataFrame:
+    """Add the columns of ``levels`` to a batch's table, named by the model, joined by name."""
+    unknown = [level for level in levels if level not in Key.csv.levels]
+    if unknown:
+        raise CassiaError(
+            f"detail_level must be one of {list(Key.csv.levels)}, not {unknown[0]!r}."
+        )
+    if not model:
+        raise CassiaError("model must be given, e.g. model='openai/gpt-4o'.")
+    table = pd.read_csv(csv_path, dtype={Key.csv.cluster: str}, keep_default_na=False)
+    if Key.csv.main_cell_type not in table.columns:
+        raise CassiaError(
+            f"{csv_path} has no {Key.csv.main_cell_type!r} column: is it a table of "
+            f"runCASSIA_batch? Its columns are {list(table.columns)}."
+        )
+    # One cluster per row, in the table's order; the model's names join them by name.
+    batch = read_cassia(table, conversations=None, fields=known_fields())
+    client = LLMClient(
+        model=model,
+        provider=provider,
+        api_key=api_key,
+        temperature=Default.temperature if temperature is None else temperature,
+        reasoning=reasoning,
+        **connection_options(**options),
+    )
+    with client:
+        groupings = group_levels(
+            batch.clusters,
+            client,
+            levels=levels,
+            species=batch.settings.get("species") or None,
+            tissue=batch.settings.get("tissue") or None,
+            additional_info=additional_context,
+        )
+    for level, grouping in groupings.items():
+        table[Key.csv.levels[level]] = [grouping.names.get(c.cluster, "") for c in batch.clusters]
+        notes = dict(grouping.notes)
+        notes |= {
+            c.cluster: f"not annotated ({c.error or c.status})"
+            for c in batch.clusters
+            if c.status != "ok" or not c.main_cell_type
+        }
+        if notes:
+            logger.warning(
+                "%s: no name for %d clusters: %s",
+                Key.csv.levels[level],
+                len(notes),
+                "; ".join(f"{cluster}: {note}" for cluster, note in list(notes.items())[:10]),
+            )
+    if output_path is not None:
+        atomic_write_text(Path(output_path), csv_text(table))
+    return table
+
+
 def _refuse_unavailable(**asked: Any) -> None:
     """Refuse CASSIA's options that have no counterpart here, one line each, with the way out."""
     reasons = {
@@ -780,6 +1000,303 @@ def _refuse_unavailable(**asked: Any) -> None:
     for name, value in asked.items():
         if value not in (None, False):
             raise CassiaError(f"{name}={value!r}: {reasons[name]}.")
+
+
+# --------------------------------------------------------------------------- subclusters
+
+# runCASSIA_n_subcluster's temperature when none is given: CASSIA's, so that runs differ.
+_SUBCLUSTER_RUNS_TEMPERATURE = 0.3
+# What the model is told when CASSIA's caller gives no species (CASSIA's prompt has none).
+_SPECIES_NOT_GIVEN = "not given"
+
+
+@fill_docs
+def runCASSIA_subclusters(  # CASSIA's name, kept for its users
+    marker: MarkerInput,
+    major_cluster_info: str,
+    output_name: str | os.PathLike,
+    model: str | None = None,
+    temperature: float | None = None,
+    provider: str = Default.provider,
+    n_genes: int = Default.n_genes,
+    tissue: str | None = None,
+    species: str | None = None,
+    additional_context: str | None = None,
+    use_reference: bool = False,
+    reference_provider: str | None = None,
+    reference_model: str | None = None,
+    reference_cell_type_hint: str | None = None,
+    reference_depth: str = "detailed",
+    reference_max_content_length: int = 5000,
+    reference_max_context_length: int = 12000,
+    **options: Any,
+) -> pd.DataFrame:
+    """Annotate the subclusters of one population, as CASSIA's function of that name.
+
+    CASSIA 1.4.0's parameters, in its order and with its defaults. Each subcluster gets
+    the whole pipeline of :func:`runCASSIA_batch` (annotator, validator and, when asked,
+    ``score=True`` and ``boost_below=``), with the population (``major_cluster_info``)
+    in its prompts and its markers read as ranked against its siblings. CASSIA instead
+    sends every subcluster in one prompt and reads the answer back with a second call,
+    re-assigning cluster names by position when the model renamed them; here every
+    answer is its cluster's own, joined by name. Writes, each atomically:
+
+    - ``{output_name}.csv``: CASSIA's table, one row per subcluster in the input's order,
+      with ``Result ID`` (the subcluster's name), ``main_cell_type``, ``sub_cell_type``
+      (the most likely more specific type), ``key_markers`` (the markers the call rests
+      on) and ``reason`` (the annotator's reasoning; a failed subcluster's error);
+    - the five files of :func:`runCASSIA_batch` under the prefix ``output_name``:
+      ``_summary.csv``, ``_full.csv``, ``_conversations.json``, ``_report.html`` and
+      ``_record.json``.
+
+    Parameters
+    ----------
+    {marker}
+    major_cluster_info
+        The population the subclusters come from, e.g. ``"cd8 t cell"``: the model's
+        ``parent``.
+    output_name
+        CASSIA's table's path (``.csv`` added when missing) and our files' prefix.
+    {model}
+    temperature
+        Sampling temperature; None: 0 (CASSIA's default here).
+    {provider}
+    {n_genes}
+    tissue
+        Tissue of the sample; None for a tissue-blind annotation.
+    species
+        Species of the sample; None: the model is told it is not given.
+    additional_context
+        Free text about the sample, given to the model (our ``additional_info``).
+    use_reference, reference_provider, reference_model, reference_cell_type_hint
+        CASSIA's retrieval of its bundled reference documents: not available here;
+        asking for it raises :class:`~cassia_sc.CassiaError`.
+    reference_depth, reference_max_content_length, reference_max_context_length
+        Only read by that retrieval: accepted, not used.
+    **options
+        Any other option of :func:`cassia_sc.run_batch` (``api_key``, ``cache_dir``,
+        ``max_workers``, ``validator_involvement``, ...) and of the whole run
+        (``score``, ``boost_below``, ...). ``dry_run=True`` writes nothing.
+
+    Returns
+    -------
+    pandas.DataFrame
+        CASSIA's table, as written (CASSIA returns None).
+
+    Raises
+    ------
+    CassiaError
+        A missing ``model``, or CASSIA's reference retrieval asked for.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> table = cassia_sc.runCASSIA_subclusters(  # doctest: +SKIP
+    ...     cassia_sc.loadmarker("subcluster_results"), "cd8 t cell", "cd8_subclusters",
+    ...     model="openai/gpt-4o", species="human", tissue="large intestine",
+    ... )
+    """
+    _refuse_reference(use_reference, reference_provider, reference_model, reference_cell_type_hint)
+    logger.debug(
+        "Only read with use_reference: %s",
+        (reference_depth, reference_max_content_length, reference_max_context_length),
+    )
+    result = _annotate_subclusters(
+        marker,
+        major_cluster_info,
+        output_name,
+        model=model,
+        temperature=Default.temperature if temperature is None else temperature,
+        provider=provider,
+        n_genes=n_genes,
+        tissue=tissue,
+        species=species,
+        additional_context=additional_context,
+        sample=0,
+        **options,
+    )
+    return _subcluster_table(result)
+
+
+@fill_docs
+def runCASSIA_n_subcluster(  # CASSIA's name, kept for its users
+    n: int,
+    marker: MarkerInput,
+    major_cluster_info: str,
+    base_output_name: str | os.PathLike,
+    model: str | None = None,
+    temperature: float | None = None,
+    provider: str = Default.provider,
+    max_workers: int = 5,
+    n_genes: int = Default.n_genes,
+    tissue: str | None = None,
+    species: str | None = None,
+    additional_context: str | None = None,
+    use_reference: bool = False,
+    reference_provider: str | None = None,
+    reference_model: str | None = None,
+    reference_cell_type_hint: str | None = None,
+    reference_depth: str = "detailed",
+    reference_max_content_length: int = 5000,
+    reference_max_context_length: int = 12000,
+    **options: Any,
+) -> list[BatchResult]:
+    """Annotate the subclusters of one population ``n`` times, as CASSIA's function does.
+
+    Run ``i`` (from 1) writes what :func:`runCASSIA_subclusters` writes with
+    ``output_name=f"{base_output_name}_{i}"``: CASSIA's ``{base_output_name}_{i}.csv``
+    and our five files. Each run has its own cache entries, so the runs are samples of
+    the model (at ``temperature`` above 0) and a restarted call asks only for what is
+    missing. Their agreement: :func:`cassia_sc.consensus` on the returned runs, or
+    :func:`runCASSIA_similarity_score_batch` with
+    ``file_pattern=f"{base_output_name}_*_summary.csv"`` (CASSIA's own pattern,
+    ``f"{base_output_name}_*.csv"``, also matches our ``_full.csv`` files).
+
+    Parameters
+    ----------
+    n
+        Runs.
+    {marker}
+    major_cluster_info
+        The population the subclusters come from: the model's ``parent``.
+    base_output_name
+        Prefix of each run's files.
+    {model}
+    temperature
+        Sampling temperature; None: 0.3 (CASSIA's default here, so that runs differ).
+    {provider}
+    max_workers
+        Subclusters annotated at the same time; the runs follow each other, so that each
+        run's files are complete before the next starts (CASSIA runs them side by side).
+    {n_genes}
+    tissue, species, additional_context
+        As in :func:`runCASSIA_subclusters`.
+    use_reference, reference_provider, reference_model, reference_cell_type_hint
+        Not available, as in :func:`runCASSIA_subclusters`.
+    reference_depth, reference_max_content_length, reference_max_context_length
+        Accepted, not used.
+    **options
+        As in :func:`runCASSIA_subclusters`.
+
+    Returns
+    -------
+    list of BatchResult
+        The runs, in order (CASSIA returns None).
+
+    Raises
+    ------
+    CassiaError
+        ``n`` below 1, a missing ``model``, or the reference retrieval asked for.
+    """
+    _refuse_reference(use_reference, reference_provider, reference_model, reference_cell_type_hint)
+    logger.debug(
+        "Only read with use_reference: %s",
+        (reference_depth, reference_max_content_length, reference_max_context_length),
+    )
+    if not isinstance(n, int) or n < 1:
+        raise CassiaError(f"n must be a positive number of runs, not {n!r}.")
+    return [
+        _annotate_subclusters(
+            marker,
+            major_cluster_info,
+            f"{base_output_name}_{run}",
+            model=model,
+            temperature=_SUBCLUSTER_RUNS_TEMPERATURE if temperature is None else temperature,
+            provider=provider,
+            max_workers=max_workers,
+            n_genes=n_genes,
+            tissue=tissue,
+            species=species,
+            additional_context=additional_context,
+            sample=run - 1,
+            **options,
+        )
+        for run in range(1, n + 1)
+    ]
+
+
+def _annotate_subclusters(
+    marker: MarkerInput,
+    major_cluster_info: str,
+    output_name: str | os.PathLike,
+    *,
+    model: str | None,
+    species: str | None,
+    additional_context: str | None,
+    **options: Any,
+) -> BatchResult:
+    """Annotate the subclusters with their parent; write our files and CASSIA's table."""
+    if not model:
+        raise CassiaError(
+            "model must be given, e.g. model='openai/gpt-4o': cassia_sc does not choose one."
+        )
+    if not str(major_cluster_info or "").strip():
+        raise CassiaError(
+            "major_cluster_info must name the population the subclusters come from, "
+            "e.g. 'cd8 t cell'."
+        )
+    result = run_batch_to_files(
+        marker,
+        output_name,
+        parent=major_cluster_info,
+        model=model,
+        species=species or _SPECIES_NOT_GIVEN,
+        additional_info=additional_context,
+        **options,
+    )
+    if not result.dry_run:
+        target = Path(output_name)
+        if target.suffix.lower() != ".csv":
+            target = target.with_name(target.name + ".csv")
+        atomic_write_text(target, csv_text(_subcluster_table(result)))
+    return result
+
+
+def _subcluster_table(result: BatchResult) -> pd.DataFrame:
+    """Return CASSIA's subcluster table of a batch: one row per subcluster, joined by name."""
+    rows = []
+    for cluster in bounded(result).clusters:
+        answered = cluster.main_cell_type is not None
+        rows.append(
+            [
+                cluster.cluster,
+                cluster.main_cell_type or "",
+                (cluster.sub_cell_types or [""])[0],
+                Key.list_separator.join(cluster.key_markers),
+                _reasoning(cluster) if answered else f"{cluster.status}: {cluster.error or ''}",
+            ]
+        )
+    return pd.DataFrame(rows, columns=list(Key.cassia.subcluster_columns), dtype=object)
+
+
+def _reasoning(cluster: ClusterResult) -> str:
+    """Return the reasoning of a cluster's final answer: its reply before the JSON block."""
+    author = "booster" if cluster.extra.get("boosted") else "annotator"
+    replies = [
+        t.content for t in cluster.conversation if t.agent == author and t.role == "assistant"
+    ]
+    text = replies[-1] if replies else ""
+    prose = text.split("```", 1)[0].strip()
+    return " ".join(prose.split()) or cluster.validation_feedback or ""
+
+
+def _refuse_reference(
+    use_reference: bool,
+    reference_provider: str | None,
+    reference_model: str | None,
+    reference_cell_type_hint: str | None,
+) -> None:
+    """Refuse CASSIA's reference retrieval, whichever of its options asks for it."""
+    if reference_provider is not None:
+        raise CassiaError(
+            f"reference_provider={reference_provider!r}: only used by use_reference, which "
+            "is not available in cassia_sc."
+        )
+    _refuse_unavailable(
+        use_reference=use_reference,
+        reference_model=reference_model,
+        reference_cell_type_hint=reference_cell_type_hint,
+    )
 
 
 def _symbols_for_gene_ids(

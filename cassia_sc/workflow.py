@@ -30,6 +30,7 @@ from .llm import LLMClient
 from .markers import MarkerInput, read_markers
 from .ontology import UNKNOWN, cell_ontology
 from .results import BatchResult
+from .subclusters import restricted
 from .uncertainty import consensus, consensus_batch, run_repeated
 
 logger = logging.getLogger("cassia_sc")
@@ -378,7 +379,7 @@ def plan(
     {models}
     **options
         Any other option of :func:`cassia_sc.tl.annotate` or :func:`cassia_sc.run_batch`
-        (``tissue``, ``species``, ``score``, ``boost_below``, ...).
+        (``tissue``, ``species``, ``score``, ``boost_below``, ``restrict_to``, ...).
 
     Returns
     -------
@@ -395,6 +396,18 @@ def plan(
     (True, 3)
     """
     options.pop("dry_run", None)
+    restrict_to = options.pop("restrict_to", None)
+    if restrict_to is not None:
+        if not isinstance(marker, AnnData):
+            raise CassiaError("restrict_to selects cells of an AnnData; a marker table has none.")
+        marker, population = restricted(
+            marker,
+            restrict_to,
+            key=options.get("key", Key.uns.markers),
+            groupby=options.get("groupby"),
+            parent=options.get("parent"),
+        )
+        options["parent"] = population.parent
     result, _ = run_annotation(
         marker, model=model, n_runs=n_runs, models=models, dry_run=True, **options
     )

@@ -28,7 +28,32 @@ def agent_of(request: RecordedRequest) -> str:
         return "scorer"
     if "settle a doubtful cell-type annotation" in system:
         return "booster"
+    if system.startswith("You name the cell types of single-cell clusters at one level"):
+        return "grouper"
     return "annotator"
+
+
+# A cluster line of a grouper request: its name as a JSON string, then its main cell type.
+GROUPING_LINE = re.compile(
+    r'^- ("(?:[^"\\]|\\.)*"): main cell type: (.*?)(?:; subtypes: |; state: |$)'
+)
+GROUPING_LEVELS = {
+    "broad lineage": "broad",
+    "detailed type": "detailed",
+    "very detailed type": "very_detailed",
+}
+
+
+def grouping_request(request: RecordedRequest) -> tuple[str, dict[str, str]]:
+    """The level a grouper request asks for, and each cluster it lists with its main type."""
+    task = request.messages[1]["content"]
+    level = re.search(r"^Level: ([a-z ]+)\.", task, re.MULTILINE)
+    clusters = {
+        json.loads(found.group(1)): found.group(2)
+        for found in map(GROUPING_LINE.match, task.splitlines())
+        if found
+    }
+    return GROUPING_LEVELS[level.group(1)] if level else "", clusters
 
 
 def markers_of(request: RecordedRequest) -> list[str]:
@@ -106,9 +131,10 @@ class ScriptedModel:
     ----------
     cell_types
         :func:`signature` of a cluster -> main cell type; others get "Unknown".
-    annotator, validator, formatter, scorer, booster
+    annotator, validator, formatter, scorer, booster, grouper
         Optional overrides ``(request, markers) -> Reply | None``; None falls back to
-        the default behaviour (the scorer gives 90; the booster keeps the first answer).
+        the default behaviour (the scorer gives 90; the booster keeps the first answer;
+        the grouper names each cluster after its main cell type, at every level).
     """
 
     def __init__(
@@ -120,6 +146,7 @@ class ScriptedModel:
         formatter: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
         scorer: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
         booster: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
+        grouper: Callable[[RecordedRequest, list[str]], Reply | None] | None = None,
         delay: float = 0.0,
     ) -> None:
         self.cell_types = dict(cell_types or {})
@@ -129,6 +156,7 @@ class ScriptedModel:
             "formatter": formatter,
             "scorer": scorer,
             "booster": booster,
+            "grouper": grouper,
         }
         self.delay = delay
 
@@ -151,6 +179,8 @@ class ScriptedModel:
             return Reply(content=verdict_reply(True))
         if agent == "scorer":
             return Reply(content=score_reply(90))
+        if agent == "grouper":
+            return Reply(content=json.dumps(grouping_request(request)[1]))
         if agent == "booster":
             return Reply(
                 content=annotation_reply(first_annotation(request), key_markers=tuple(markers[:2]))

@@ -373,3 +373,19 @@ def test_the_pipeline_takes_cassias_parameters_in_order_and_refuses_what_it_cann
         cassia_sc.runCASSIA_pipeline(
             "p", "blood", "human", THREE, overall_reasoning="low", score_reasoning="high", **common
         )
+
+
+def test_the_pipeline_merges_annotations_into_cassias_three_levels(llm, tmp_path):
+    result = cassia_sc.runCASSIA_pipeline(
+        "pipe", "blood", "human", THREE, annotation_model=llm.model,
+        overall_provider=llm.base_url, output_dir=tmp_path, cache_dir=llm.cache_dir,
+        progress=False,
+    )  # fmt: skip
+    summary = pd.read_csv(tmp_path / "pipe_summary.csv", dtype={"Cluster ID": str})
+    levels = ["Merged_Grouping_1", "Merged_Grouping_2", "Merged_Grouping_3"]
+    # The scripted grouper names each cluster after its main cell type, at every level.
+    for column in levels:
+        assert summary[column].tolist() == ["type 0", "type 1", "type 2"]
+    assert [c.celltype_broad for c in result.clusters] == ["type 0", "type 1", "type 2"]
+    grouper = [r for r in llm.server.requests if "one level of detail" in json.dumps(r.body)]
+    assert len(grouper) == 3  # one call per level, over every cluster

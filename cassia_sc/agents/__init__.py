@@ -4,13 +4,15 @@ Each agent is a step (:class:`Step`): a name, the fields it adds to a cluster's 
 and a call on the cluster's :class:`ClusterContext`, which can ask the model and reach the
 expression data. Pipelines (:class:`Pipeline`) chain steps; ``"v1"`` and ``"v0"`` are
 registered here, and :func:`register_pipeline` adds more. The :class:`Scorer` and the
-:class:`Booster` run after a pipeline, on its answers (see :mod:`cassia_sc.workflow`).
+:class:`Booster` run after a pipeline, on its answers (see :mod:`cassia_sc.workflow`);
+the :class:`Grouper` names every cluster at once at each level (see ``tl.levels``).
 """
 
 from ..errors import StepFailed
 from .annotator import ANNOTATION_SCHEMA, Annotator
 from .booster import Booster
 from .context import ClusterContext, ClusterTask, Step
+from .grouper import Grouper, Grouping, group_levels, model_levels
 from .label_judge import Judgement, judge_pairs
 from .ontology_chooser import OntologyChooser
 from .pipelines import (
@@ -32,6 +34,8 @@ __all__ = [
     "Booster",
     "ClusterContext",
     "ClusterTask",
+    "Grouper",
+    "Grouping",
     "Judgement",
     "OntologyChooser",
     "Pipeline",
@@ -41,7 +45,9 @@ __all__ = [
     "Validator",
     "annotate_cluster",
     "get_pipeline",
+    "group_levels",
     "judge_pairs",
     "known_fields",
+    "model_levels",
     "register_pipeline",
 ]

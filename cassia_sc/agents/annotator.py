@@ -49,7 +49,9 @@ class Annotator:
         return [
             {
                 "role": "system",
-                "content": render("annotator_system", tissue_blind=task.tissue_blind),
+                "content": render(
+                    "annotator_system", tissue_blind=task.tissue_blind, parent=task.parent
+                ),
             },
             {
                 "role": "user",
@@ -59,6 +61,7 @@ class Annotator:
                     tissue=task.tissue,
                     markers=task.markers,
                     additional_info=task.additional_info,
+                    parent=task.parent,
                 ),
             },
         ]

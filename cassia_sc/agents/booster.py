@@ -169,6 +169,7 @@ class Booster:
             species=task.species,
             tissue=task.tissue,
             additional_info=task.additional_info,
+            parent=task.parent,
             markers=task.markers,
             main_cell_type=first.main_cell_type,
             sub_cell_types=first.sub_cell_types,

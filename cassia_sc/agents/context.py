@@ -35,6 +35,9 @@ class ClusterTask:
         E.g. ``"blood"``; None for a tissue-blind annotation.
     additional_info
         Free text about the sample, or None.
+    parent
+        The population this cluster is a subcluster of (e.g. ``"T cell"``), whose markers
+        were ranked against its sibling subclusters; None for a cluster of the whole data.
     pipeline
         Name of the pipeline of steps that annotates it (``"v1"``, ``"v0"``, ...); see
         :func:`cassia_sc.agents.get_pipeline`.
@@ -51,6 +54,7 @@ class ClusterTask:
     species: str
     tissue: str | None = None
     additional_info: str | None = None
+    parent: str | None = None
     pipeline: str = Default.validator_involvement
     sample: int = 0
     data: DataHandle | None = field(default=None, repr=False, compare=False)
@@ -65,7 +69,8 @@ class ClusterTask:
         result
             The cluster's :class:`~cassia_sc.ClusterResult`.
         settings
-            Its batch's settings (species, tissue, additional_info, validator_involvement).
+            Its batch's settings (species, tissue, additional_info, parent,
+            validator_involvement).
         **context
             ``data`` or ``table_evidence``.
 
@@ -80,6 +85,7 @@ class ClusterTask:
             species=str(settings.get("species", "")),
             tissue=settings.get("tissue") or None,
             additional_info=settings.get("additional_info") or None,
+            parent=settings.get("parent") or None,
             pipeline=str(settings.get("validator_involvement", Default.validator_involvement)),
             **context,
         )

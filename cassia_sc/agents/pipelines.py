@@ -18,6 +18,7 @@ from ..results import ClusterResult
 from .annotator import Annotator
 from .booster import Booster
 from .context import ClusterContext, ClusterTask, Messages, Step
+from .grouper import Grouper
 from .scorer import Scorer
 from .validator import Validator
 
@@ -165,12 +166,12 @@ def known_fields() -> tuple[Field, ...]:
     -------
     tuple of Field
         The core fields, those of the steps of every registered pipeline, and those of
-        the :class:`Scorer` and :class:`Booster`, each name once.
+        the :class:`Scorer`, :class:`Booster` and :class:`Grouper`, each name once.
     """
     found = {f.name: f for f in CORE_FIELDS}
     for pipeline in PIPELINES.values():
         found |= {f.name: f for f in pipeline.fields if f.name not in found}
-    for step in (Scorer, Booster):
+    for step in (Scorer, Booster, Grouper):
         found |= {f.name: f for f in step.fields if f.name not in found}
     return tuple(found.values())
 

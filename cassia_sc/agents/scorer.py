@@ -78,6 +78,7 @@ class Scorer:
                     species=task.species,
                     tissue=task.tissue,
                     additional_info=task.additional_info,
+                    parent=task.parent,
                     markers=task.markers,
                     exchange=exchange,
                 ),

@@ -49,7 +49,10 @@ class Validator:
     def messages(self, task: ClusterTask, annotation: str, unsupported: list[str]) -> Messages:
         """Return the validator's messages for the annotator's reply ``annotation``."""
         return [
-            {"role": "system", "content": render("validator_system", strict=self.strict)},
+            {
+                "role": "system",
+                "content": render("validator_system", strict=self.strict, parent=task.parent),
+            },
             {
                 "role": "user",
                 "content": render(
@@ -57,6 +60,7 @@ class Validator:
                     species=task.species,
                     tissue=task.tissue,
                     additional_info=task.additional_info,
+                    parent=task.parent,
                     markers=task.markers,
                     unsupported=unsupported,
                     annotation=annotation,

@@ -38,7 +38,7 @@ def render(name: str, **context: Any) -> str:
     Examples
     --------
     >>> from cassia_sc.prompts import render
-    >>> context = {"tissue": "blood", "markers": ["CD3D"], "additional_info": None}
+    >>> context = {"tissue": "blood", "markers": ["CD3D"], "additional_info": None, "parent": None}
     >>> text = render("annotator_task", species="human", **context)
     >>> text.splitlines()[0]
     'Species: human'

@@ -3,6 +3,8 @@
 from ._annotate import annotate
 from ._evaluate import evaluate
 from ._import import import_cassia
+from ._levels import levels
 from ._refine import boost, score
+from ._subclusters import transfer
 
-__all__ = ["annotate", "boost", "evaluate", "import_cassia", "score"]
+__all__ = ["annotate", "boost", "evaluate", "import_cassia", "levels", "score", "transfer"]

@@ -14,7 +14,9 @@ from .._keys import Default, Key
 from ..errors import CassiaError, MarkerError
 from ..export import write_outputs
 from ..export.adata import check_key_added, store_result
+from ..subclusters import RestrictTo, restricted
 from ..workflow import run_annotation
+from ._subclusters import refuse_replacing_other_cells, store_restricted
 
 logger = logging.getLogger("cassia_sc")
 
@@ -30,6 +32,8 @@ def annotate(
     provider: str = Default.provider,
     key: str = Key.uns.markers,
     key_added: str = Default.key_added,
+    restrict_to: RestrictTo | None = None,
+    parent: str | None = None,
     n_genes: int = Default.n_genes,
     gene_symbols: str | None = None,
     max_workers: int = Default.max_workers,
@@ -53,6 +57,11 @@ def annotate(
     To see the prompts and their cost first, offline and without a key, call
     :func:`cassia_sc.plan` with the same arguments.
 
+    Subclusters: after a first run, annotate the subclusters of one population with
+    ``restrict_to`` (the markers ranked on that population) and a new ``key_added``, or
+    annotate a subset AnnData with ``parent=`` and bring its labels back with
+    :func:`cassia_sc.tl.transfer`; see the subclusters guide.
+
     Parameters
     ----------
     adata
@@ -64,6 +73,8 @@ def annotate(
     {provider}
     {key}
     {key_added}
+    {restrict_to}
+    {parent}
     {n_genes}
     {gene_symbols}
     {max_workers}
@@ -87,7 +98,8 @@ def annotate(
     Returns
     -------
     AnnData or None
-        The annotated copy when ``copy=True``, else None. Written:
+        The annotated copy when ``copy=True``, else None. Written (with ``restrict_to``,
+        for the population's cells only: NaN elsewhere, and ``params["restrict_to"]``):
 
         ``adata.obs[f"{key_added}_celltype"]``
             Categorical main cell type of each cell's cluster; NaN for cells of a
@@ -144,9 +156,16 @@ def annotate(
         adata = adata.copy()
     groupby = _grouping(adata, groupby, key)
     check_key_added(key_added, uns=adata.uns, obs=adata.obs.columns, groupby=groupby)
+    cells, population = adata, None
+    if restrict_to is not None:
+        # Everything that would stop the write is found now, before a model is paid.
+        cells, population = restricted(adata, restrict_to, key=key, groupby=groupby, parent=parent)
+        refuse_replacing_other_cells(adata.uns, key_added, population)
+        parent = population.parent
     result, agreement = run_annotation(
-        adata,
+        cells,
         model=model,
+        parent=parent,
         n_runs=n_runs,
         models=models,
         agreement_threshold=agreement_threshold,
@@ -164,9 +183,20 @@ def annotate(
         max_workers=max_workers,
         **options,
     )
-    columns = store_result(
-        adata, result, groupby=groupby, key=key, key_added=key_added, uncertainty=agreement
-    )
+    if population is None:
+        columns = store_result(
+            adata, result, groupby=groupby, key=key, key_added=key_added, uncertainty=agreement
+        )
+    else:
+        columns = store_restricted(
+            adata,
+            result,
+            population=population,
+            groupby=groupby,
+            key=key,
+            key_added=key_added,
+            uncertainty=agreement,
+        )
     logger.info(
         "added\n%s    %r, the annotation's record (adata.uns)",
         "".join(f"    {name!r}, labels per cell (adata.obs)\n" for name in columns),

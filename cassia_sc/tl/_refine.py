@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from functools import partial
 from typing import Any
 
 from anndata import AnnData
@@ -12,7 +13,9 @@ from .._docs import fill_docs
 from .._keys import Default, Key
 from ..export.adata import store_result
 from ..get import annotation, annotation_record
+from ..subclusters import population
 from ..workflow import refine
+from ._subclusters import restriction, store_restricted
 
 logger = logging.getLogger("cassia_sc")
 
@@ -143,15 +146,20 @@ def _refined(adata: AnnData, key: str, copy: bool, **options: Any) -> AnnData | 
     record = annotation_record(adata, key)
     params = record[Key.uns.params]
     groupby, markers_key = str(params["groupby"]), str(params.get("key", Key.uns.markers))
+    restrict_to = restriction(params)
+    # A subcluster annotation is refined among its population's cells: the boost contrasts
+    # a subcluster with its siblings, and the cells outside keep NaN.
+    found = population(adata, restrict_to, parent=params.get("parent")) if restrict_to else None
     result = refine(
         annotation(adata, key),
-        adata,
+        adata if found is None else adata[found.cells],
         key=markers_key,
         groupby=groupby,
         agreement_threshold=float(params.get("agreement_threshold", Default.agreement_threshold)),
         **options,
     )
-    columns = store_result(
+    store = store_result if found is None else partial(store_restricted, population=found)
+    columns = store(
         adata,
         result,
         groupby=groupby,
