@@ -228,7 +228,12 @@ def test_scanpy_session(llm, kernel, tmp_path):
     assert "Ranked marker genes" in text_outputs(cell_with_id(notebook, "prompt"))
     conversation = text_outputs(cell_with_id(notebook, "conversation"))
     assert "--- annotator ---" in conversation and '"main_cell_type": "B cell"' in conversation
-    for plot in ("umap", "dotplot", "review"):
+    # Levels offline from the Cell Ontology, saved with the data.
+    broad = annotated.obs.groupby("louvain", observed=True)["cassia_celltype_broad"].first()
+    assert broad["0"] == "T cell" and broad["4"] == "B cell" and broad["8"] == "B cell"
+    assert broad["1"] == "myeloid cell" and broad["3"] == "NK cell"
+    assert "T cell" in text_outputs(cell_with_id(notebook, "levels"))
+    for plot in ("umap", "dotplot", "review", "levels-plot", "levels-tree"):
         outputs = cell_with_id(notebook, plot)["outputs"]
         assert any("image/png" in output.get("data", {}) for output in outputs), plot
 
