@@ -31,6 +31,7 @@ from .errors import (
     MissingAPIKeyError,
     ModelNotFound,
     OntologyUnavailable,
+    ProviderUnreachable,
     UnknownProvider,
 )
 from .evaluation import evaluate_frame
@@ -53,6 +54,7 @@ __all__ = [
     "MissingAPIKeyError",
     "ModelNotFound",
     "OntologyUnavailable",
+    "ProviderUnreachable",
     "UnknownProvider",
     "__version__",
     "agents",

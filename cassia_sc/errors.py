@@ -27,6 +27,10 @@ class FatalLLMError(LLMError):
     """A model call failed in a way that every other call would too; the run stops."""
 
 
+class ProviderUnreachable(FatalLLMError):
+    """No request of the run ever reached the provider: no network, a wrong base URL."""
+
+
 class AuthenticationFailed(FatalLLMError):
     """The provider refused the API key (HTTP 401 or 403)."""
 
@@ -84,14 +88,23 @@ class TransientFailure(Exception):
         Seconds the server asked to wait, if it said.
     rate_limited
         Whether it was HTTP 429, which pauses every worker.
+    unreachable
+        Why the connection could not be made (refused, no route, unknown host), when it
+        could not; None when the server was reached or the request timed out.
     """
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, rate_limited: bool = False
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        rate_limited: bool = False,
+        unreachable: str | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.rate_limited = rate_limited
+        self.unreachable = unreachable
 
 
 class ParameterRefused(Exception):

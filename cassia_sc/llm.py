@@ -45,6 +45,7 @@ from .errors import (
     LLMError,
     ModelNotFound,
     ParameterRefused,
+    ProviderUnreachable,
     ReplyCutOff,
     TransientFailure,
 )
@@ -476,6 +477,9 @@ class LLMClient:
         self.cache = ResponseCache(cache_dir or default_cache_dir()) if cache else None
         self.usage = Usage()
         self._usage_lock = threading.Lock()
+        # Set once any request of this client gets an answer: until then, a connection that
+        # cannot be made means the provider cannot be reached at all.
+        self._reached = threading.Event()
         self._in_flight: dict[str, Future] = {}
         self._pacer = RequestPacer(requests_per_minute, max_rate_limit_wait=max_rate_limit_wait)
         self._downgrades = _Downgrades()
@@ -656,6 +660,14 @@ class LLMClient:
                     else:
                         self._pacer.done(ticket)
                         if failures >= self.max_retries:
+                            if failure.unreachable and not self._reached.is_set():
+                                # Nothing of this run ever got an answer: every other call
+                                # would fail the same way, so the run stops here.
+                                raise ProviderUnreachable(
+                                    f"Cannot reach {self.endpoint.display_url}: "
+                                    f"{failure.unreachable}. Check the network, the base URL "
+                                    "or the proxy (HTTPS_PROXY)."
+                                ) from None
                             raise LLMError(
                                 f"{failure} (gave up after {requests} attempts)"
                             ) from None
@@ -697,7 +709,10 @@ class LLMClient:
             raise TransientFailure(
                 f"request timed out after {self.timeout:g} s ({self.endpoint.display_url})"
             )
-        failure = self._failure(exchange.take_error(), body)
+        error = exchange.take_error()
+        if error is None or isinstance(error, openai.APIStatusError):
+            self._reached.set()  # the server answered, if only to refuse
+        failure = self._failure(error, body)
         if failure is not None:
             # Raised here, outside any except clause, so that it chains nothing: the SDK's
             # error holds the request and the server's whole message, the key with them.
@@ -782,9 +797,13 @@ class LLMClient:
             return None
         if isinstance(error, openai.APIStatusError):
             return self._status_failure(error, sent)
-        if isinstance(error, openai.APIConnectionError):  # the SDK's own timeouts included
-            kind = "timed out" if isinstance(error, openai.APITimeoutError) else "connection failed"
-            return TransientFailure(f"request {kind} ({self.endpoint.display_url})")
+        if isinstance(error, openai.APITimeoutError):  # the SDK's own timeouts
+            return TransientFailure(f"request timed out ({self.endpoint.display_url})")
+        if isinstance(error, openai.APIConnectionError):
+            reason = self._redact(str(error.__cause__ or error))[:_DETAIL]
+            return TransientFailure(
+                f"connection failed ({self.endpoint.display_url}): {reason}", unreachable=reason
+            )
         if isinstance(error, ValueError):  # the SDK could not decode the body
             detail = self._redact(str(error))[:_DETAIL]
             return TransientFailure(f"malformed reply from the server: {detail}")

@@ -628,16 +628,16 @@ def test_an_unknown_provider_name_is_refused():
         )
 
 
-def test_connection_errors_are_retried_then_fail_each_cluster(scripted_llm):
+def test_connection_errors_are_retried_then_stop_a_run_that_never_reached_the_server(
+    scripted_llm,
+):
     closed = scripted_llm()
     closed.server.close()  # nothing listens on this port any more
     client = closed.client(cache=False, retry_delay=0.01, max_retries=1)
-    result = cassia_sc.run_batch(
-        EXAMPLE, tissue="blood", species="human", client=client, progress=False
-    )
-    assert [c.status for c in result.clusters] == ["failed"] * 11
-    assert result["0"].error.startswith("request connection failed (http://127.0.0.1:")
-    assert result["0"].error.endswith("(gave up after 2 attempts)")
+    with pytest.raises(cassia_sc.ProviderUnreachable, match=r"Cannot reach http://127.0.0.1:\d+"):
+        cassia_sc.run_batch(EXAMPLE, tissue="blood", species="human", client=client, progress=False)
+    # A call gave up after its retries; the run stopped rather than send 11 clusters' worth.
+    assert client.usage.requests < 2 * 11
 
 
 def test_progress_bar_counts_clusters_and_failures(scripted_llm, capsys):

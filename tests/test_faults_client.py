@@ -27,6 +27,7 @@ from scripted_model import ScriptedModel, agent_of, annotation_reply, signature,
 
 import cassia_sc
 from cassia_sc import LLMClient
+from cassia_sc.cli import main
 from cassia_sc.errors import CallCancelled
 from cassia_sc.llm import RequestPacer
 
@@ -441,7 +442,7 @@ def test_a_secret_in_the_base_url_user_info_is_never_shown(scripted_llm):
             client.complete(MESSAGES)
     finally:
         client.close()
-    assert "connection failed" in str(raised.value)
+    assert "Cannot reach http://[redacted]@127.0.0.1:" in str(raised.value)
     assert _leaks(str(raised.value), secret) == [], str(raised.value)
 
 
@@ -634,3 +635,39 @@ def test_a_secret_in_the_provider_url_is_not_stored_in_the_settings():
     )
     assert plan.settings["provider"] == "https://[redacted]@proxy.example.org/v1"
     assert "s3cret" not in plan.summary().to_csv() and "s3cret" not in plan.to_json()
+
+
+def _closed_port() -> int:
+    """A port on this machine that nothing listens on: every connection is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_provider_never_reached_stops_the_run_with_one_message(tmp_path, capsys):
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    with pytest.raises(cassia_sc.errors.ProviderUnreachable, match=f"Cannot reach {url}"):
+        cassia_sc.run_batch(
+            EXAMPLE, tissue="blood", species="human", model="m", provider=url,
+            max_retries=1, cache_dir=tmp_path / "cache", progress=False,
+        )  # fmt: skip
+    # The command line writes nothing: no .h5ad, no files full of failed clusters.
+    markers = tmp_path / "markers.csv"
+    EXAMPLE.head(3).to_csv(markers, index=False)
+    args = ["batch", str(markers), "--output-name", str(tmp_path / "run"), "--quiet"]
+    args += ["--model", "m", "--provider", url, "--species", "human", "--tissue", "blood"]
+    code = main([*args, "--cache-dir", str(tmp_path / "cache")])
+    assert code == 1
+    assert "Cannot reach" in capsys.readouterr().err
+    assert not list(tmp_path.glob("run_*"))
+
+
+def test_a_provider_reached_once_is_not_unreachable(scripted_llm):
+    # The server answers, then goes away: the failures are the clusters', not the run's.
+    llm = scripted_llm(handler=lambda request, index: Reply(content="ok"))
+    client = llm.client(**FAST)
+    client.complete([{"role": "user", "content": "hello"}])
+    llm.server.close()
+    with pytest.raises(cassia_sc.LLMError) as raised:
+        client.complete([{"role": "user", "content": "again"}])
+    assert not isinstance(raised.value, cassia_sc.FatalLLMError)
