@@ -644,7 +644,7 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_a_provider_never_reached_stops_the_run_with_one_message(tmp_path, capsys):
+def test_a_provider_never_reached_stops_the_run_with_one_message(pbmc, tmp_path, capsys):
     url = f"http://127.0.0.1:{_closed_port()}/v1"
     with pytest.raises(cassia_sc.errors.ProviderUnreachable, match=f"Cannot reach {url}"):
         cassia_sc.run_batch(
@@ -660,6 +660,15 @@ def test_a_provider_never_reached_stops_the_run_with_one_message(tmp_path, capsy
     assert code == 1
     assert "Cannot reach" in capsys.readouterr().err
     assert not list(tmp_path.glob("run_*"))
+    # Nor does `annotate` on an .h5ad: no annotated copy, the input as it was.
+    source = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(source)
+    before = source.read_bytes()
+    args = ["annotate", str(source), "--output", str(tmp_path / "out.h5ad"), "--quiet"]
+    args += ["--model", "m", "--provider", url, "--species", "human", "--tissue", "blood"]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache")]) == 1
+    assert "Cannot reach" in capsys.readouterr().err
+    assert not (tmp_path / "out.h5ad").exists() and source.read_bytes() == before
 
 
 def test_a_provider_reached_once_is_not_unreachable(scripted_llm):
