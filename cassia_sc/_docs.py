@@ -24,8 +24,8 @@ PARAMETERS: dict[str, str] = {
         "(cluster, genes)."
     ),
     "tissue": (
-        'Tissue of the sample, e.g. ``"blood"``; leave it out (None) for a tissue-blind '
-        "annotation, in which the answer also proposes tissues of origin."
+        'Tissue of the sample, e.g. ``"blood"``; None (on the command line, no ``--tissue``) '
+        "for a tissue-blind annotation, in which the answer also proposes tissues of origin."
     ),
     "species": 'Species of the sample, e.g. ``"human"`` or ``"mouse"``.',
     "model": 'Model name as the provider spells it, e.g. ``"openai/gpt-4o-mini"`` on OpenRouter.',

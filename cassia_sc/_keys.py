@@ -90,6 +90,8 @@ class Key:
         versions: Final = "versions"
         uncertainty: Final = "uncertainty"
         evaluation: Final = "evaluation"
+        #: The recipe of the bundled example file (``datasets.pbmc68k_example_path``).
+        example: Final = "cassia_sc_example"
 
     class obsm:
         """Embeddings in ``adata.obsm``."""

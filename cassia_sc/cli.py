@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,7 +29,15 @@ from ._version import __version__
 from .agents import PIPELINES
 from .cache import cache_summary, clear_cache, default_cache_dir
 from .compat import run_batch_to_files
-from .errors import BatchInterrupted, CassiaError, KeyAddedError, NotWritable
+from .datasets import pbmc68k_example_path
+from .errors import (
+    BatchInterrupted,
+    CassiaError,
+    FileBusy,
+    LLMError,
+    MissingAPIKeyError,
+    NotWritable,
+)
 from .evidence import DataHandle
 from .export import bounded, output_paths, write_outputs
 from .export.adata import check_key_added, uns_record
@@ -48,15 +55,13 @@ from .workflow import run_annotation
 
 logger = logging.getLogger("cassia_sc")
 
-#: Example data sets a user can name instead of a file.
-BUNDLED_EXAMPLES = ("pbmc68k_reduced",)
+#: Example data sets a user can name instead of a file, and what gives their (cached) file.
+BUNDLED_EXAMPLES = {"pbmc68k_reduced": pbmc68k_example_path}
 
 #: Exit status when the run finished but some clusters failed.
 EXIT_SOME_FAILED = 3
 
-_EXAMPLES = """\
-examples:
-
+_ANNOTATE_EXAMPLES = """\
   # add labels to a file in place (reads obs, var and uns only; X is never loaded)
   export OPENROUTER_API_KEY=...
   cassia-sc annotate data.h5ad --tissue lung --species human --model openai/gpt-4o-mini
@@ -66,22 +71,49 @@ examples:
 
   # a local model through Ollama; see the prompts and their cost first
   cassia-sc annotate data.h5ad --tissue blood --species human --model llama3.1 --provider http://localhost:11434/v1 --dry-run
+"""  # noqa: E501 - whole commands on one line each, to copy and paste
 
+_BATCH_EXAMPLES = """\
   # a Seurat FindAllMarkers table, as CASSIA's runCASSIA_batch
+  export OPENROUTER_API_KEY=...
   cassia-sc batch markers.csv --output-name pbmc --tissue blood --species human --model openai/gpt-4o-mini
 
+  # a two-column table (cluster, comma-separated genes), with its columns named
+  cassia-sc batch clusters.tsv --celltype-column cluster --gene-column-name genes --output-name run --species mouse --model openai/gpt-4o-mini --dry-run
+"""  # noqa: E501 - whole commands on one line each, to copy and paste
+
+_CACHE_EXAMPLES = """\
   # the reply cache: where it is and how large; remove what was stored over 30 days ago
   cassia-sc cache info
   cassia-sc cache clear --older-than 30d
+"""
 
+_FOOTER = """
 API keys come from OPENROUTER_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY or, for a base
 URL, CASSIA_API_KEY or CUSTOMIZED_API_KEY; never from the command line, which others can
 read.
 
-exit status: 0 success, 1 error, 2 usage error (also: a --key-added that would replace data
-not written by cassia-sc, an output that cannot be written; both found before any model is
-called), 3 some clusters failed, 130 interrupted.
-"""  # noqa: E501 - whole commands on one line each, to copy and paste
+exit status: 0 success, 1 error, 2 usage error (also: a bad option value or input file, a
+--key-added that would replace data not written by cassia-sc, an output that cannot be
+written; all found before any model is called), 3 some clusters failed, 130 interrupted.
+"""
+
+
+def _epilog(*examples: str) -> str:
+    return "examples:\n\n" + "\n".join(examples) + _FOOTER
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written, and each option's default shown after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        # None and False mean "not given": the help says what that does. A help that names
+        # its default already (the shared texts do, for Python's docstrings) says it once.
+        unset = action.default is None or action.default is False  # 0.0 is a default
+        if unset or action.default == argparse.SUPPRESS or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cassia-sc",
         description="Annotate single-cell clusters with large language models.",
-        epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(_ANNOTATE_EXAMPLES, _BATCH_EXAMPLES, _CACHE_EXAMPLES),
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -110,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
             "file is replaced only once the new one is complete, and keeps its permissions; "
             "two runs on one file take turns, so neither loses the other's labels."
         ),
-        epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(_ANNOTATE_EXAMPLES),
+        formatter_class=_HelpFormatter,
     )
     annotate.add_argument(
         "input",
@@ -143,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("COLUMN", "VALUE"),
         help=cli_help("restrict_to") + " Give the column, then its values.",
     )
+    # the required options first in --help, then the repeated runs
+    _add_run_options(annotate, retries=_RETRIES_ANNOTATE, table=False)
     repeated = annotate.add_argument_group("repeated runs")
     repeated.add_argument(
         "--n-runs", type=int, default=Default.n_runs, metavar="N", help=cli_help("n_runs")
@@ -155,19 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SHARE",
         help=cli_help("agreement_threshold"),
     )
-    _add_run_options(annotate)
 
     batch = commands.add_parser(
         "batch",
         help="annotate a marker table (Seurat, Scanpy or two columns), as runCASSIA_batch",
         description="Annotate every cluster of a marker table and write CASSIA's files.",
-        epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(_BATCH_EXAMPLES),
+        formatter_class=_HelpFormatter,
     )
     batch.add_argument("markers", metavar="MARKERS", help="marker table (CSV or TSV)")
-    batch.add_argument("--celltype-column", help=cli_help("celltype_column"))
-    batch.add_argument("--gene-column-name", help=cli_help("gene_column_name"))
-    _add_run_options(batch)
+    _add_run_options(batch, retries=_RETRIES_BATCH, table=True)
     _add_cache_command(commands)
     return parser
 
@@ -233,12 +264,50 @@ def _duration(text: str) -> float:
     return float(found[1]) * _UNITS[found[2]]
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    required = parser.add_argument_group("what to annotate with")
+#: What --max-retries counts, per subcommand: both run through run_batch, whose retries
+#: are per request, not CASSIA's repeats of a whole cluster (runCASSIA_batch in Python).
+_RETRIES_ANNOTATE = " Per request, as in tl.annotate."
+_RETRIES_BATCH = (
+    " Per request, as in run_batch; not CASSIA's runCASSIA_batch meaning (repeats of a "
+    "whole cluster on top of 2 retries per request), which only the Python function has."
+)
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, retries: str, table: bool) -> None:
+    """Add the options of a run; ``table``: a marker table's column options (``batch``)."""
+    required = parser.add_argument_group("required")
     required.add_argument("--species", required=True, help=cli_help("species"))
-    required.add_argument("--tissue", help=cli_help("tissue"))
-    required.add_argument("--model", help=cli_help("model") + " Required unless --models.")
-    required.add_argument("--provider", default=Default.provider, help=cli_help("provider"))
+    what = parser.add_argument_group("what to annotate with")
+    what.add_argument("--tissue", help=cli_help("tissue"))
+    if table:  # batch has no --models: its model is required like its output files
+        required.add_argument("--model", required=True, help=cli_help("model"))
+        required.add_argument(
+            "--output-name", required=True, metavar="PREFIX", help=cli_help("output_name")
+        )
+    else:
+        what.add_argument("--model", help=cli_help("model") + " Required unless --models.")
+    what.add_argument("--provider", default=Default.provider, help=cli_help("provider"))
+    what.add_argument("--additional-info", help=cli_help("additional_info"))
+    what.add_argument("--parent", metavar="CELL_TYPE", help=cli_help("parent"))
+    markers = parser.add_argument_group("which markers")
+    if table:
+        markers.add_argument("--celltype-column", help=cli_help("celltype_column"))
+        markers.add_argument("--gene-column-name", help=cli_help("gene_column_name"))
+    markers.add_argument(
+        "--n-genes", type=int, default=Default.n_genes, metavar="N", help=cli_help("n_genes")
+    )
+    markers.add_argument(
+        "--ranking-method",
+        choices=["avg_log2FC", "p_val_adj", "pct_diff", "Score"],
+        default=Default.ranking_method,
+        help=cli_help("ranking_method"),
+    )
+    markers.add_argument(
+        "--ascending",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=cli_help("ascending") + " Default: the method's own direction.",
+    )
     sure = parser.add_argument_group("how sure is each label")
     sure.add_argument("--score", action="store_true", help=cli_help("score"))
     sure.add_argument("--score-model", metavar="MODEL", help=cli_help("score_model"))
@@ -258,50 +327,47 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=cli_help("boost_rounds"),
     )
-    options = parser.add_argument_group("options")
-    options.add_argument("--output-name", metavar="PREFIX", help=cli_help("output_name"))
-    options.add_argument(
-        "--max-workers", type=int, default=Default.max_workers, help=cli_help("max_workers")
-    )
-    options.add_argument("--n-genes", type=int, default=Default.n_genes, help=cli_help("n_genes"))
-    options.add_argument("--additional-info", help=cli_help("additional_info"))
-    options.add_argument("--parent", metavar="CELL_TYPE", help=cli_help("parent"))
-    options.add_argument(
+    calls = parser.add_argument_group("model calls")
+    calls.add_argument(
         "--validator-involvement",
         choices=list(PIPELINES),
         default=Default.validator_involvement,
         help=cli_help("validator_involvement"),
     )
-    options.add_argument(
-        "--ranking-method",
-        choices=["avg_log2FC", "p_val_adj", "pct_diff", "Score"],
-        default=Default.ranking_method,
-        help=cli_help("ranking_method"),
-    )
-    options.add_argument(
-        "--ascending",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help=cli_help("ascending"),
-    )
-    options.add_argument(
+    calls.add_argument(
         "--temperature", type=float, default=Default.temperature, help=cli_help("temperature")
     )
-    options.add_argument(
-        "--reasoning", choices=["low", "medium", "high"], help=cli_help("reasoning")
+    calls.add_argument(
+        "--reasoning",
+        choices=["low", "medium", "high"],
+        help=cli_help("reasoning") + " Default: none asked for.",
     )
-    options.add_argument(
-        "--max-retries", type=int, default=Default.max_retries, help=cli_help("max_retries")
+    calls.add_argument(
+        "--max-workers",
+        type=int,
+        default=Default.max_workers,
+        metavar="N",
+        help=cli_help("max_workers"),
     )
-    options.add_argument("--timeout", type=float, default=Default.timeout, help=cli_help("timeout"))
-    options.add_argument("--requests-per-minute", type=float, help=cli_help("requests_per_minute"))
-    options.add_argument("--cache-dir", type=Path, help=cli_help("cache_dir"))
-    options.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    options.add_argument(
+    calls.add_argument(
+        "--max-retries",
+        type=int,
+        default=Default.max_retries,
+        metavar="N",
+        help=cli_help("max_retries") + retries,
+    )
+    calls.add_argument("--timeout", type=float, default=Default.timeout, help=cli_help("timeout"))
+    calls.add_argument("--requests-per-minute", type=float, help=cli_help("requests_per_minute"))
+    run = parser.add_argument_group("cache and output")
+    if not table:
+        run.add_argument("--output-name", metavar="PREFIX", help=cli_help("output_name"))
+    run.add_argument("--cache-dir", type=Path, help=cli_help("cache_dir"))
+    run.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    run.add_argument(
         "--dry-run", action="store_true", help="show the prompts' token estimate; call nothing"
     )
-    options.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    options.add_argument("--verbose", action="store_true", help="log retries and timings")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    run.add_argument("--verbose", action="store_true", help="log retries and timings")
 
 
 def _run_options(args: argparse.Namespace) -> dict:
@@ -345,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0 success, 1 error, 3 some clusters failed, 130 interrupted.
+        The exit status: 0 success, 1 error, 2 usage error (a bad option value or input
+        file), 3 some clusters failed, 130 interrupted.
 
     Examples
     --------
@@ -356,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    flags = _flags(parser, args.command)
     logging.basicConfig(format="cassia-sc: %(message)s", level=logging.WARNING)
     with _printable_log():
         if args.command == "cache":
@@ -372,15 +440,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             _say("cassia-sc: interrupted.", sys.stderr)
             return 130
-        except (KeyAddedError, NotWritable) as err:  # found before any call: a usage error
-            _say(f"cassia-sc: error: {_one_line(err)}", sys.stderr)
-            return 2
         except (CassiaError, FileNotFoundError, ValueError) as err:
-            _say(f"cassia-sc: error: {_one_line(err)}", sys.stderr)
-            return 1
+            message, usage = _one_line(err), False
+            # The model, the key variables, another run: their words are not the command's.
+            if not isinstance(err, LLMError | MissingAPIKeyError | FileBusy):
+                message, named = _as_flags(message, flags)
+                usage = named or isinstance(err, ValueError | FileNotFoundError | NotWritable)
+            _say(f"cassia-sc: error: {message}", sys.stderr)
+            return 2 if usage else 1  # 2: what was typed is wrong, as argparse's errors
         if not args.quiet:
             _report(result)
         return EXIT_SOME_FAILED if result.failed else 0
+
+
+def _flags(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """Map each option's ``dest`` (the Python parameter) to its flag, for ``command``."""
+    # argparse has no public way to reach a subcommand's parser or its options.
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {}
+    for action in commands.choices[command]._actions:
+        spelled = [s for s in action.option_strings if s.startswith("--") and s != "--help"]
+        if spelled:
+            # --boost and --boost-below share a dest: the flag spelled like it is meant
+            same = f"--{action.dest.replace('_', '-')}"
+            if same in spelled:
+                flags[action.dest] = same
+            else:
+                flags.setdefault(action.dest, spelled[0])
+    return flags
+
+
+#: A parameter as our messages name it: ``n_genes=`` or ``n_genes must``.
+_PARAMETER = re.compile(
+    r"(?<![\w.\[\-'\"])(?P<name>[a-z][a-z0-9_]*)(?P<end>=(?P<value>\S?)| must\b)"
+)
+
+
+def _as_flags(message: str, flags: dict[str, str]) -> tuple[str, bool]:
+    """Say ``--n-genes`` where the Python message says ``n_genes=``; and whether it did.
+
+    The Python API speaks Python (``celltype_column='x'``); a shell user typed flags.
+    """
+    named = False
+
+    def flag(found: re.Match) -> str:
+        nonlocal named
+        if found["name"] not in flags:
+            return found[0]
+        named = True
+        if found["end"].startswith("="):  # name='x' -> --name 'x'; "pass name= and" -> --name
+            return flags[found["name"]] + (f" {found['value']}" if found["value"] else "")
+        return flags[found["name"]] + found["end"]
+
+    return _PARAMETER.sub(flag, message), named
 
 
 def _say(text: str, file: TextIO | None = None) -> None:
@@ -449,98 +561,96 @@ def _date(timestamp: float) -> str:
 def _annotate(args: argparse.Namespace) -> BatchResult:
     check_key_added(args.key_added)
     source = Path(args.input)
-    with tempfile.TemporaryDirectory() as scratch:
-        target = args.output
-        if not source.exists() and args.input in BUNDLED_EXAMPLES:
-            source = _materialise_example(args.input, Path(scratch))
-            target = target or Path(f"{args.input}_annotated.h5ad")
-        target = target or source
-        started = time.perf_counter()
-        found = read_for_annotation(source, key=args.key, groupby=args.groupby)
-        logger.info(
-            "Read uns[%r], var and obs[%r] in %.2f s.",
-            args.key,
-            found.groupby,
-            time.perf_counter() - started,
+    target = args.output
+    if not source.exists() and args.input in BUNDLED_EXAMPLES:
+        # Built once in the cache folder and only read: the output is a copy.
+        source = BUNDLED_EXAMPLES[args.input]()
+        target = target or Path(f"{args.input}_annotated.h5ad")
+    target = target or source
+    started = time.perf_counter()
+    found = read_for_annotation(source, key=args.key, groupby=args.groupby)
+    logger.info(
+        "Read uns[%r], var and obs[%r] in %.2f s.",
+        args.key,
+        found.groupby,
+        time.perf_counter() - started,
+    )
+    # Everything that would stop the write is found now, before a model is paid.
+    outline = read_outline(source)
+    check_key_added(args.key_added, uns=outline.uns, obs=outline.obs_columns, groupby=found.groupby)
+    population = None
+    if args.restrict_to:  # the subclusters of one population: checked before any call
+        population = read_population(
+            source,
+            args.restrict_to,
+            key=args.key,
+            groupby=found.groupby,
+            key_added=args.key_added,
+            parent=args.parent,
         )
-        # Everything that would stop the write is found now, before a model is paid.
-        outline = read_outline(source)
-        check_key_added(
-            args.key_added, uns=outline.uns, obs=outline.obs_columns, groupby=found.groupby
-        )
-        population = None
-        if args.restrict_to:  # the subclusters of one population: checked before any call
-            population = read_population(
-                source,
-                args.restrict_to,
-                key=args.key,
-                groupby=found.groupby,
-                key_added=args.key_added,
-                parent=args.parent,
-            )
-            args.parent = population.parent
-        if not args.dry_run:
-            _check_writable(target, args.output_name)
-            if args.no_wait:
-                with locked(target, wait=False):
-                    pass
-        # The boost reads the expression data, chunk by chunk from the file: X is never
-        # loaded whole.
-        cells = read_h5ad(source, backed="r") if args.boost_below is not None else None
-        try:
-            data = (
-                DataHandle.from_markers(
-                    cells if population is None else cells[population.cells],
-                    key=args.key,
-                    groupby=found.groupby,
-                    gene_symbols=args.gene_symbols,
-                )
-                if cells is not None
-                else None
-            )
-            result, agreement = run_annotation(
-                found.adata,
+        args.parent = population.parent
+    if not args.dry_run:
+        _check_writable(target, args.output_name)
+        if args.no_wait:
+            with locked(target, wait=False):
+                pass
+    # The boost reads the expression data, chunk by chunk from the file: X is never
+    # loaded whole.
+    cells = read_h5ad(source, backed="r") if args.boost_below is not None else None
+    try:
+        data = (
+            DataHandle.from_markers(
+                cells if population is None else cells[population.cells],
                 key=args.key,
                 groupby=found.groupby,
                 gene_symbols=args.gene_symbols,
-                n_runs=args.n_runs,
-                models=args.models,
-                agreement_threshold=args.agreement_threshold,
-                data=data,
-                **_run_options(args),
             )
-        finally:
-            if cells is not None:
-                cells.file.close()
-        if result.dry_run:
-            return result
-        columns = file_label_columns(found.clusters, result, population, key_added=args.key_added)
-        started = time.perf_counter()
-        with _writing(cache=not args.no_cache):
-            # The lock covers the whole read-modify-write: the file is read (checked, then
-            # copied) only once any other run on it has written its own entries.
-            with locked(target, wait=not args.no_wait):
-                remove_stale_temporaries(target, older_than=0)  # no one else writes it now
-                outline = read_outline(source)
-                check_key_added(
-                    args.key_added,
-                    uns=outline.uns,
-                    obs=outline.obs_columns,
-                    groupby=found.groupby,
-                    columns=columns,
-                )
-                write_annotation(
-                    source,
-                    target,
-                    obs_columns=columns,
-                    uns_key=args.key_added,
-                    uns_value=uns_record(
-                        result, groupby=found.groupby, key=args.key, uncertainty=agreement
-                    ),
-                )
-            logger.info("Wrote %s in %.2f s.", target, time.perf_counter() - started)
-            if args.output_name:
-                _write_files(result, args.output_name, source, columns, key_added=args.key_added)
+            if cells is not None
+            else None
+        )
+        result, agreement = run_annotation(
+            found.adata,
+            key=args.key,
+            groupby=found.groupby,
+            gene_symbols=args.gene_symbols,
+            n_runs=args.n_runs,
+            models=args.models,
+            agreement_threshold=args.agreement_threshold,
+            data=data,
+            **_run_options(args),
+        )
+    finally:
+        if cells is not None:
+            cells.file.close()
+    if result.dry_run:
+        return result
+    columns = file_label_columns(found.clusters, result, population, key_added=args.key_added)
+    started = time.perf_counter()
+    with _writing(cache=not args.no_cache):
+        # The lock covers the whole read-modify-write: the file is read (checked, then
+        # copied) only once any other run on it has written its own entries.
+        with locked(target, wait=not args.no_wait):
+            remove_stale_temporaries(target, older_than=0)  # no one else writes it now
+            outline = read_outline(source)
+            check_key_added(
+                args.key_added,
+                uns=outline.uns,
+                obs=outline.obs_columns,
+                groupby=found.groupby,
+                columns=columns,
+            )
+            write_annotation(
+                source,
+                target,
+                obs_columns=columns,
+                uns_key=args.key_added,
+                uns_value=uns_record(
+                    result, groupby=found.groupby, key=args.key, uncertainty=agreement
+                ),
+            )
+        logger.info("Wrote %s in %.2f s.", target, time.perf_counter() - started)
+        if args.output_name:
+            _write_files(result, args.output_name, source, columns, key_added=args.key_added)
     if not args.quiet:
         _say(
             f"Wrote {', '.join(f'obs[{name!r}]' for name in columns)} and "
@@ -590,17 +700,9 @@ def _write_files(
     write_outputs(result, output_name, adata=cells, key=key_added)
 
 
-def _materialise_example(name: str, folder: Path) -> Path:
-    import scanpy as sc  # only for the bundled example: a second and 150 MB otherwise
-
-    path = folder / f"{name}.h5ad"
-    getattr(sc.datasets, name)().write_h5ad(path)
-    return path
-
-
 def _batch(args: argparse.Namespace) -> BatchResult:
-    if not args.output_name:
-        raise CassiaError("batch needs --output-name PREFIX for its output files.")
+    if not args.output_name:  # given, but empty: a bad value, as argparse's errors (status 2)
+        raise ValueError("batch needs --output-name PREFIX for its output files, not ''.")
     if not args.dry_run:
         _check_writable(None, args.output_name)
     if not Path(args.markers).is_file():  # before the writes: a missing file is no write error

@@ -4,16 +4,36 @@ CASSIA's three example sets keep CASSIA's names (``"processed"``, ``"unprocessed
 ``"subcluster_results"``), so CASSIA's tutorials run unchanged; they are copies of the files of
 CASSIA 1.4.0 (MIT licence). Our own sets, from Scanpy's ``pbmc68k_reduced``, are rebuilt by
 :func:`build_example_markers`. The provenance of every file is in ``cassia_sc/data/README.md``.
+
+The bundled ``.h5ad`` example (``cassia-sc annotate pbmc68k_reduced``) is the same data with
+the tutorial's ranking; it is built once, by :func:`pbmc68k_example_path`, into the cache
+folder, rather than shipped.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from importlib import resources
+from pathlib import Path
 
+import h5py
 import pandas as pd
+from anndata import AnnData, read_h5ad
 
-from .errors import MarkerError
+from ._io import remove_stale_temporaries, temporary_beside
+from ._keys import Key
+from .cache import CACHE_DIR_ENV, default_cache_dir
+from .errors import MarkerError, NotWritable
 from .markers import top_markers
+
+logger = logging.getLogger("cassia_sc")
+
+#: Version of the recipe of the example file; a file of another version is rebuilt.
+EXAMPLE_RECIPE = 1
+#: The example file, in its folder under the cache folder.
+_EXAMPLE_FOLDER = "examples"
+_EXAMPLE_NAME = "pbmc68k_reduced.h5ad"
 
 #: CASSIA's example sets, by the name CASSIA's ``loadmarker`` gives them.
 CASSIA_FILES = {
@@ -205,6 +225,120 @@ def build_example_markers() -> dict[str, pd.DataFrame]:
         }
     )
     return {"pbmc68k_processed": processed, "pbmc68k_unprocessed": seurat, "truth": truth}
+
+
+def pbmc68k_example_path(*, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return the bundled example file, building it on first use: the tutorial's data set.
+
+    Scanpy's ``pbmc68k_reduced`` (700 blood cells, 11 Louvain clusters in
+    ``obs["louvain"]``) with the marker ranking the tutorials compute,
+    ``sc.tl.rank_genes_groups(adata, "louvain", method="wilcoxon", pts=True)``, in
+    ``uns["rank_genes_groups"]``: it replaces the ranking Scanpy ships, which is by
+    ``bulk_labels`` with logistic regression and has no fold changes. The file is written
+    once (a few seconds) and reused; a file of an older recipe, or one that cannot be read,
+    is built again. Read it, never edit it: copy it, or use :func:`pbmc68k_example`.
+
+    Parameters
+    ----------
+    cache_dir
+        The cache folder; by default :func:`cassia_sc.cache.default_cache_dir`
+        (``$CASSIA_SC_CACHE_DIR`` when set). The file is ``examples/pbmc68k_reduced.h5ad``
+        in it.
+
+    Returns
+    -------
+    pathlib.Path
+        The ``.h5ad`` file, complete: it is written beside under a temporary name and
+        renamed, so two processes building it at once each leave a whole file.
+
+    Raises
+    ------
+    NotWritable
+        When the file has to be built and the cache folder cannot be written.
+
+    Examples
+    --------
+    >>> from cassia_sc.datasets import pbmc68k_example_path
+    >>> pbmc68k_example_path()  # doctest: +SKIP
+    PosixPath('/home/me/.cache/cassia_sc/examples/pbmc68k_reduced.h5ad')
+    """
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = folder / _EXAMPLE_FOLDER / _EXAMPLE_NAME
+    if _recipe_of(path) == EXAMPLE_RECIPE:
+        return path
+    adata = _build_example()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        handle, temporary = temporary_beside(path)
+    except OSError as err:
+        raise NotWritable(
+            f"Cannot write the example data in {str(path.parent)!r} "
+            f"({err.strerror or type(err).__name__}): set {CACHE_DIR_ENV} to a folder "
+            "you can write."
+        ) from None
+    os.close(handle)
+    try:
+        adata.write_h5ad(temporary)
+        try:
+            os.replace(temporary, path)
+        except PermissionError:
+            # Windows cannot replace a file another process has open: that process built it.
+            if _recipe_of(path) != EXAMPLE_RECIPE:
+                raise
+    finally:
+        temporary.unlink(missing_ok=True)
+    logger.info("Built the example data once, in %s.", path)
+    return path
+
+
+def pbmc68k_example(*, cache_dir: str | os.PathLike | None = None) -> AnnData:
+    """Return the bundled example in memory: ``pbmc68k_reduced`` ranked as in the tutorial.
+
+    Parameters
+    ----------
+    cache_dir
+        As in :func:`pbmc68k_example_path`.
+
+    Returns
+    -------
+    anndata.AnnData
+        A copy read from :func:`pbmc68k_example_path`'s file (edits stay in memory), with
+        ``uns["rank_genes_groups"]`` by ``"louvain"`` (Wilcoxon, with ``pts``).
+
+    Examples
+    --------
+    >>> from cassia_sc.datasets import pbmc68k_example
+    >>> adata = pbmc68k_example()  # doctest: +SKIP
+    >>> adata.uns["rank_genes_groups"]["params"]["groupby"]  # doctest: +SKIP
+    'louvain'
+    """
+    return read_h5ad(pbmc68k_example_path(cache_dir=cache_dir))
+
+
+def _build_example() -> AnnData:
+    """Compute the example in memory by the recipe of :data:`EXAMPLE_RECIPE`."""
+    import scanpy as sc  # only to build the example once: not needed to read it
+
+    adata = sc.datasets.pbmc68k_reduced()
+    sc.tl.rank_genes_groups(
+        adata, "louvain", method="wilcoxon", pts=True, key_added=Key.uns.markers
+    )
+    adata.uns[Key.uns.example] = {
+        "recipe": EXAMPLE_RECIPE,
+        "source": "scanpy.datasets.pbmc68k_reduced()",
+        "ranking": "sc.tl.rank_genes_groups(adata, 'louvain', method='wilcoxon', pts=True)",
+    }
+    return adata
+
+
+def _recipe_of(path: Path) -> int | None:
+    """Read the recipe version stored in an example file; None when missing or unreadable."""
+    try:
+        with h5py.File(path, "r") as file:
+            return int(file[f"uns/{Key.uns.example}/recipe"][()])
+    except (OSError, KeyError, TypeError, ValueError):  # missing, torn, or not ours
+        return None
 
 
 if __name__ == "__main__":  # python -m cassia_sc.datasets: rewrite the bundled files

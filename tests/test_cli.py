@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -58,13 +59,27 @@ def test_output_leaves_the_input_untouched(h5ad, llm, tmp_path):
     assert "llm_celltype" in ad.read_h5ad(target).obs
 
 
-def test_the_bundled_example_by_name(llm, tmp_path, monkeypatch):
+def test_the_bundled_example_by_name(scripted_llm, tmp_path, monkeypatch, capsys, caplog):
+    """The example is the tutorial's: louvain clusters ranked by Wilcoxon, no log2FC warning."""
     monkeypatch.chdir(tmp_path)
-    args = cli(llm, "annotate", "pbmc68k_reduced", "--output-name", "pbmc", "--quiet")
-    assert main(args) == 0
+    llm = scripted_llm()
+    with caplog.at_level(logging.INFO, logger="cassia_sc"):
+        assert main(cli(llm, "annotate", "pbmc68k_reduced", "--output-name", "pbmc")) == 0
+    captured = capsys.readouterr()
+    louvain = [str(i) for i in range(11)]
     annotated = ad.read_h5ad(tmp_path / "pbmc68k_reduced_annotated.h5ad")
     assert annotated.obs["cassia_celltype"].notna().all()
-    assert '<img src="data:image/png;base64,' in (tmp_path / "pbmc_report.html").read_text()
+    assert annotated.uns["cassia"]["results"]["cluster"].tolist() == louvain
+    assert annotated.uns["rank_genes_groups"]["params"]["groupby"] == "louvain"
+    # Every line of the printed report names a louvain cluster, none a bulk label.
+    listed = [line.split()[0] for line in captured.out.splitlines() if line.startswith("  ")]
+    assert listed == louvain
+    assert "log2fc" not in (captured.err + caplog.text).lower()
+    assert "obs['louvain']" in caplog.text and "Monocyte" not in captured.out
+    summary = pd.read_csv(tmp_path / "pbmc_summary.csv", dtype={"Cluster ID": str})
+    assert summary["Cluster ID"].tolist() == louvain
+    report = (tmp_path / "pbmc_report.html").read_text()
+    assert '<img src="data:image/png;base64,' in report and "Monocyte" not in report
     assert sorted(p.name for p in tmp_path.glob("pbmc_*")) == [
         "pbmc_conversations.json",
         "pbmc_full.csv",
@@ -72,6 +87,18 @@ def test_the_bundled_example_by_name(llm, tmp_path, monkeypatch):
         "pbmc_report.html",
         "pbmc_summary.csv",
     ]
+
+
+def test_the_bundled_example_by_louvain_leaves_the_cached_file_alone(
+    scripted_llm, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    cached = cassia_sc.datasets.pbmc68k_example_path()
+    original = digest(cached)
+    args = ["annotate", "pbmc68k_reduced", "--groupby", "louvain", "--output", "out.h5ad"]
+    assert main(cli(scripted_llm(), *args, "--quiet")) == 0
+    assert ad.read_h5ad(tmp_path / "out.h5ad").obs["cassia_celltype"].notna().all()
+    assert digest(cached) == original and "cassia" not in ad.read_h5ad(cached).uns
 
 
 def test_dry_run_calls_and_writes_nothing(h5ad, llm, capsys):
@@ -104,21 +131,30 @@ def test_batch_writes_cassias_files(llm, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "status"),
     [
-        (["annotate", "missing.h5ad"], "cassia-sc: error: No such file: 'missing.h5ad'."),
-        (["annotate", "{no_rgg}"], "has no uns['rank_genes_groups']: run sc.tl.rank_genes_groups"),
-        (["annotate", "{h5ad}", "--key", "wilcoxon"], "has no uns['wilcoxon']"),
+        (["annotate", "missing.h5ad"], "cassia-sc: error: No such file: 'missing.h5ad'.", 2),
+        (
+            ["annotate", "{no_rgg}"],
+            "has no uns['rank_genes_groups']: run sc.tl.rank_genes_groups",
+            2,
+        ),
+        (["annotate", "{h5ad}", "--key", "wilcoxon"], "has no uns['wilcoxon']", 2),
         (
             ["annotate", "{h5ad}", "--groupby", "cluster"],
-            "groupby='cluster' is not a column of adata.obs",
+            "--groupby 'cluster' is not a column of adata.obs",
+            2,
         ),
-        (["annotate", "{not_h5ad}"], "is not an HDF5 (.h5ad) file"),
-        (["batch", "missing.csv", "--output-name", "x"], "Marker file not found: 'missing.csv'."),
+        (["annotate", "{not_h5ad}"], "is not an HDF5 (.h5ad) file", 1),
+        (
+            ["batch", "missing.csv", "--output-name", "x"],
+            "Marker file not found: 'missing.csv'.",
+            2,
+        ),
     ],
 )
 def test_user_mistakes_print_one_line(
-    args, message, h5ad, pbmc, scripted_llm, tmp_path, capsys, monkeypatch
+    args, message, status, h5ad, pbmc, scripted_llm, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
     del pbmc.uns["rank_genes_groups"]
@@ -128,7 +164,7 @@ def test_user_mistakes_print_one_line(
     args = [a.format(**paths) for a in args]
     code = main(cli(scripted_llm(), *args, "--quiet"))
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == status  # 2: what was typed is wrong, as argparse's own usage errors
     assert message in err
     assert (
         "Traceback" not in err and len(err.strip().splitlines()) <= 2

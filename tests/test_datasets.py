@@ -10,14 +10,25 @@ from __future__ import annotations
 import gzip
 import hashlib
 import inspect
+import subprocess
+import sys
 from importlib import resources
 
+import anndata as ad
+import h5py
+import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 
 import cassia_sc
 from cassia_sc import MarkerError
-from cassia_sc.datasets import list_available_markers
+from cassia_sc.datasets import (
+    EXAMPLE_RECIPE,
+    list_available_markers,
+    pbmc68k_example,
+    pbmc68k_example_path,
+)
 
 LARGE_INTESTINE = [
     "monocyte (inaccurate annotation)",
@@ -153,3 +164,73 @@ def test_batch_dry_runs_on_cassias_sets_give_cassias_cluster_names():
 
     subclusters = cassia_sc.run_batch(cassia_sc.loadmarker("subcluster_results"), **options)
     assert [c.cluster for c in subclusters.clusters] == ["0", "1", "2", "3", "4", "5"]
+
+
+# -- the bundled .h5ad example: built once in the cache folder, by the tutorial's recipe -----
+
+
+def test_the_example_file_holds_the_tutorials_ranking(tmp_path):
+    path = pbmc68k_example_path(cache_dir=tmp_path)
+    assert path.parent.parent == tmp_path and path.suffix == ".h5ad"
+    cached = ad.read_h5ad(path)
+    fresh = sc.datasets.pbmc68k_reduced()
+    sc.tl.rank_genes_groups(fresh, "louvain", method="wilcoxon", pts=True)
+
+    ranking, expected = cached.uns["rank_genes_groups"], fresh.uns["rank_genes_groups"]
+    assert ranking["params"]["groupby"] == "louvain"
+    assert ranking["params"]["method"] == "wilcoxon"
+    assert ranking["names"].dtype.names == tuple(str(i) for i in range(11))
+    for group in ("0", "3", "10"):
+        assert ranking["names"][group].tolist() == expected["names"][group].tolist()
+        np.testing.assert_allclose(
+            ranking["logfoldchanges"][group], expected["logfoldchanges"][group], rtol=1e-6
+        )
+    pd.testing.assert_frame_equal(ranking["pts"], expected["pts"])
+    assert int(cached.uns["cassia_sc_example"]["recipe"]) == EXAMPLE_RECIPE
+    # The data set itself is Scanpy's, untouched.
+    np.testing.assert_array_equal(cached.X, fresh.X)
+    pd.testing.assert_frame_equal(cached.obs, fresh.obs)
+
+
+def test_the_example_file_is_built_once_and_rebuilt_for_another_recipe(tmp_path):
+    path = pbmc68k_example_path(cache_dir=tmp_path)
+    first = path.stat()
+    again = pbmc68k_example_path(cache_dir=tmp_path)
+    assert again == path
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+
+    with h5py.File(path, "r+") as file:  # a file an older recipe wrote
+        file["uns/cassia_sc_example/recipe"][()] = EXAMPLE_RECIPE - 1
+    pbmc68k_example_path(cache_dir=tmp_path)
+    assert path.stat().st_ino != first.st_ino
+    assert int(ad.read_h5ad(path).uns["cassia_sc_example"]["recipe"]) == EXAMPLE_RECIPE
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_a_torn_example_file_is_rebuilt(tmp_path):
+    path = pbmc68k_example_path(cache_dir=tmp_path)
+    path.write_bytes(b"not hdf5")
+    assert pbmc68k_example_path(cache_dir=tmp_path) == path
+    assert ad.read_h5ad(path).uns["rank_genes_groups"]["params"]["groupby"] == "louvain"
+
+
+def test_the_example_in_memory_is_a_copy_of_the_cached_file(tmp_path):
+    adata = pbmc68k_example(cache_dir=tmp_path)
+    path = pbmc68k_example_path(cache_dir=tmp_path)
+    before = path.stat().st_mtime_ns
+    adata.obs["edited"] = 1
+    assert "edited" not in ad.read_h5ad(path).obs and path.stat().st_mtime_ns == before
+    assert adata.uns["rank_genes_groups"]["params"]["groupby"] == "louvain"
+
+
+@pytest.mark.slow
+def test_two_processes_building_the_example_at_once_leave_one_whole_file(tmp_path):
+    build = (
+        "import sys; from cassia_sc.datasets import pbmc68k_example_path as build; "
+        "build(cache_dir=sys.argv[1])"
+    )
+    runs = [subprocess.Popen([sys.executable, "-c", build, str(tmp_path)]) for _ in range(2)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0]
+    path = pbmc68k_example_path(cache_dir=tmp_path)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    assert ad.read_h5ad(path).uns["rank_genes_groups"]["params"]["groupby"] == "louvain"

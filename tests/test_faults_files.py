@@ -59,7 +59,7 @@ def one_error_line(err: str) -> str:
 @pytest.mark.parametrize(
     ("key_added", "message"),
     [
-        ("", "key_added must be a name, not ''"),
+        ("", "--key-added must be a name, not ''"),
         ("rank_genes_groups", "would replace uns['rank_genes_groups'], which cassia_sc did not"),
         ("neighbors", "would replace uns['neighbors']"),
         ("louvain_colors", "would replace uns['louvain_colors']"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pytest
+import scanpy as sc
 from llm_server import Reply
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -106,3 +107,23 @@ def test_review_flags_failed_unvalidated_and_unsupported(annotated, tmp_path):
     assert severities[0].tolist() == [0, 0, 0, 0]
     ax.figure.savefig(tmp_path / "review.png", dpi=80, bbox_inches="tight")
     assert isinstance(cassia_sc.pl.review(annotated, return_fig=True), Figure)
+
+
+def test_markers_rows_say_they_are_the_clusters(annotated):
+    # Cluster 10 failed: the other clusters' labels are plotted, with every cluster a row.
+    axes = cassia_sc.pl.markers(annotated, show=False)
+    assert axes["mainplot_ax"].get_ylabel() == "cluster (louvain)"
+
+
+def test_review_saves_as_scanpy_does_and_explains_its_colours(annotated, tmp_path):
+    figdir = sc.settings.figdir  # a property of Scanpy's settings: set back by hand
+    sc.settings.figdir = tmp_path
+    try:
+        ax = cassia_sc.pl.review(annotated, save="_pbmc.png", show=False)
+        assert (tmp_path / "review_pbmc.png").stat().st_size > 0
+        cassia_sc.pl.review(annotated, save=True, show=False)
+        assert (tmp_path / f"review.{sc.settings.file_format_figs}").stat().st_size > 0
+    finally:
+        sc.settings.figdir = figdir
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["fine", "worth a look", "a problem", "does not apply"]

@@ -25,14 +25,29 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def _finish(fig: Figure, ax: Axes, *, show: bool | None, return_fig: bool | None):
+def _finish(
+    fig: Figure,
+    ax: Axes,
+    *,
+    show: bool | None,
+    return_fig: bool | None,
+    save: bool | str | None = None,
+    writekey: str | None = None,
+):
     import matplotlib.pyplot as plt
     import scanpy as sc
+    from scanpy.pl._utils import savefig_or_show
 
     if return_fig:
         return fig
     if show is None:
         show = sc.settings.autoshow
+    if writekey is not None:
+        # Saved as Scanpy's plots save: sc.settings.figdir / f"{writekey}{save}", which
+        # writes the current figure.
+        plt.sca(ax)
+        savefig_or_show(writekey, show=show, save=save)
+        return None if show else ax
     if show:
         plt.show()
         return None
@@ -135,9 +150,11 @@ def markers(
     use_raw, gene_symbols
         As in :func:`scanpy.pl.dotplot`.
     show, return_fig
-        As in :func:`scanpy.pl.dotplot`.
+        As in :func:`scanpy.pl.dotplot`; the rows are titled with the clusters' column
+        when this function draws the plot (not on a returned, undrawn
+        :class:`~scanpy.pl.DotPlot`).
     **kwargs
-        Passed on to :func:`scanpy.pl.dotplot`.
+        Passed on to :func:`scanpy.pl.dotplot` (``save``, ``swap_axes``, ...).
 
     Returns
     -------
@@ -151,13 +168,20 @@ def markers(
     >>> cassia_sc.pl.markers(adata, n_genes=2, show=False)  # doctest: +SKIP
     """
     import scanpy as sc
+    from scanpy.pl._utils import savefig_or_show
 
     record = annotation_record(adata, key)
     groupby = groupby or record[Key.uns.params]["groupby"]
     known = _gene_lookup(adata, use_raw=use_raw, gene_symbols=gene_symbols)
     by_label: dict[str, list[str]] = {}
     table = record[Key.uns.results]
-    for row in table[table["status"] == "ok"].itertuples():
+    answered = table[table["status"] == "ok"]
+    if answered.empty:
+        raise CassiaError(
+            "No labels to show: every cluster failed (see the status and error columns of "
+            f"adata.uns[{key!r}]['results'])."
+        )
+    for row in answered.itertuples():
         unsupported = {g.upper() for g in split_list(row.unsupported_markers)}
         genes = by_label.setdefault(row.main_cell_type, [])
         for gene in split_list(row.key_markers):
@@ -172,16 +196,28 @@ def markers(
     var_names = {label: genes for label, genes in by_label.items() if genes}
     if not var_names:
         raise CassiaError(f"No key marker of adata.uns[{key!r}] is among the genes of adata.")
-    return sc.pl.dotplot(
+    save = kwargs.pop("save", None)
+    dot = sc.pl.dotplot(
         adata,
         var_names,
         groupby,
         use_raw=use_raw,
         gene_symbols=gene_symbols,
-        show=show,
-        return_fig=return_fig,
+        return_fig=True,
         **kwargs,
     )
+    if return_fig:
+        return dot
+    # Drawn here rather than by dotplot, to name the rows: each cluster, by its own name.
+    axes = dot.get_axes()
+    rows = f"cluster ({groupby})"
+    if kwargs.get("swap_axes"):
+        axes["mainplot_ax"].set_xlabel(rows)
+    else:
+        axes["mainplot_ax"].set_ylabel(rows)
+    savefig_or_show(sc.pl.DotPlot.DEFAULT_SAVE_PREFIX, show=show, save=save)
+    show = sc.settings.autoshow if show is None else show
+    return None if show else axes
 
 
 def _gene_lookup(
@@ -196,6 +232,8 @@ def _gene_lookup(
 
 # Review cells: -1 does not apply, 0 fine, 1 worth a look, 2 a problem.
 _REVIEW_COLOURS = ["#eeeeee", "#d7eedb", "#ffe7a8", "#f6b3b3"]
+#: The legend of the review, in the order shown: severity -> what it means.
+_REVIEW_LEGEND = {0: "fine", 1: "worth a look", 2: "a problem", -1: "does not apply"}
 
 
 @fill_docs
@@ -206,6 +244,7 @@ def review(
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool | None = None,
+    save: bool | str | None = None,
 ) -> Axes | Figure | None:
     """Show at a glance which clusters need a look.
 
@@ -213,7 +252,8 @@ def review(
     annotation's fields declare: the status (failed or not run), the validator's verdict,
     key markers cited but not in the cluster's list, revision rounds, after repeated runs
     the share of runs agreeing (red below the threshold: flagged for review), and what
-    further steps of the pipeline add. Green is fine, yellow worth a look, red a problem.
+    further steps of the pipeline add. Green is fine, amber worth a look, red a problem,
+    grey does not apply (a cluster without an answer); a legend says so.
 
     Parameters
     ----------
@@ -222,6 +262,10 @@ def review(
     {ax}
     {show}
     {return_fig}
+    save
+        As in Scanpy's plots: True writes ``review`` to ``sc.settings.figdir`` in
+        ``sc.settings.file_format_figs``; a string is appended to the name, and its
+        ``.png``, ``.pdf`` or ``.svg`` ending sets the format.
 
     Returns
     -------
@@ -235,6 +279,7 @@ def review(
     """
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
 
     record = annotation_record(adata, key)
     table = record[Key.uns.results]
@@ -259,7 +304,20 @@ def review(
     ax.grid(which="minor", color="white", linewidth=1.5)
     ax.tick_params(which="minor", length=0)
     ax.set_title(f"{key}: clusters to review", loc="left", fontsize=10, pad=22)
-    return _finish(fig, ax, show=show, return_fig=return_fig)
+    handles = [
+        Patch(facecolor=_REVIEW_COLOURS[severity + 1], edgecolor="#999999", label=label)
+        for severity, label in _REVIEW_LEGEND.items()
+    ]
+    # Below the grid: the check titles are on top.
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(0, -0.01),
+        ncol=len(handles),
+        frameon=False,
+        fontsize=8,
+    )
+    return _finish(fig, ax, show=show, return_fig=return_fig, save=save, writekey="review")
 
 
 def review_grid(

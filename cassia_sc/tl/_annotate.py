@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import logging
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 from anndata import AnnData
 
 from .._docs import fill_docs
 from .._keys import Default, Key
+from ..batch import run_batch
 from ..errors import CassiaError, MarkerError
 from ..export import write_outputs
 from ..export.adata import check_key_added, store_result
@@ -20,8 +24,118 @@ from ._subclusters import refuse_replacing_other_cells, store_restricted
 
 logger = logging.getLogger("cassia_sc")
 
+F = TypeVar("F", bound=Callable)
+
+
+def accepted_options(*functions: Callable, leave_out: Collection[str] = ()) -> set[str]:
+    """Return the names of the named parameters of ``functions``, but those in ``leave_out``.
+
+    Parameters
+    ----------
+    functions
+        The tool and every function its ``**options`` are forwarded to.
+    leave_out
+        Parameters the tool fills itself (e.g. ``marker``), not the caller.
+
+    Returns
+    -------
+    set of str
+        Every keyword a caller may give.
+    """
+    named = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    return {
+        name
+        for function in functions
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind not in named and name not in leave_out
+    }
+
+
+def check_options(tool: str, given: Collection[str], accepted: Collection[str]) -> None:
+    """Refuse a keyword no function down the line takes, naming the closest valid one.
+
+    Forwarded ``**options`` would otherwise fail in a function the caller never called
+    (``run_batch``), or be ignored without a word.
+
+    Parameters
+    ----------
+    tool
+        The function the caller called, as they wrote it (``"tl.annotate"``).
+    given
+        The keywords given.
+    accepted
+        The keywords the tool and the functions it forwards to take.
+
+    Raises
+    ------
+    TypeError
+        For the first unknown keyword, with the closest valid one if any is close.
+    """
+    valid = sorted(accepted)
+    for name in sorted(set(given) - set(accepted)):
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"see help(cassia_sc.{tool})."
+        raise TypeError(f"{tool}() got an unexpected keyword argument {name!r}; {hint}")
+
+
+def check_adata(tool: str, adata: object, *, command: str | None = None) -> None:
+    """Refuse anything but an AnnData, saying what to do with a path.
+
+    Parameters
+    ----------
+    tool
+        The function the caller called (``"tl.annotate"``).
+    adata
+        What the caller gave as ``adata``.
+    command
+        The ``cassia-sc`` subcommand that does the same to a file, if any.
+
+    Raises
+    ------
+    TypeError
+        When ``adata`` is not an :class:`~anndata.AnnData`.
+    """
+    if isinstance(adata, AnnData):
+        return
+    if isinstance(adata, str | os.PathLike):
+        path = os.fspath(adata)
+        instead = (
+            f", or edit the file in place on the command line: cassia-sc {command} {path} ..."
+            if command
+            else ""
+        )
+        raise TypeError(
+            f"{tool} takes an AnnData, not a path: read it first with "
+            f"adata = sc.read_h5ad({path!r}){instead}"
+        )
+    raise TypeError(f"{tool} takes an AnnData, not a {type(adata).__name__}.")
+
+
+def _explain_arguments(function: F) -> F:
+    """Check the keywords of ``tl.annotate`` before Python or ``run_batch`` does.
+
+    Python's own message for a missing ``tissue`` cannot say that None is a choice, and
+    a misspelt option would reach ``run_batch``, which the caller never called; the
+    signature stays the function's own.
+    """
+    accepted = accepted_options(function, run_annotation, run_batch, leave_out={"marker", "sample"})
+
+    @functools.wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        check_options("tl.annotate", kwargs, accepted)
+        if "tissue" not in kwargs:
+            raise TypeError(
+                "tl.annotate() missing the keyword argument 'tissue': give the sample's "
+                'tissue (tissue="blood"), or tissue=None for a tissue-blind annotation, '
+                "whose answers also propose tissues of origin."
+            )
+        return function(*args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
 
 @fill_docs
+@_explain_arguments
 def annotate(
     adata: AnnData,
     groupby: str | None = None,
@@ -147,6 +261,7 @@ def annotate(
     ... )
     >>> adata.obs["cassia_celltype"].value_counts()  # doctest: +SKIP
     """
+    check_adata("tl.annotate", adata, command="annotate")
     if options.get("dry_run"):
         raise CassiaError(
             "tl.annotate always annotates; to see the prompts and their cost without calling "

@@ -16,6 +16,7 @@ from ..export.adata import check_key_added, store_result
 from ..get import annotation, annotation_record
 from ..levels import BROAD, level_columns, ontology_levels
 from ..llm import LLMClient
+from ._annotate import accepted_options, check_adata, check_options
 
 logger = logging.getLogger("cassia_sc")
 
@@ -99,6 +100,13 @@ def levels(
     >>> adata.obs["cassia_celltype_broad"].value_counts()  # doctest: +SKIP
     >>> cassia_sc.tl.levels(adata, method="model", model="openai/gpt-4o")  # doctest: +SKIP
     """
+    check_adata("tl.levels", adata)
+    # With a model, the client's options: those of run_batch that build it.
+    check_options(
+        "tl.levels",
+        options,
+        accepted_options(levels, connection_options) | {"api_key", "temperature", "reasoning"},
+    )
     if method not in ("ontology", "model"):
         raise CassiaError(f"method must be 'ontology' or 'model', not {method!r}.")
     asked = {"model": model, "provider": provider, "additional_info": additional_info}

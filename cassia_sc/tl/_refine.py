@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from functools import partial
 from typing import Any
 
@@ -11,10 +11,12 @@ from anndata import AnnData
 
 from .._docs import fill_docs
 from .._keys import Default, Key
+from ..batch import run_batch
 from ..export.adata import store_result
 from ..get import annotation, annotation_record
 from ..subclusters import population
 from ..workflow import refine
+from ._annotate import accepted_options, check_adata, check_options
 from ._subclusters import restriction, store_restricted
 
 logger = logging.getLogger("cassia_sc")
@@ -62,6 +64,7 @@ def score(
     >>> cassia_sc.tl.score(adata, score_model="anthropic/claude-sonnet-4")  # doctest: +SKIP
     >>> adata.uns["cassia"]["results"][["cluster", "score"]]  # doctest: +SKIP
     """
+    _check("tl.score", adata, options, score)
     return _refined(
         adata,
         key,
@@ -125,6 +128,7 @@ def boost(
     >>> cassia_sc.tl.boost(adata, boost_below=75)  # doctest: +SKIP
     >>> adata.obs["cassia_celltype_initial"].value_counts()  # doctest: +SKIP
     """
+    _check("tl.boost", adata, options, boost)
     scored = "score" in annotation_record(adata, key)[Key.uns.results].columns
     return _refined(
         adata,
@@ -137,6 +141,14 @@ def boost(
         clusters=clusters,
         **options,
     )
+
+
+def _check(tool: str, adata: object, options: dict[str, Any], function: Callable[..., Any]) -> None:
+    """Refuse a non-AnnData, and an option neither the tool nor what it forwards to takes."""
+    check_adata(tool, adata)
+    # The tool fills in the annotation, its markers and their grouping itself.
+    filled = {"result", "marker", "sample", "groupby", "agreement_threshold"}
+    check_options(tool, options, accepted_options(function, refine, run_batch, leave_out=filled))
 
 
 def _refined(adata: AnnData, key: str, copy: bool, **options: Any) -> AnnData | None:
