@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from numpy.lib import recfunctions
 
 from ._keys import Default, Key
 from .errors import MarkerError
@@ -193,7 +194,8 @@ def top_markers(
     >>> markers["0"][:3]
     ['CD3D', 'IL32', 'CD40LG']
     """
-    table = read_markers(
+    method = RANKING_METHODS.get(ranking_method)
+    table = _read_markers(
         marker,
         celltype_column=celltype_column,
         gene_column_name=gene_column_name,
@@ -201,6 +203,10 @@ def top_markers(
         groupby=groupby,
         gene_symbols=gene_symbols,
         candidates_for=_checked_n_genes(n_genes),
+        # Unknown methods are refused by select_markers, after the input's own errors.
+        ranking=None
+        if method is None
+        else (method[0], method[1] if ascending is None else ascending),
     )
     chosen = select_markers(
         table, n_genes=n_genes, ranking_method=ranking_method, ascending=ascending
@@ -250,6 +256,34 @@ def read_markers(
     >>> list(table.columns)
     ['cluster', 'gene', 'log2fc', 'pval_adj', 'pct_in', 'pct_out']
     """
+    return _read_markers(
+        marker,
+        celltype_column=celltype_column,
+        gene_column_name=gene_column_name,
+        key=key,
+        groupby=groupby,
+        gene_symbols=gene_symbols,
+        candidates_for=candidates_for,
+    )
+
+
+def _read_markers(
+    marker: MarkerInput,
+    *,
+    celltype_column: str | None,
+    gene_column_name: str | None,
+    key: str,
+    groupby: str | None,
+    gene_symbols: str | None,
+    candidates_for: int | None,
+    ranking: tuple[tuple[str, ...], bool] | None = None,
+) -> pd.DataFrame:
+    """:func:`read_markers`, with the ranking the candidates are for.
+
+    ``ranking`` is ``(columns, ascending)`` of :data:`RANKING_METHODS`; with
+    ``candidates_for``, an AnnData's rows are pruned further to those that can be among
+    the top ``candidates_for`` by that ranking.
+    """
     if isinstance(marker, AnnData):
         if celltype_column is not None or gene_column_name is not None:
             raise MarkerError(
@@ -262,6 +296,7 @@ def read_markers(
             groupby=groupby,
             gene_symbols=gene_symbols,
             candidates_for=candidates_for,
+            ranking=ranking,
         )
     if groupby is not None or gene_symbols is not None:
         raise MarkerError(
@@ -598,6 +633,7 @@ def _from_rank_genes_groups(
     groupby: str | None,
     gene_symbols: str | None,
     candidates_for: int | None,
+    ranking: tuple[tuple[str, ...], bool] | None = None,
 ) -> pd.DataFrame:
     result = adata.uns.get(key)
     run = (
@@ -628,26 +664,132 @@ def _from_rank_genes_groups(
     if not groups:
         raise MarkerError(f"adata.uns[{key!r}] holds no groups.")
     genes_per_group = len(names)
-    stats = {
-        canonical: _cluster_major(result[field], groups)
+    # genes x groups, as the result stores them; only the kept rows are ever flattened.
+    matrices = {
+        canonical: _by_gene_and_group(result[field], groups)
         for field, canonical in _RANK_GENES_GROUPS_STATS.items()
         if field in result
     }
-    keep = np.ones(genes_per_group * len(groups), dtype=bool)
-    if candidates_for is not None:
-        # Rows failing a filter can only be chosen as one of the first `candidates_for` of
-        # their group (the fallback when nothing passes); every other row is dropped here,
-        # before the costly gene lookups.
-        first = np.arange(keep.size) % genes_per_group < candidates_for
-        keep = _passing_filters(stats, keep.size) | first
-        stats = {canonical: values[keep] for canonical, values in stats.items()}
+    position = np.arange(genes_per_group)[:, None]
+    if candidates_for is None:
+        keep = np.ones((genes_per_group, len(groups)), dtype=bool)
+        return _canonical_table(adata, result, groups, names, matrices, keep, gene_symbols)
+
+    # Rows failing a filter can only be chosen among the first rows of their group (the
+    # fallback when nothing passes): the first `candidates_for` distinct genes. With a
+    # ranking, passing rows can only be chosen among the best ranked. Every other row is
+    # dropped here, before the costly gene lookups.
+    passing = _passing_filters(matrices, (genes_per_group, len(groups)))
+    has = set(matrices) | {
+        c for f, c in (("pts", "pct_in"), ("pts_rest", "pct_out")) if result.get(f) is not None
+    }
+    candidates = None
+    if ranking is not None:
+        candidates = _ranked_candidates(matrices, has, passing, ranking, candidates_for)
+    chosen_from = passing if candidates is None else candidates.copy()
+    first_rows = np.full(len(groups), candidates_for)
+    while True:
+        first = position < first_rows
+        keep = chosen_from | first
+        table = _canonical_table(adata, result, groups, names, matrices, keep, gene_symbols)
+        in_table = keep.T
+        # Too few distinct genes among the first rows (genes repeat): take more of them.
+        few_first = _short_groups(table, first.T[in_table], False, len(groups), candidates_for)
+        few_first &= first_rows < genes_per_group
+        # Too few distinct passing genes among the best ranked (the fraction filter, the
+        # dedup): the group is read again with every row that passes.
+        short = np.zeros(len(groups), dtype=bool)
+        if candidates is not None:
+            is_candidate = chosen_from.T[in_table]
+            short = _short_groups(table, is_candidate, True, len(groups), candidates_for)
+            short &= (passing & ~chosen_from).any(axis=0)
+        if not (few_first.any() or short.any()):
+            return table
+        first_rows[few_first] *= 2
+        chosen_from[:, short] = passing[:, short]
+
+
+def _by_gene_and_group(records: np.ndarray, groups: list[str]) -> np.ndarray:
+    """Return a genes x groups record array of numbers as one float matrix."""
+    try:  # one block of one dtype, the usual case: a view, then one conversion
+        matrix = recfunctions.structured_to_unstructured(records[groups])
+    except (TypeError, ValueError):
+        matrix = np.column_stack([np.asarray(records[g]) for g in groups])
+    return np.asarray(matrix, dtype=float)
+
+
+def _ranked_candidates(
+    matrices: Mapping[str, np.ndarray],
+    columns: set[str],
+    passing: np.ndarray,
+    ranking: tuple[tuple[str, ...], bool],
+    n: int,
+) -> np.ndarray | None:
+    """Return about the first ``3 n`` passing rows of each group by rank, ties included.
+
+    Rows outside rank after all of these, so the top ``n`` are among them whenever
+    ``n`` distinct genes of them pass every filter; None when the ranking statistic is
+    only known after the fraction lookup (``pct_diff`` with ``pts``).
+    """
+    needs, ascending = ranking
+    if all(c in matrices for c in needs):
+        # The keys of select_markers, in place (15 M values: each pass over them counts).
+        keys = matrices[needs[0]].copy()
+        if len(needs) == 2:
+            keys -= matrices[needs[1]]
+        if not ascending:
+            np.negative(keys, out=keys)
+        keys[np.isnan(keys)] = np.inf
+    elif all(c in columns for c in needs):
+        return None
+    else:  # select_markers falls back to the source's order: rank by position
+        keys = np.repeat(np.arange(passing.shape[0], dtype=float)[:, None], passing.shape[1], 1)
+    keys[~passing] = np.inf
+    rows = passing.shape[0]
+    m = min(3 * n, rows)
+    # Any cutoff is right (rows above it rank after all below); a strided sample's
+    # quantile, about the m-th key, costs a tenth of a partition of every row.
+    step = max(1, rows // (20 * m))
+    j = min(-(-m // step), len(range(0, rows, step)))
+    cutoff = np.partition(keys[::step], j - 1, axis=0)[j - 1]
+    return passing & (keys <= cutoff)
+
+
+def _short_groups(
+    table: pd.DataFrame, rows: np.ndarray, passing: bool, n_groups: int, n: int
+) -> np.ndarray:
+    """Return the groups with fewer than ``n`` distinct genes among ``rows`` of ``table``.
+
+    With ``passing``, only the rows that pass every filter count.
+    """
+    if passing:
+        rows = rows & _passing_filters(table, len(table))
+    genes = table["gene"].cat.codes.to_numpy().astype(np.int64)[rows]
+    clusters = table["cluster"].cat.codes.to_numpy().astype(np.int64)[rows]
+    width = int(genes.max(initial=0)) + 1
+    pairs = np.unique(clusters * width + genes)  # one per distinct (group, gene)
+    return np.bincount(pairs // width, minlength=n_groups) < n
+
+
+def _canonical_table(
+    adata: AnnData,
+    result: Mapping,
+    groups: list[str],
+    names: np.ndarray,
+    matrices: Mapping[str, np.ndarray],
+    keep: np.ndarray,
+    gene_symbols: str | None,
+) -> pd.DataFrame:
+    """Build the canonical table of the rows ``keep`` (genes x groups) marks, group by group."""
+    cluster_codes, rows = np.nonzero(keep.T)  # group after group, rows in source order
+    stats = {canonical: values[rows, cluster_codes] for canonical, values in matrices.items()}
+    bounds = np.searchsorted(cluster_codes, np.arange(len(groups) + 1))
     kept_names = np.concatenate(
         [
-            np.asarray(names[g], dtype=object)[k]
-            for g, k in zip(groups, keep.reshape(len(groups), -1), strict=True)
+            np.asarray(names[g], dtype=object)[rows[start:stop]]
+            for g, start, stop in zip(groups, bounds[:-1], bounds[1:], strict=True)
         ]
     )
-    cluster_codes = np.repeat(np.arange(len(groups)), genes_per_group)[keep]
 
     pts = result.get("pts")
     universe = _gene_universe(adata, result, pts)
@@ -673,11 +815,6 @@ def _from_rank_genes_groups(
     return pd.DataFrame(table, copy=False)  # the columns are ours already: no second copy
 
 
-def _cluster_major(records: np.ndarray, groups: list[str]) -> np.ndarray:
-    """Flatten a genes x groups record array group after group."""
-    return np.concatenate([np.asarray(records[g], dtype=float) for g in groups])
-
-
 def _lookup_fractions(
     frame: pd.DataFrame,
     groups: list[str],
@@ -688,14 +825,14 @@ def _lookup_fractions(
     """Values of a genes x groups frame (``pts``), one per row of the canonical table."""
     if list(frame.columns) != groups:
         frame = frame.reindex(columns=groups)
-    # pandas keeps a one-dtype frame as one groups x genes block: this is a view, not a copy.
-    by_group = np.ascontiguousarray(frame.to_numpy(dtype=float).T)
+    # A one-dtype frame is one block: a view, indexed at the kept rows only, never copied.
+    by_gene = frame.to_numpy(dtype=float)
     index = frame.index.astype(str)
     if index.equals(universe[: len(index)]):  # the usual case: pts is where the universe came from
         rows = np.where(gene_codes < len(index), gene_codes, -1)
     else:
         rows = index.get_indexer(universe)[gene_codes]
-    values = by_group.ravel()[cluster_codes * by_group.shape[1] + np.maximum(rows, 0)]
+    values = by_gene[np.maximum(rows, 0), cluster_codes]
     return np.where(rows >= 0, values, np.nan)
 
 
@@ -844,7 +981,7 @@ def _ranking_keys(
     return np.where(np.isnan(keys), np.inf, keys)
 
 
-def _passing_filters(columns: Mapping | pd.DataFrame, n_rows: int) -> np.ndarray:
+def _passing_filters(columns: Mapping | pd.DataFrame, n_rows: int | tuple[int, int]) -> np.ndarray:
     """Rows that pass CASSIA's filters, each applied only where ``columns`` has its statistic."""
     passing = np.ones(n_rows, dtype=bool)
     with np.errstate(invalid="ignore"):

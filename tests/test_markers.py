@@ -557,3 +557,141 @@ def test_errors_point_at_file_lines(tmp_path):
     frame = pd.DataFrame({"cluster": ["a", None], "gene": ["X", "Y"]}, index=[10, 20])
     with pytest.raises(MarkerError, match=r"empty cluster names, at rows with index \[20\]"):
         top_markers(frame)
+
+
+# ------------------------------------------------------------- the fast path, pinned
+
+
+def reference_top_markers(
+    result: dict, n_genes: int, ranking_method: str, ascending: bool | None
+) -> dict[str, list[str]]:
+    """top_markers of a rank_genes_groups result, one row at a time, as documented."""
+    fields = {"log2fc": "logfoldchanges", "pval_adj": "pvals_adj", "score": "scores"}
+    needs, default = cassia_sc.markers.RANKING_METHODS[ranking_method]
+    ascending = default if ascending is None else ascending
+    names = result["names"]
+    chosen = {}
+    for group in names.dtype.names:
+        rows = []
+        for i, gene in enumerate(names[group]):
+            stats = {c: float(result[f][group][i]) for c, f in fields.items() if f in result}
+            for column, frame in (("pct_in", "pts"), ("pct_out", "pts_rest")):
+                if result.get(frame) is not None:
+                    table = result[frame]
+                    stats[column] = (
+                        float(table.loc[gene, group]) if gene in table.index else math.nan
+                    )
+            passes = (
+                stats.get("pval_adj", 0.0) < 0.05
+                and stats.get("log2fc", 1.0) > 0.25
+                and stats.get("pct_in", 1.0) > 0.1
+            )
+            rows.append((i, str(gene), stats, passes))
+        passing = [row for row in rows if row[3]]
+        if passing and all(c in passing[0][2] for c in needs):
+
+            def key(row):
+                value = row[2][needs[0]] - (row[2][needs[1]] if len(needs) == 2 else 0.0)
+                value = value if ascending else -value
+                return (math.inf if math.isnan(value) else value, row[0])
+
+            passing.sort(key=key)
+        ordered, genes = passing or rows, []
+        for row in ordered:
+            if row[1] not in genes:
+                genes.append(row[1])
+        chosen[group] = genes[:n_genes]
+    return chosen
+
+
+def random_result(seed: int, *, pts: bool, pass_rate: float) -> sc.AnnData:
+    """A rank_genes_groups result with ties, NaN statistics, repeated and unknown genes.
+
+    Group "none" has no passing gene (the fallback), group "few" only a handful.
+    """
+    rng = np.random.default_rng(seed)
+    var_names = [f"G{i}" for i in range(120)]
+    groups = ["a", "b", "c", "few", "none"]
+    n_rows = 150
+    # Names drawn with replacement: genes repeat inside a group; a few left var since.
+    pool = np.array([*var_names, "GONE1", "GONE2"], dtype=object)
+    names = [rng.choice(pool, n_rows) for _ in groups]
+    scores = np.round(rng.normal(0, 3, (n_rows, len(groups))), 1).astype(np.float32)
+    lfc = np.round(rng.normal(0.6, 1, scores.shape), 1).astype(np.float32)  # many ties
+    pvals = np.where(rng.random(scores.shape) < pass_rate, 1e-4, 0.5)
+    pvals[rng.random(scores.shape) < 0.05] = np.nan
+    lfc[rng.random(scores.shape) < 0.05] = np.nan
+    scores[rng.random(scores.shape) < 0.05] = np.nan
+    pvals[:, groups.index("none")] = 0.9
+    pvals[:, groups.index("few")] = np.where(np.arange(n_rows) % 50 == 7, 1e-4, 0.9)
+
+    def records(values: np.ndarray) -> np.recarray:
+        return np.rec.fromarrays(list(values.T), names=groups)
+
+    adata = sc.AnnData(obs=pd.DataFrame(index=["c0"]), var=pd.DataFrame(index=var_names))
+    result = {
+        "params": {"groupby": "cluster", "use_raw": False},
+        "names": np.rec.fromarrays(names, names=groups),
+        "scores": records(scores),
+        "logfoldchanges": records(lfc),
+        "pvals_adj": records(pvals),
+    }
+    if pts:
+        fractions = np.round(rng.random((len(var_names), len(groups))), 1)
+        fractions[rng.random(fractions.shape) < 0.05] = np.nan
+        result["pts"] = pd.DataFrame(fractions, index=var_names, columns=groups)
+        result["pts_rest"] = pd.DataFrame(
+            np.round(rng.random(fractions.shape), 1), index=var_names, columns=groups
+        )
+    adata.uns["rank_genes_groups"] = result
+    return adata
+
+
+@pytest.mark.parametrize("ranking_method", ["avg_log2FC", "p_val_adj", "pct_diff", "Score"])
+@pytest.mark.parametrize("ascending", [None, True, False])
+@pytest.mark.parametrize("pts", [True, False])
+@pytest.mark.parametrize("pass_rate", [0.05, 0.95])
+def test_top_markers_matches_the_row_by_row_reference(ranking_method, ascending, pts, pass_rate):
+    for seed in range(3):
+        adata = random_result(seed, pts=pts, pass_rate=pass_rate)
+        result = adata.uns["rank_genes_groups"]
+        for n_genes in (1, 3, 10, 40):
+            options = {"n_genes": n_genes, "ranking_method": ranking_method, "ascending": ascending}
+            expected = reference_top_markers(result, **options)
+            assert top_markers(adata, **options) == expected
+            assert n_genes < 10 or len(expected["few"]) < n_genes  # fewer pass than asked
+
+
+@pytest.mark.parametrize("ranking_method", ["avg_log2FC", "pct_diff", "Score"])
+def test_pruning_logs_what_the_whole_table_logs(ranking_method, caplog):
+    adata = random_result(1, pts=False, pass_rate=0.5)
+    caplog.set_level(logging.INFO, logger="cassia_sc")
+    whole = cassia_sc.select_markers(read_markers(adata), n_genes=5, ranking_method=ranking_method)
+    expected = [(r.levelno, r.getMessage()) for r in caplog.records]
+    caplog.clear()
+    fast = top_markers(adata, n_genes=5, ranking_method=ranking_method)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == expected
+    assert "['none']" in caplog.text  # the cluster with no passing gene is named
+    assert fast == {
+        str(c): whole.loc[whole["cluster"] == c, "gene"].astype(str).tolist()
+        for c in whole["cluster"].cat.categories
+    }
+
+
+def test_groups_short_of_candidates_are_read_again_whole():
+    # Every gene passes p-value and fold change, but the best ranked ones are expressed by
+    # too few cells: the candidates by rank give nothing, the whole group does.
+    adata = random_result(2, pts=True, pass_rate=1.0)
+    result = adata.uns["rank_genes_groups"]
+    result["pvals_adj"] = np.rec.fromarrays(
+        [np.full(150, 1e-4)] * 5, names=result["names"].dtype.names
+    )
+    lfc = np.linspace(5, 1, 150)
+    result["logfoldchanges"] = np.rec.fromarrays([lfc] * 5, names=result["names"].dtype.names)
+    names = [np.array([f"G{i % 120}" for i in range(150)], dtype=object)] * 5
+    result["names"] = np.rec.fromarrays(names, names=result["names"].dtype.names)
+    result["pts"].iloc[:100] = 0.05  # G0..G99 fail the fraction filter
+    result["pts"].iloc[100:] = 0.5
+    markers = top_markers(adata, n_genes=4)
+    assert markers == reference_top_markers(result, 4, "avg_log2FC", None)
+    assert markers["a"] == ["G100", "G101", "G102", "G103"]
