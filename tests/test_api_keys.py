@@ -36,8 +36,9 @@ KEY_VARIABLES = (
     "CUSTOMIZED_API_KEY",
     "DEEPSEEK_API_KEY",
 )
-SECRET = "sk-test-4f9a1c2e7b3d8e6f0a5c"  # a made-up key
-OTHER = "sk-test-other-9c8b7a6f5e4d"
+# Made-up keys, spelled so that nobody (and no secret scanner) takes them for real ones.
+SECRET = "fake-key-for-tests-NOT-A-SECRET-0001"
+OTHER = "fake-key-for-tests-NOT-A-SECRET-0002"
 
 Start = Callable[..., LLMServer]
 
@@ -354,7 +355,7 @@ def test_a_failure_is_not_remembered_and_a_revoked_key_is_forgotten(monkeypatch,
 def test_without_a_provider_each_provider_with_a_key_is_checked(monkeypatch, serve, caplog):
     def answer(request: RecordedRequest, index: int) -> Reply | None:
         if request.path == "/v1/key":  # OpenRouter's
-            return Reply(raw_body=b'{"data": {"label": "sk-or-v1-abc...xyz"}}')
+            return Reply(raw_body=b'{"data": {"label": "a test key"}}')
         return Reply(status=401)
 
     server = serve("openai", "anthropic", "openrouter", get_handler=answer)
