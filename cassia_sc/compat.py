@@ -166,10 +166,7 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
         reference_cell_type_hint=reference_cell_type_hint,
         proxy=proxy,
     )
-    if not model:
-        raise CassiaError(
-            "model must be given, e.g. model='openai/gpt-4o': cassia_sc does not choose one."
-        )
+    _require_model(model)
     options.setdefault("progress", verbose)
     if auto_convert_ids:
         options |= _symbols_for_gene_ids(
@@ -287,8 +284,7 @@ def runCASSIA_score_batch(  # CASSIA's name, kept for its users
     target = Path(output_file) if output_file else source.with_name(f"{source.stem}_scored.csv")
     if target.suffix.lower() != ".csv":
         target = target.with_name(target.name + ".csv")
-    if not model:
-        raise CassiaError("model must be given: the judge's model, e.g. model='openai/gpt-4o'.")
+    _require_model(model)
     table = pd.read_csv(source, dtype={Key.csv.cluster: str}, keep_default_na=False)
     batch = read_cassia(
         table,
@@ -517,8 +513,7 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
     BatchResult
         The final batch, boosted labels included.
     """
-    if not annotation_model:
-        raise CassiaError("annotation_model must be given, e.g. 'openai/gpt-4o'.")
+    _require_model(annotation_model, name="annotation_model")
     logger.debug("One report holds every style: report_style=%r", report_style)
     if conversation_history_mode == "none":
         raise CassiaError(
@@ -652,8 +647,7 @@ def runCASSIA_batch_n_times(  # CASSIA's name, kept for its users
     list of BatchResult
         The runs, in order (CASSIA returns None).
     """
-    if not model:
-        raise CassiaError("model must be given, e.g. model='openai/gpt-4o'.")
+    _require_model(model)
     logger.debug("batch_max_workers=%s: runs share one pool here.", batch_max_workers)
     runs = run_repeated(
         marker,
@@ -939,8 +933,7 @@ def _merged_levels(
         raise CassiaError(
             f"detail_level must be one of {list(Key.csv.levels)}, not {unknown[0]!r}."
         )
-    if not model:
-        raise CassiaError("model must be given, e.g. model='openai/gpt-4o'.")
+    _require_model(model)
     table = pd.read_csv(csv_path, dtype={Key.csv.cluster: str}, keep_default_na=False)
     if Key.csv.main_cell_type not in table.columns:
         raise CassiaError(
@@ -986,12 +979,21 @@ def _merged_levels(
     return table
 
 
+def _require_model(model: str | None, *, name: str = "model") -> None:
+    """Refuse a missing model: CASSIA picks one per provider, cassia_sc does not choose."""
+    if not model:
+        raise CassiaError(
+            f"{name} must be given, e.g. {name}='openai/gpt-4o': cassia_sc does not choose one."
+        )
+
+
 def _refuse_unavailable(**asked: Any) -> None:
     """Refuse CASSIA's options that have no counterpart here, one line each, with the way out."""
     reasons = {
         "use_reference": "CASSIA's retrieval of its bundled reference documents is not "
         "available in cassia_sc; leave it False (evidence from the data: tl.boost)",
         "reference_model": "only used by use_reference, which is not available",
+        "reference_provider": "only used by use_reference, which is not available",
         "reference_cell_type_hint": "only used by use_reference; give the parent "
         "population as additional_info instead",
         "proxy": "CASSIA's proxy presets are not available; give the proxy's base URL as "
@@ -1096,7 +1098,12 @@ def runCASSIA_subclusters(  # CASSIA's name, kept for its users
     ...     model="openai/gpt-4o", species="human", tissue="large intestine",
     ... )
     """
-    _refuse_reference(use_reference, reference_provider, reference_model, reference_cell_type_hint)
+    _refuse_unavailable(
+        use_reference=use_reference,
+        reference_provider=reference_provider,
+        reference_model=reference_model,
+        reference_cell_type_hint=reference_cell_type_hint,
+    )
     logger.debug(
         "Only read with use_reference: %s",
         (reference_depth, reference_max_content_length, reference_max_context_length),
@@ -1188,7 +1195,12 @@ def runCASSIA_n_subcluster(  # CASSIA's name, kept for its users
     CassiaError
         ``n`` below 1, a missing ``model``, or the reference retrieval asked for.
     """
-    _refuse_reference(use_reference, reference_provider, reference_model, reference_cell_type_hint)
+    _refuse_unavailable(
+        use_reference=use_reference,
+        reference_provider=reference_provider,
+        reference_model=reference_model,
+        reference_cell_type_hint=reference_cell_type_hint,
+    )
     logger.debug(
         "Only read with use_reference: %s",
         (reference_depth, reference_max_content_length, reference_max_context_length),
@@ -1226,10 +1238,7 @@ def _annotate_subclusters(
     **options: Any,
 ) -> BatchResult:
     """Annotate the subclusters with their parent; write our files and CASSIA's table."""
-    if not model:
-        raise CassiaError(
-            "model must be given, e.g. model='openai/gpt-4o': cassia_sc does not choose one."
-        )
+    _require_model(model)
     if not str(major_cluster_info or "").strip():
         raise CassiaError(
             "major_cluster_info must name the population the subclusters come from, "
@@ -1278,25 +1287,6 @@ def _reasoning(cluster: ClusterResult) -> str:
     text = replies[-1] if replies else ""
     prose = text.split("```", 1)[0].strip()
     return " ".join(prose.split()) or cluster.validation_feedback or ""
-
-
-def _refuse_reference(
-    use_reference: bool,
-    reference_provider: str | None,
-    reference_model: str | None,
-    reference_cell_type_hint: str | None,
-) -> None:
-    """Refuse CASSIA's reference retrieval, whichever of its options asks for it."""
-    if reference_provider is not None:
-        raise CassiaError(
-            f"reference_provider={reference_provider!r}: only used by use_reference, which "
-            "is not available in cassia_sc."
-        )
-    _refuse_unavailable(
-        use_reference=use_reference,
-        reference_model=reference_model,
-        reference_cell_type_hint=reference_cell_type_hint,
-    )
 
 
 def _symbols_for_gene_ids(
