@@ -157,6 +157,7 @@ def store_result(
     key: str,
     key_added: str,
     uncertainty: pd.DataFrame | None = None,
+    cells: np.ndarray | None = None,
 ) -> list[str]:
     """Write a batch's labels to ``adata.obs`` and its record to ``adata.uns[key_added]``.
 
@@ -174,6 +175,9 @@ def store_result(
         Prefix of the ``obs`` columns and key of the ``uns`` entry.
     uncertainty
         After repeated runs, their :func:`cassia_sc.consensus` table.
+    cells
+        For subclusters of one population: a boolean mask over all cells, the
+        population's; the labels go to those cells, NaN to the others.
 
     Returns
     -------
@@ -187,7 +191,11 @@ def store_result(
         cassia_sc did not write (see :func:`check_key_added`); nothing is written then.
     """
     result = bounded(result)
-    columns = label_columns(adata.obs[groupby], result, key_added=key_added)
+    if cells is None:
+        columns = label_columns(adata.obs[groupby], result, key_added=key_added)
+    else:
+        inside = label_columns(adata.obs[groupby][cells], result, key_added=key_added)
+        columns = restricted_columns(inside, cells)
     check_key_added(
         key_added, uns=adata.uns, obs=adata.obs.columns, groupby=groupby, columns=columns
     )
@@ -312,3 +320,56 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[package.replace("-", "_")] = "unknown"
     return found
+
+
+def restricted_columns(
+    inside: Mapping[str, pd.Categorical | np.ndarray], cells: np.ndarray
+) -> dict[str, pd.Categorical | np.ndarray]:
+    """Spread columns of the population's cells over all cells, NaN outside.
+
+    Parameters
+    ----------
+    inside
+        Columns with one value per cell of the population, in the cells' order.
+    cells
+        A boolean mask over all cells: the population.
+
+    Returns
+    -------
+    dict
+        The same columns over all cells: categorical ones keep their categories.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> spread = restricted_columns(
+    ...     {"x": pd.Categorical(["a", "b"]), "s": np.array([1.0, 2.0])},
+    ...     np.array([False, True, True]),
+    ... )
+    >>> spread["x"].tolist(), spread["s"].tolist()
+    ([nan, 'a', 'b'], [nan, 1.0, 2.0])
+    """
+    mask = np.asarray(cells, dtype=bool)
+    positions = np.flatnonzero(mask)
+    return {
+        name: spread_over_cells(values, positions, mask.size) for name, values in inside.items()
+    }
+
+
+def spread_over_cells(
+    values: Any, positions: np.ndarray, n_cells: int
+) -> pd.Categorical | np.ndarray:
+    """Return one column over all cells: ``values`` at ``positions``, NaN elsewhere."""
+    if isinstance(values, pd.Series):
+        values = values.array if isinstance(values.dtype, pd.CategoricalDtype) else values
+    if isinstance(values, pd.Categorical):
+        codes = np.full(n_cells, -1, dtype=np.int32)
+        codes[positions] = values.codes
+        return pd.Categorical.from_codes(codes, categories=values.categories)
+    array = np.asarray(values)
+    if array.dtype.kind in "biuf":
+        spread = np.full(n_cells, np.nan)
+        spread[positions] = array
+        return spread
+    # Text of no declared kind: categorical, as every label column is.
+    return spread_over_cells(pd.Categorical(array.astype(object)), positions, n_cells)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,9 @@ from ..export.adata import (
     is_annotation_record,
     label_column_names,
     label_columns,
-    uns_record,
+    restricted_columns,
+    spread_over_cells,
+    store_result,
 )
 from ..get import annotation_record
 from ..results import BatchResult
@@ -107,50 +110,17 @@ def store_restricted(
     KeyAddedError
         ``key_added`` would replace what another annotation wrote; nothing is written.
     """
-    result = bounded(result)
-    result.settings["restrict_to"] = population.setting()
-    inside = label_columns(adata.obs[groupby][population.cells], result, key_added=key_added)
-    columns = restricted_columns(inside, population.cells)
     refuse_replacing_other_cells(adata.uns, key_added, population)
-    check_key_added(
-        key_added, uns=adata.uns, obs=adata.obs.columns, groupby=groupby, columns=columns
+    result = replace(result, settings=result.settings | {"restrict_to": population.setting()})
+    return store_result(
+        adata,
+        result,
+        groupby=groupby,
+        key=key,
+        key_added=key_added,
+        uncertainty=uncertainty,
+        cells=population.cells,
     )
-    for name, values in columns.items():
-        adata.obs[name] = values
-    adata.uns[key_added] = uns_record(result, groupby=groupby, key=key, uncertainty=uncertainty)
-    return list(columns)
-
-
-def restricted_columns(
-    inside: Mapping[str, pd.Categorical | np.ndarray], cells: np.ndarray
-) -> dict[str, pd.Categorical | np.ndarray]:
-    """Spread columns of the population's cells over all cells, NaN outside.
-
-    Parameters
-    ----------
-    inside
-        Columns with one value per cell of the population, in the cells' order.
-    cells
-        A boolean mask over all cells: the population.
-
-    Returns
-    -------
-    dict
-        The same columns over all cells: categorical ones keep their categories.
-
-    Examples
-    --------
-    >>> import numpy as np, pandas as pd
-    >>> spread = restricted_columns(
-    ...     {"x": pd.Categorical(["a", "b"]), "s": np.array([1.0, 2.0])},
-    ...     np.array([False, True, True]),
-    ... )
-    >>> spread["x"].tolist(), spread["s"].tolist()
-    ([nan, 'a', 'b'], [nan, 1.0, 2.0])
-    """
-    mask = np.asarray(cells, dtype=bool)
-    positions = np.flatnonzero(mask)
-    return {name: _spread(values, positions, mask.size) for name, values in inside.items()}
 
 
 def read_population(
@@ -308,10 +278,10 @@ def transfer(
     if groupby in adata.obs.columns:
         _check_same_clusters(adata.obs[groupby], clusters, positions, mask, subclusters, groupby)
     else:
-        columns[groupby] = _spread(clusters, positions, adata.n_obs)
+        columns[groupby] = spread_over_cells(clusters, positions, adata.n_obs)
     for old, new in zip(label_column_names(key), label_column_names(key_added), strict=True):
         if old in subset.obs.columns:
-            columns[new] = _spread(subset.obs[old], positions, adata.n_obs)
+            columns[new] = spread_over_cells(subset.obs[old], positions, adata.n_obs)
     refuse_replacing_other_cells(adata.uns, key_added, population)
     check_key_added(
         key_added,
@@ -375,23 +345,6 @@ def _check_same_clusters(
             f"(e.g. sc.tl.leiden(subset, key_added='{groupby}_sub')) and annotate them again "
             "with groupby= that name; the replies come from the cache."
         )
-
-
-def _spread(values: Any, positions: np.ndarray, n_cells: int) -> pd.Categorical | np.ndarray:
-    """One column over all cells: ``values`` at ``positions``, NaN elsewhere."""
-    if isinstance(values, pd.Series):
-        values = values.array if isinstance(values.dtype, pd.CategoricalDtype) else values
-    if isinstance(values, pd.Categorical):
-        codes = np.full(n_cells, -1, dtype=np.int32)
-        codes[positions] = values.codes
-        return pd.Categorical.from_codes(codes, categories=values.categories)
-    array = np.asarray(values)
-    if array.dtype.kind in "biuf":
-        spread = np.full(n_cells, np.nan)
-        spread[positions] = array
-        return spread
-    # Text of no declared kind: categorical, as every label column is.
-    return _spread(pd.Categorical(array.astype(object)), positions, n_cells)
 
 
 def _suggested_key(key_added: str, population: Population) -> str:
