@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,11 @@ def runCASSIA_batch(  # CASSIA's name, kept for its users
 
 @fill_docs
 def run_batch_to_files(
-    marker: MarkerInput, output_name: str | os.PathLike, **options: Any
+    marker: MarkerInput,
+    output_name: str | os.PathLike,
+    *,
+    finish: Callable[[BatchResult], BatchResult] | None = None,
+    **options: Any,
 ) -> BatchResult:
     """Annotate (and score and boost, if asked) and write the files, even after Ctrl-C.
 
@@ -209,6 +214,9 @@ def run_batch_to_files(
     ----------
     {marker}
     {output_name}
+    finish
+        A last stage of the whole batch before the files are written (the pipeline's
+        levels); not run after a dry run or an interruption.
     **options
         Options of :func:`cassia_sc.workflow.run_annotation` (those of
         :func:`cassia_sc.run_batch`, ``score``, ``boost_below``, ...). A dry run writes
@@ -225,6 +233,8 @@ def run_batch_to_files(
         write_outputs(interruption.result, output_name)  # keep what finished, then stop
         raise
     if not result.dry_run:
+        if finish is not None:
+            result = finish(result)
         paths = write_outputs(result, output_name)
         logger.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return result
@@ -540,10 +550,30 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
         _check_key(
             annotation_provider or overall_provider, options.get("api_key"), annotation_model
         )
-    prefix = Path(output_dir or ".") / output_file_name
-    result = run_batch_to_files(
+
+    def merged(result: BatchResult) -> BatchResult:
+        """CASSIA's last stage: the three levels, named over all clusters at once."""
+        client = LLMClient(
+            model=merge_model or annotation_model,
+            provider=merge_provider or annotation_provider or overall_provider,
+            api_key=options.get("api_key"),
+            temperature=Default.temperature,
+            reasoning=merge_reasoning or reasoning,
+            **connection_options(**options),
+        )
+        try:
+            with client:
+                return model_levels(result, client, additional_info=additional_info)
+        except FatalLLMError as error:
+            logger.warning(
+                "merge_annotations failed (%s); the files are written without levels.", error
+            )
+            return result
+
+    return run_batch_to_files(
         marker,
-        prefix,
+        Path(output_dir or ".") / output_file_name,
+        finish=merged if merge_annotations else None,
         tissue=tissue,
         species=species,
         model=annotation_model,
@@ -564,27 +594,6 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
         boost_provider=annotationboost_provider,
         **options,
     )
-    if not merge_annotations or result.dry_run:
-        return result
-    # CASSIA's last stage: the three levels, named over all clusters at once, by name.
-    client = LLMClient(
-        model=merge_model or annotation_model,
-        provider=merge_provider or annotation_provider or overall_provider,
-        api_key=options.get("api_key"),
-        temperature=Default.temperature,
-        reasoning=merge_reasoning or reasoning,
-        **connection_options(**options),
-    )
-    try:
-        with client:
-            result = model_levels(result, client, additional_info=additional_info)
-    except FatalLLMError as error:
-        logger.warning(
-            "merge_annotations failed (%s); the files are written without levels.", error
-        )
-        return result
-    write_outputs(result, prefix)
-    return result
 
 
 @fill_docs
