@@ -249,6 +249,23 @@ def test_score_and_boost_afterwards_stay_inside_the_population(annotated, caplog
     assert adata.obs["cassia_T_score"][outside].isna().all()
 
 
+def test_levels_of_a_subcluster_annotation_stay_inside_the_population(annotated, caplog):
+    pytest.importorskip("cellxgene_ontology_guide")
+    adata, llm = annotated
+    _annotate_t(adata, llm)
+    # A cell outside the population whose cluster has a subcluster's name gets no label.
+    outside = (adata.obs["cassia_celltype"] != "T cell").to_numpy()
+    names = adata.obs["leiden_T"].astype(str).to_numpy()
+    names[np.flatnonzero(outside)[0]] = adata.obs["leiden_T"][~outside].astype(str).iloc[0]
+    adata.obs["leiden_T"] = pd.Categorical(names)
+    with caplog.at_level(logging.WARNING, logger="cassia_sc"):
+        cassia_sc.tl.levels(adata, key="cassia_T")
+    assert "No cell type for clusters" not in caplog.text
+    for column in ("cassia_T_celltype", "cassia_T_celltype_broad"):
+        assert adata.obs[column][outside].isna().all(), column
+    assert adata.obs["cassia_T_celltype_broad"][~outside].notna().any()
+
+
 def test_a_subset_annotated_with_its_parent_goes_back_by_transfer(annotated):
     adata, llm = annotated
     _annotate_t(adata, llm)

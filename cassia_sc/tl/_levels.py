@@ -12,11 +12,12 @@ from .._keys import Default, Key
 from ..agents import model_levels
 from ..batch import connection_options
 from ..errors import CassiaError
-from ..export.adata import check_key_added, store_result
+from ..export.adata import check_key_added, restricted_columns
 from ..get import annotation, annotation_record
 from ..levels import BROAD, level_columns, ontology_levels
 from ..llm import LLMClient
 from ._annotate import accepted_options, check_adata, check_options
+from ._refine import population_of, store_back
 
 logger = logging.getLogger("cassia_sc")
 
@@ -117,7 +118,7 @@ def levels(
         adata = adata.copy()
     record = annotation_record(adata, key)
     params = record[Key.uns.params]
-    groupby, markers_key = str(params["groupby"]), str(params.get("key", Key.uns.markers))
+    groupby = str(params["groupby"])
     batch = annotation(adata, key)
     if method == "ontology":
         result = ontology_levels(batch)
@@ -132,17 +133,15 @@ def levels(
         )
         with client:
             result = model_levels(batch, client, additional_info=additional_info)
-    columns = level_columns(adata.obs[groupby], result, key_added=key)
+    # A subcluster annotation's levels go to its population's cells only, NaN outside.
+    found = population_of(adata, params)
+    clusters = adata.obs[groupby] if found is None else adata.obs[groupby][found.cells]
+    columns = level_columns(clusters, result, key_added=key)
+    if found is not None:
+        columns = restricted_columns(columns, found.cells)
     # Refused before anything is written: a column of the same name that is not ours.
     check_key_added(key, uns=adata.uns, obs=adata.obs.columns, groupby=groupby, columns=columns)
-    store_result(
-        adata,
-        result,
-        groupby=groupby,
-        key=markers_key,
-        key_added=key,
-        uncertainty=record.get(Key.uns.uncertainty),
-    )
+    store_back(adata, result, key=key, record=record, found=found)
     for name, values in columns.items():
         adata.obs[name] = values
     named = sum(bool(c.get(BROAD)) for c in result.clusters)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from typing import Any
 
@@ -14,7 +14,8 @@ from .._keys import Default, Key
 from ..batch import run_batch
 from ..export.adata import store_result
 from ..get import annotation, annotation_record
-from ..subclusters import population
+from ..results import BatchResult
+from ..subclusters import Population, population
 from ..workflow import refine
 from ._annotate import accepted_options, check_adata, check_options
 from ._subclusters import restriction, store_restricted
@@ -158,10 +159,9 @@ def _refined(adata: AnnData, key: str, copy: bool, **options: Any) -> AnnData | 
     record = annotation_record(adata, key)
     params = record[Key.uns.params]
     groupby, markers_key = str(params["groupby"]), str(params.get("key", Key.uns.markers))
-    restrict_to = restriction(params)
     # A subcluster annotation is refined among its population's cells: the boost contrasts
     # a subcluster with its siblings, and the cells outside keep NaN.
-    found = population(adata, restrict_to, parent=params.get("parent")) if restrict_to else None
+    found = population_of(adata, params)
     result = refine(
         annotation(adata, key),
         adata if found is None else adata[found.cells],
@@ -170,14 +170,52 @@ def _refined(adata: AnnData, key: str, copy: bool, **options: Any) -> AnnData | 
         agreement_threshold=float(params.get("agreement_threshold", Default.agreement_threshold)),
         **options,
     )
+    columns = store_back(adata, result, key=key, record=record, found=found)
+    logger.info("updated\n%s    %r (adata.uns)", "".join(f"    {c!r}\n" for c in columns), key)
+    return adata if copy else None
+
+
+def population_of(adata: AnnData, params: Mapping[str, Any]) -> Population | None:
+    """Return the population of a subcluster annotation (its ``restrict_to``), else None."""
+    restrict_to = restriction(params)
+    return population(adata, restrict_to, parent=params.get("parent")) if restrict_to else None
+
+
+def store_back(
+    adata: AnnData,
+    result: BatchResult,
+    *,
+    key: str,
+    record: Mapping[str, Any],
+    found: Population | None,
+) -> list[str]:
+    """Store a changed annotation where it was: for subclusters, among the population's cells.
+
+    Parameters
+    ----------
+    adata
+        The annotated data.
+    result
+        The annotation, changed.
+    key
+        Its ``key_added``.
+    record
+        Its ``uns`` entry before the change (groupby, markers key, uncertainty).
+    found
+        Its population (:func:`population_of`), or None.
+
+    Returns
+    -------
+    list of str
+        The ``obs`` columns written.
+    """
+    params = record[Key.uns.params]
     store = store_result if found is None else partial(store_restricted, population=found)
-    columns = store(
+    return store(
         adata,
         result,
-        groupby=groupby,
-        key=markers_key,
+        groupby=str(params["groupby"]),
+        key=str(params.get("key", Key.uns.markers)),
         key_added=key,
         uncertainty=record.get(Key.uns.uncertainty),
     )
-    logger.info("updated\n%s    %r (adata.uns)", "".join(f"    {c!r}\n" for c in columns), key)
-    return adata if copy else None
