@@ -494,7 +494,7 @@ def runCASSIA_pipeline(  # CASSIA's name, kept for its users
     merge_annotations, merge_model, merge_provider, merge_reasoning
         Name each cluster at CASSIA's three levels (``Merged_Grouping_1..3``; see
         :func:`merge_annotations_all`) with this model, provider and reasoning effort (by
-        default the annotator's), after the boost; the files are written again with them.
+        default the annotator's), after the boost and before the files are written.
     conversation_history_mode
         What the boost reads of the first exchange: here always all of it (``"full"``;
         CASSIA's default ``"final"`` summarises it first); ``"none"`` is refused.
