@@ -29,7 +29,7 @@ from .errors import BatchInterrupted, CallCancelled, CassiaError, FatalLLMError,
 from .evidence import DataHandle
 from .llm import LLMClient
 from .markers import MarkerInput, RankingMethod, top_markers
-from .ontology import cell_ontology
+from .ontology import cell_ontology, load_in_background
 from .providers import PROVIDERS, resolve_endpoint
 from .results import BatchResult, ClusterResult, Turn
 
@@ -217,6 +217,8 @@ def run_batch(
                 cache_dir=cache_dir,
             ),
         )
+    if ontology is not False:
+        load_in_background()  # ready by the time the answers need their terms
     try:
         jobs = [_annotation_job(task, client) for task in tasks]
         results, interrupted = _run_pool(

@@ -694,3 +694,28 @@ def test_runcassia_batch_max_retries_counts_like_cassia(scripted_llm, tmp_path):
     )
     assert summary["Status"].tolist() == ["ok"]
     assert llm.server.request_count == 4  # the annotator three times, then the validator
+
+
+def test_the_ontology_index_is_built_while_the_model_answers(scripted_llm, monkeypatch):
+    """The 0.4 s index build is off the critical path: it runs during the first call."""
+    pytest.importorskip("cellxgene_ontology_guide")
+    import cassia_sc.ontology as ontology_module
+
+    monkeypatch.setattr(ontology_module, "_shared_index", None)  # as in a fresh process
+    monkeypatch.setattr(ontology_module, "_shared", {})
+    model = ScriptedModel(KNOWN)
+    built_during_calls = threading.Event()
+
+    def handler(request: RecordedRequest, index: int) -> Reply:
+        if index == 0:  # hold the first reply until the index is there (or 30 s pass)
+            deadline = time.monotonic() + 30
+            while ontology_module._shared_index is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if ontology_module._shared_index is not None:
+                built_during_calls.set()
+        return model(request, index)
+
+    # A client that waits as long as the held reply: no retry lets the run end meanwhile.
+    result = run(scripted_llm(handler=handler), client_options={"timeout": 60})
+    assert built_during_calls.is_set()
+    assert result["0"].ontology_term_id.startswith("CL:")
