@@ -95,6 +95,12 @@ PARAMETERS: dict[str, str] = {
     "cache": "Keep every reply on disk: a re-run costs nothing and an interrupted run resumes.",
     "cache_dir": "Cache folder; default ``$CASSIA_SC_CACHE_DIR`` or the user cache folder.",
     "progress": "Show a progress bar.",
+    "prices": (
+        "For a dry run's cost in dollars: a table of prices, ``{model: (prompt, completion)}`` "
+        "in dollars per million tokens, or a CSV or JSON file of them (columns ``model``, "
+        "``prompt``, ``completion``). Models it lacks are priced from the provider's own "
+        "model list where it publishes one (OpenRouter's), kept a day in the cache folder."
+    ),
     "client": (
         "A client to use instead of building one from ``model``, ``provider`` and the "
         "connection options (e.g. to share one pool between runs)."

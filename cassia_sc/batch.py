@@ -25,21 +25,19 @@ from ._docs import fill_docs
 from ._keys import Default, Key
 from ._version import __version__
 from .agents import ClusterContext, ClusterTask, Pipeline, Step, annotate_cluster, get_pipeline
+from .costs import CHARS_PER_TOKEN, DEFAULT_REPLY_TOKENS, CostEstimate, estimate_step
 from .errors import BatchInterrupted, CallCancelled, CassiaError, FatalLLMError, OntologyUnavailable
 from .evidence import DataHandle
 from .llm import LLMClient
 from .markers import MarkerInput, RankingMethod, top_markers
 from .ontology import cell_ontology, load_in_background
-from .providers import PROVIDERS, resolve_endpoint
+from .providers import display_name
 from .results import BatchResult, ClusterResult, Turn
 
 if TYPE_CHECKING:
     from .evidence import MarkerTableEvidence
 
 logger = logging.getLogger("cassia_sc")
-
-# Rough characters per token of English prose and gene lists, for estimates only.
-_CHARS_PER_TOKEN = 4
 
 
 @fill_docs
@@ -183,7 +181,7 @@ def run_batch(
     ]
     settings: dict[str, Any] = {
         "model": client.model if client else model,
-        "provider": _shown(client.provider if client else provider),
+        "provider": display_name(client.provider if client else provider),
         "tissue": tissue,
         "species": species,
         "additional_info": _clean_text(additional_info),
@@ -579,29 +577,56 @@ def _annotation_job(task: ClusterTask, client: LLMClient) -> _Job:
 
 
 def _dry_run(tasks: list[ClusterTask], settings: dict[str, Any], pipeline: Pipeline) -> BatchResult:
-    """Build each cluster's prompts and estimate their tokens; call nothing."""
+    """Build each cluster's prompts and estimate their tokens, step by step; call nothing."""
     results = []
+    characters = dict.fromkeys((step.name for step in pipeline.steps), 0)
     for task in tasks:
         planned = pipeline.plan(task)
-        characters = sum(len(m["content"]) for _, messages in planned for m in messages)
+        for name, messages in planned:
+            characters[name] += sum(len(m["content"]) for m in messages)
+        cluster_characters = sum(len(m["content"]) for _, messages in planned for m in messages)
         first_agent, first_messages = planned[0]  # the opening prompts, shown in the report
         results.append(
             ClusterResult(
                 cluster=task.cluster,
                 markers=list(task.markers),
                 conversation=[Turn(first_agent, m["role"], m["content"]) for m in first_messages],
-                estimated_prompt_tokens=-(-characters // _CHARS_PER_TOKEN),
+                estimated_prompt_tokens=-(-cluster_characters // CHARS_PER_TOKEN),
             )
         )
-    total = sum(r.estimated_prompt_tokens for r in results)
+    model, provider = str(settings["model"]), str(settings["provider"])
+    estimate = CostEstimate(
+        tuple(
+            estimate_step(
+                step.name,
+                model,
+                provider,
+                calls=len(tasks),
+                prompt_characters=characters[step.name],
+                reply_tokens=getattr(step, "reply_tokens", DEFAULT_REPLY_TOKENS),
+            )
+            for step in pipeline.steps
+        ),
+        notes=(
+            "revisions of rejected answers add more; completion tokens are each agent's "
+            "usual reply length, a guess",
+        ),
+    )
     logger.info(
         "Dry run: %d clusters, about %d prompt tokens in all (%d per cluster) on the happy "
-        "path of 2 calls per cluster; revisions add more.",
+        "path of %d calls per cluster; revisions add more.",
         len(results),
-        total,
-        total // max(len(results), 1),
+        estimate.prompt_tokens,
+        estimate.prompt_tokens // max(len(results), 1),
+        len(pipeline.steps),
     )
-    return BatchResult(clusters=results, settings=settings, dry_run=True, fields=pipeline.fields)
+    return BatchResult(
+        clusters=results,
+        settings=settings,
+        dry_run=True,
+        fields=pipeline.fields,
+        estimate=estimate,
+    )
 
 
 def _log_outcome(batch: BatchResult) -> None:
@@ -625,15 +650,6 @@ def _log_outcome(batch: BatchResult) -> None:
             len(failed),
             "; ".join(f"{c.cluster}: {c.error}" for c in failed[:10]),
         )
-
-
-def _shown(provider: str) -> str:
-    """Return the provider as stored and written: a base URL's user-info redacted."""
-    try:
-        endpoint = resolve_endpoint(provider)
-    except CassiaError:
-        return provider  # refused later, with its own message
-    return provider if endpoint.provider in PROVIDERS else endpoint.display_url
 
 
 def _clean_text(text: str | None) -> str | None:

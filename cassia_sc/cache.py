@@ -172,7 +172,7 @@ class ResponseCache:
             )
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.directory.glob("*/*.json")) if self.directory.is_dir() else 0
+        return sum(is_entry for _, _, is_entry in _cache_files(self.directory))
 
 
 # -- managing the folder: what it holds, and clearing it (``cassia-sc cache``) --------------

@@ -364,7 +364,17 @@ def _add_run_options(parser: argparse.ArgumentParser, *, retries: str, table: bo
     run.add_argument("--cache-dir", type=Path, help=cli_help("cache_dir"))
     run.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     run.add_argument(
-        "--dry-run", action="store_true", help="show the prompts' token estimate; call nothing"
+        "--dry-run",
+        action="store_true",
+        help="show each step's calls, tokens and cost in dollars; call no model, write nothing",
+    )
+    run.add_argument(
+        "--prices",
+        type=Path,
+        metavar="FILE",
+        help="for --dry-run: a CSV (model,prompt,completion: dollars per million tokens) or "
+        "JSON price table, for models whose provider publishes no prices (OpenAI, Anthropic, "
+        "a local server); OpenRouter's own prices are read without it",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     run.add_argument("--verbose", action="store_true", help="log retries and timings")
@@ -391,6 +401,7 @@ def _run_options(args: argparse.Namespace) -> dict:
         "cache": not args.no_cache,
         "cache_dir": args.cache_dir,
         "dry_run": args.dry_run,
+        "prices": args.prices,
         "progress": not args.quiet,
         "score": args.score,
         "score_model": args.score_model,
@@ -722,9 +733,11 @@ def _report(result: BatchResult) -> None:
         tokens = [c.estimated_prompt_tokens or 0 for c in result.clusters]
         _say(
             f"Dry run: {len(tokens)} clusters, about {sum(tokens):,} prompt tokens "
-            f"({sum(tokens) // max(len(tokens), 1):,} per cluster) for 2 calls each; "
-            "revisions add more. Nothing was called or written."
+            f"({sum(tokens) // max(len(tokens), 1):,} per cluster). Nothing was called or "
+            "written."
         )
+        for line in result.estimate.lines() if result.estimate else ():
+            _say(line)
         return
     result = bounded(result)
     names = [printable(c.cluster) for c in result.clusters]

@@ -42,6 +42,7 @@ Needs the optional extra: ``pip install "cassia-sc[ontology]"``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import re
@@ -1904,10 +1905,9 @@ def load_in_background() -> threading.Thread:
     """
 
     def load() -> None:
-        try:
+        # A missing extra: map_to_ontology says so, or raises when the terms were required.
+        with contextlib.suppress(OntologyUnavailable):
             _load_index()
-        except OntologyUnavailable:
-            pass  # map_to_ontology says so, or raises when the terms were required
 
     thread = threading.Thread(target=load, name="cassia-sc-ontology", daemon=True)
     thread.start()

@@ -88,6 +88,9 @@ class Provider:
         ``max_completion_tokens`` for OpenAI, whose reasoning models refuse the former.
     key_check
         How :func:`cassia_sc.validate_api_keys` checks the key for free.
+    lists_prices
+        Whether its model list may carry prices (OpenRouter's ``pricing``), which a dry
+        run reads for its cost; asked of any base URL, never of OpenAI's or Anthropic's.
     """
 
     base_url: str
@@ -95,6 +98,7 @@ class Provider:
     reasoning: Callable[[str], dict[str, Any]] = _reasoning_effort
     max_tokens_field: str = "max_tokens"
     key_check: KeyCheck = KeyCheck()
+    lists_prices: bool = True
 
 
 #: Provider name -> its endpoint and quirks.
@@ -107,13 +111,17 @@ PROVIDERS: dict[str, Provider] = {
         key_check=KeyCheck(path="/key", lists_models=False),
     ),
     "openai": Provider(
-        "https://api.openai.com/v1", "OPENAI_API_KEY", max_tokens_field="max_completion_tokens"
+        "https://api.openai.com/v1",
+        "OPENAI_API_KEY",
+        max_tokens_field="max_completion_tokens",
+        lists_prices=False,
     ),
     "anthropic": Provider(
         "https://api.anthropic.com/v1/",
         "ANTHROPIC_API_KEY",
         # Its list comes 20 models a page unless asked for more (1000 at most).
         key_check=KeyCheck(headers=_anthropic_headers, query=(("limit", "1000"),)),
+        lists_prices=False,
     ),
 }
 
@@ -316,3 +324,28 @@ def resolve_api_key(endpoint: Endpoint, api_key: str | None = None) -> str:
         f"No API key for provider {endpoint.display_name!r}: set the environment variable "
         f"{endpoint.variables_text} (or pass api_key= in Python)."
     )
+
+
+def display_name(provider: str) -> str:
+    """Return the provider as results store and files show it: a base URL's secrets redacted.
+
+    Parameters
+    ----------
+    provider
+        A provider name or base URL.
+
+    Returns
+    -------
+    str
+        The name, or the base URL with any user-info replaced by ``[redacted]``; a value
+        that is neither is returned as given (it is refused later, with its own message).
+
+    Examples
+    --------
+    >>> display_name("https://me:s3cret-word@proxy.example.org/v1")
+    'https://[redacted]@proxy.example.org/v1'
+    """
+    try:
+        return resolve_endpoint(provider).display_name
+    except UnknownProvider:
+        return provider

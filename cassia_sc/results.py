@@ -16,6 +16,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from ._keys import Key
+from .costs import CostEstimate
 from .errors import CassiaError
 from .fields import CORE_FIELDS, Field, inferred_field
 
@@ -267,6 +268,8 @@ class BatchResult:
     fields
         What each cluster holds: :data:`CORE_FIELDS` and the fields of the pipeline's
         further steps, in table order.
+    estimate
+        A dry run's calls, tokens and cost, step by step (None for a run that was made).
 
     Examples
     --------
@@ -282,6 +285,7 @@ class BatchResult:
     dry_run: bool = False
     interrupted: bool = False
     fields: tuple[Field, ...] = CORE_FIELDS
+    estimate: CostEstimate | None = None
 
     def __len__(self) -> int:
         return len(self.clusters)

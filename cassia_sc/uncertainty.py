@@ -17,6 +17,7 @@ import pandas as pd
 
 from ._keys import Default
 from .batch import run_batch
+from .costs import CostEstimate
 from .errors import CassiaError, OntologyUnavailable
 from .evaluation import same_text
 from .markers import MarkerInput
@@ -84,11 +85,13 @@ def run_repeated(
         )
     if options.get("dry_run"):
         single = run_batch(marker, model=chosen[0], **options)
-        return [_scaled_plan(single, len(schedule))]
+        return [_scaled_plan(single, [name for name, _ in schedule])]
     return [run_batch(marker, model=name, sample=sample, **options) for name, sample in schedule]
 
 
-def _scaled_plan(single: BatchResult, runs: int) -> BatchResult:
+def _scaled_plan(single: BatchResult, models: list[str]) -> BatchResult:
+    """One run's plan made into the plan of a run per entry of ``models``."""
+    runs = len(models)
     clusters = [
         replace(c, estimated_prompt_tokens=(c.estimated_prompt_tokens or 0) * runs)
         for c in single.clusters
@@ -96,7 +99,17 @@ def _scaled_plan(single: BatchResult, runs: int) -> BatchResult:
     total = sum(c.estimated_prompt_tokens for c in clusters)
     logger.info("Dry run of %d runs: about %d prompt tokens in all.", runs, total)
     settings = single.settings | {"runs": runs}
-    return BatchResult(clusters=clusters, settings=settings, dry_run=True, fields=single.fields)
+    estimate = single.estimate
+    if estimate is not None:
+        every_run = [step for name in models for step in estimate.for_model(name).steps]
+        estimate = CostEstimate(notes=estimate.notes).plus(every_run)
+    return BatchResult(
+        clusters=clusters,
+        settings=settings,
+        dry_run=True,
+        fields=single.fields,
+        estimate=estimate,
+    )
 
 
 def consensus(

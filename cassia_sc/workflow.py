@@ -24,11 +24,14 @@ from ._docs import fill_docs
 from ._keys import Default, Key
 from .agents import Booster, ClusterTask, OntologyChooser, Scorer
 from .batch import connection_options, map_to_ontology, run_batch, run_steps
+from .costs import CHARS_PER_TOKEN, CostEstimate, estimate_step
 from .errors import CassiaError
 from .evidence import DataHandle, MarkerTableEvidence
 from .llm import LLMClient
 from .markers import MarkerInput, read_markers
 from .ontology import UNKNOWN, cell_ontology
+from .pricing import PriceBook, PriceTable
+from .providers import display_name
 from .results import BatchResult
 from .subclusters import restricted
 from .uncertainty import consensus, consensus_batch, run_repeated
@@ -37,7 +40,6 @@ logger = logging.getLogger("cassia_sc")
 
 # A plan's guess of a boost round's growth: the model's reasoning and the evidence shown.
 _BOOST_ROUND_CHARS = 5500
-_CHARS_PER_TOKEN = 4
 
 
 @fill_docs
@@ -56,6 +58,7 @@ def run_annotation(
     boost_model: str | None = None,
     boost_provider: str | None = None,
     data: DataHandle | None = None,
+    prices: PriceTable | None = None,
     **options: Any,
 ) -> tuple[BatchResult, pd.DataFrame | None]:
     """Annotate once or several times, then score and boost: what ``tl.annotate`` runs.
@@ -78,6 +81,7 @@ def run_annotation(
         The expression data the boost looks genes up in, when ``marker`` does not carry
         it (e.g. a backed ``.h5ad`` for the command line); by default the AnnData
         ``marker`` itself, or the rows of a marker table.
+    {prices}
     **options
         Options of :func:`cassia_sc.run_batch`.
 
@@ -105,7 +109,18 @@ def run_annotation(
             result = consensus_batch(runs, agreement)
             result.settings["agreement_threshold"] = agreement_threshold
     if result.dry_run:
-        return _with_refinement_estimate(result, score, boost_below, boost_rounds), agreement
+        provider = options.get("provider") or Default.provider
+        run_model = str(result.settings.get("model"))
+        result = _with_refinement_estimate(
+            result,
+            score,
+            boost_below,
+            boost_rounds,
+            score_at=(score_model or run_model, display_name(score_provider or provider)),
+            boost_at=(boost_model or run_model, display_name(boost_provider or provider)),
+        )
+        providers = (provider, score_provider, boost_provider)
+        return _priced(result, prices, providers, options.get("cache_dir")), agreement
     if score or boost_below is not None or choose_terms:
         provider = options.pop("provider", None)
         result = refine(
@@ -320,37 +335,80 @@ def _evidence_sources(
 
 
 def _with_refinement_estimate(
-    plan_: BatchResult, score: bool, boost_below: float | None, boost_rounds: int
+    plan_: BatchResult,
+    score: bool,
+    boost_below: float | None,
+    boost_rounds: int,
+    *,
+    score_at: tuple[str, str],
+    boost_at: tuple[str, str],
 ) -> BatchResult:
-    """Add the scoring and boost calls to a plan's per-cluster estimates."""
+    """Add the scoring and boost calls to a plan: per cluster, and step by step.
+
+    ``score_at`` and ``boost_at`` are the (model, provider) each step calls.
+    """
     if not score and boost_below is None:
         return plan_
     scorer, booster = Scorer(), Booster(rounds=boost_rounds)
     share = Default.boost_share if boost_below is not None else 0.0
     clusters = []
+    score_characters = boost_characters = 0.0
     for cluster in plan_.clusters:
         task = ClusterTask.of(cluster, plan_.settings)
-        characters = 0.0
-        if score:
-            characters += sum(len(m["content"]) for m in scorer.plan(task))
+        scoring = sum(len(m["content"]) for m in scorer.plan(task)) if score else 0
+        boosting = 0.0
         if share:
             opening = sum(len(m["content"]) for m in booster.plan(task))
             rounds = sum(opening + r * _BOOST_ROUND_CHARS for r in range(boost_rounds))
-            characters += share * (rounds + (opening if score else 0))
-        extra = int(-(-characters // _CHARS_PER_TOKEN))
+            boosting = share * rounds
+            scoring += share * opening if score else 0  # the boosted label is scored again
+        score_characters += scoring
+        boost_characters += boosting
+        extra = int(-(-(scoring + boosting) // CHARS_PER_TOKEN))
         clusters.append(
             replace(cluster, estimated_prompt_tokens=cluster.estimated_prompt_tokens + extra)
         )
-    note = []
+    n = len(plan_.clusters)
+    steps, note = [], []
     if score:
+        calls = n * (1 + share)
+        steps.append(
+            estimate_step(
+                scorer.name,
+                *score_at,
+                calls=calls,
+                prompt_characters=score_characters,
+                reply_tokens=scorer.reply_tokens,
+            )
+        )
         note.append("one scoring call per cluster")
     if share:
+        steps.append(
+            estimate_step(
+                booster.name,
+                *boost_at,
+                calls=share * n * boost_rounds,
+                prompt_characters=boost_characters,
+                reply_tokens=booster.reply_tokens,
+            )
+        )
         note.append(
             f"a boost of all {boost_rounds} rounds for {share:.0%} of the clusters (a guess: "
             "how many need one is known only after scoring)"
         )
     settings = plan_.settings | {"estimate_includes": "; ".join(note)}
-    return replace(plan_, clusters=clusters, settings=settings)
+    estimate = (plan_.estimate or CostEstimate()).plus(steps, notes=note[1:])
+    return replace(plan_, clusters=clusters, settings=settings, estimate=estimate)
+
+
+def _priced(
+    plan_: BatchResult, prices: PriceTable | None, providers: Collection[str | None], cache_dir
+) -> BatchResult:
+    """Give a plan's estimate its dollars, from ``prices`` or the providers' own lists."""
+    if plan_.estimate is None:
+        return plan_
+    book = PriceBook(prices, cache_dir=cache_dir, providers=providers)
+    return replace(plan_, estimate=plan_.estimate.priced(book.price, notes=book.notes))
 
 
 @fill_docs
@@ -360,16 +418,21 @@ def plan(
     model: str | None = None,
     n_runs: int = Default.n_runs,
     models: Sequence[str] | None = None,
+    prices: PriceTable | None = None,
     **options: Any,
 ) -> BatchResult:
     """Show what an annotation would send and cost, without calling a model.
 
     Builds every prompt of the run that :func:`cassia_sc.tl.annotate` (or
     :func:`cassia_sc.run_batch`) would make with the same arguments, and estimates its
-    prompt tokens; works offline and needs no key. Nothing is written. With ``score=True``
-    the estimate includes a scoring call per cluster; with ``boost_below=`` it assumes a
-    quarter of the clusters are boosted for every round (``settings["estimate_includes"]``
-    says so).
+    calls and tokens step by step (``result.estimate``): the annotator's and the
+    validator's call per cluster; with ``score=True`` a scoring call per cluster; with
+    ``boost_below=`` a boost of every round for a quarter of the clusters (a guess, said
+    in the estimate's notes). Prompt tokens are counted from the prompts, completion
+    tokens are each agent's usual reply length. The cost in dollars comes from
+    ``prices`` or the provider's own model list (OpenRouter's carries prices; the only
+    request a plan makes, kept a day in the cache folder); without a price it is "price
+    unknown". Needs no key; nothing is written.
 
     Parameters
     ----------
@@ -377,6 +440,7 @@ def plan(
     {model}
     {n_runs}
     {models}
+    {prices}
     **options
         Any other option of :func:`cassia_sc.tl.annotate` or :func:`cassia_sc.run_batch`
         (``tissue``, ``species``, ``score``, ``boost_below``, ``restrict_to``, ...).
@@ -385,15 +449,21 @@ def plan(
     -------
     BatchResult
         A dry run: every cluster ``not_run``, with its opening prompts in its
-        conversation and ``estimated_prompt_tokens`` covering every run.
+        conversation and ``estimated_prompt_tokens`` covering every run; ``estimate``
+        holds the calls, tokens and dollars step by step (:class:`cassia_sc.costs.CostEstimate`).
 
     Examples
     --------
     >>> import cassia_sc
     >>> preview = cassia_sc.plan(cassia_sc.loadmarker("pbmc68k_processed"), tissue="blood",
-    ...     species="human", model="any-model", n_runs=3, progress=False)
+    ...     species="human", model="any-model", n_runs=3, progress=False,
+    ...     prices={"any-model": (0.15, 0.60)})
     >>> preview.dry_run, preview.settings["runs"]
     (True, 3)
+    >>> preview.estimate.table()[["step", "calls"]].to_dict("list")
+    {'step': ['annotator', 'validator'], 'calls': [33, 33]}
+    >>> 0 < preview.estimate.dollars < 0.1
+    True
     """
     options.pop("dry_run", None)
     restrict_to = options.pop("restrict_to", None)
@@ -409,7 +479,7 @@ def plan(
         )
         options["parent"] = population.parent
     result, _ = run_annotation(
-        marker, model=model, n_runs=n_runs, models=models, dry_run=True, **options
+        marker, model=model, n_runs=n_runs, models=models, dry_run=True, prices=prices, **options
     )
     result.settings.setdefault("runs", max(n_runs, 1) * max(len(models or ()), 1))
     return result

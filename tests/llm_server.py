@@ -36,7 +36,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -438,7 +438,8 @@ class LLMServer:
     0-based arrival number and returns a :class:`Reply`. It may be called concurrently.
     ``get_handler(request, index)`` does the same for GET requests (numbered apart), or
     returns None for the default answer; a 200 without ``raw_body`` is the model list on
-    ``/models`` and ``{}`` elsewhere.
+    ``/models`` (with OpenRouter's ``pricing`` for the models in ``prices``) and ``{}``
+    elsewhere.
     """
 
     def __init__(
@@ -447,10 +448,13 @@ class LLMServer:
         *,
         models: Iterable[str] = (DEFAULT_MODEL,),
         get_handler: GetHandler | None = None,
+        prices: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.handler: Handler = handler if handler is not None else reply_always("")
         self.get_handler: GetHandler | None = get_handler
         self.models: list[str] = list(models)
+        # model -> (prompt, completion) dollars per token, listed as OpenRouter lists them
+        self.prices: dict[str, tuple[float, float]] = dict(prices or {})
         self.requests: list[RecordedRequest] = []
         self.get_requests: list[RecordedRequest] = []
         self.max_concurrency = 0
@@ -491,13 +495,14 @@ class LLMServer:
             return len(self.get_requests) - 1
 
     def _models_payload(self) -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": 0, "owned_by": "cassia-tests"}
-                for name in self.models
-            ],
-        }
+        listed = []
+        for name in self.models:
+            model = {"id": name, "object": "model", "created": 0, "owned_by": "cassia-tests"}
+            if name in self.prices:
+                prompt, completion = self.prices[name]
+                model["pricing"] = {"prompt": str(prompt), "completion": str(completion)}
+            listed.append(model)
+        return {"object": "list", "data": listed}
 
     # -- public API ------------------------------------------------------------------
     @property

@@ -41,9 +41,9 @@ ROOMS: list[tuple[str, set[str]]] = [
     ),
     (
         "results and evidence",
-        {"fields", "results", "cassia_files", "evaluation", "evidence", "levels"},
+        {"fields", "costs", "results", "cassia_files", "evaluation", "evidence", "levels"},
     ),
-    ("model client", {"llm", "api_keys"}),
+    ("model client", {"llm", "api_keys", "pricing"}),
     ("agents", {"agents"}),
     ("batch", {"batch"}),
     ("repeated runs", {"uncertainty"}),

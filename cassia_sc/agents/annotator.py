@@ -42,6 +42,9 @@ class Annotator:
     """
 
     name = "annotator"
+    #: Completion tokens of a usual reply, for a dry run's cost estimate
+    #: (reasoning through the markers, then the JSON answer).
+    reply_tokens = 600
     fields: tuple[Field, ...] = ()  # its answer's fields are core fields
 
     def plan(self, task: ClusterTask) -> Messages:

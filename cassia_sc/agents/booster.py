@@ -103,6 +103,9 @@ class Booster:
     """
 
     name = "booster"
+    #: Completion tokens of a usual reply, for a dry run's cost estimate
+    #: (one round: hypotheses and genes to look up, or the answer).
+    reply_tokens = 600
     fields = (
         BOOSTED,
         BOOST_REASON,

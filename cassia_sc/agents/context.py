@@ -214,10 +214,14 @@ class Step(Protocol):
         The step's name (also how it speaks in the conversation, by convention).
     fields
         The values it adds to each cluster's result (``result.set(name, value)``).
+    reply_tokens
+        About how many completion tokens one of its replies takes, for a dry run's cost
+        estimate (optional: :data:`cassia_sc.costs.DEFAULT_REPLY_TOKENS` when absent).
     """
 
     name: str
     fields: tuple[Field, ...]
+    reply_tokens: int
 
     def __call__(self, context: ClusterContext) -> None:
         """Do its work on one cluster; raise :class:`~cassia_sc.agents.StepFailed` if it cannot."""

@@ -102,6 +102,9 @@ class Grouper:
     """
 
     name = "grouper"
+    #: Completion tokens of a usual reply, for a dry run's cost estimate
+    #: (a JSON object of the labels' levels).
+    reply_tokens = 400
     fields = LEVEL_FIELDS
 
     def __init__(self, *, attempts: int = ATTEMPTS) -> None:

@@ -46,6 +46,9 @@ class OntologyChooser:
     """
 
     name = "ontology"
+    #: Completion tokens of a usual reply, for a dry run's cost estimate
+    #: (a term id and a line of reasons).
+    reply_tokens = 100
     fields: tuple[Field, ...] = ()  # it fills the core ontology fields
 
     def __init__(self, ontology: CellOntology, *, n_candidates: int = 10) -> None:

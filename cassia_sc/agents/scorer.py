@@ -65,6 +65,9 @@ class Scorer:
     """
 
     name = "scorer"
+    #: Completion tokens of a usual reply, for a dry run's cost estimate
+    #: (a score with its reasons).
+    reply_tokens = 350
     fields = (SCORE, SCORE_REASONING)
 
     def messages(self, task: ClusterTask, exchange: list[Turn]) -> Messages:

@@ -40,6 +40,9 @@ class Validator:
     """
 
     name = "validator"
+    #: Completion tokens of a usual reply, for a dry run's cost estimate
+    #: (a verdict with its reasons).
+    reply_tokens = 250
     fields: tuple[Field, ...] = ()  # its verdict and feedback are core fields
 
     def __init__(self, *, strict: bool = False, reject_unsupported: bool = False) -> None:
