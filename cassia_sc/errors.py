@@ -56,8 +56,8 @@ class OntologyUnavailable(CassiaError, ImportError):
 
     def __init__(self, missing: str = "cellxgene-ontology-guide") -> None:
         super().__init__(
-            f"mapping labels to the Cell Ontology needs {missing}: "
-            'install with pip install "cassia-sc[ontology]"'
+            f"mapping labels to the Cell Ontology needs {missing}: install the ontology "
+            'extra, pip install -e ".[ontology]" in the cassia_sc clone'
         )
 
 

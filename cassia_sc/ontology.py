@@ -37,7 +37,7 @@ nor :data:`FORBIDDEN` (eukaryotic cell, Eumycetozoan cell, animal cell).
 and :data:`LINEAGE_LINKS` 80 down to 50, unrelated 0); :meth:`CellOntology.relation` is its
 1 / 0.5 / 0 form.
 
-Needs the optional extra: ``pip install "cassia-sc[ontology]"``.
+Needs the optional ``ontology`` extra: ``pip install -e ".[ontology]"`` in the cassia_sc clone.
 """
 
 from __future__ import annotations

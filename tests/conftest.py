@@ -3,8 +3,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +14,13 @@ matplotlib.use("Agg")  # plots render to files, never to a screen
 import anndata as ad
 import pytest
 import scanpy as sc
-from llm_server import DEFAULT_MODEL, Handler, LLMServer, RecordedRequest, Reply
-from scripted_model import ScriptedModel, signature
+from scripted_llm import ScriptedLLM, ScriptedLLMFactory
+from scripted_model import signature
 
 import cassia_sc
-from cassia_sc import LLMClient
 
 DATA = Path(__file__).parent / "data"
 MARKER100 = DATA / "marker100.csv"
-
-#: A ScriptedModel override: ``(request, markers) -> Reply``, or None for the default answer.
-Override = Callable[[RecordedRequest, list[str]], Reply | None]
 
 
 @pytest.fixture(autouse=True)
@@ -63,122 +58,7 @@ def pbmc_wilcoxon(_pbmc_wilcoxon_once: ad.AnnData) -> ad.AnnData:
 
 
 # -- the scripted model, served ------------------------------------------------------------
-
-
-@dataclass
-class ScriptedLLM:
-    """A scripted model served on 127.0.0.1, and the settings that point cassia_sc at it.
-
-    Attributes
-    ----------
-    server
-        The running :class:`llm_server.LLMServer`: its ``requests``, ``request_count``,
-        ``max_concurrency``; its ``handler`` may be swapped during a test.
-    cache_dir
-        This server's cache folder, not yet created: every :meth:`options` and
-        :meth:`client` share it (a second run is served from the cache) unless given
-        another ``cache_dir``.
-    model
-        The model name sent, ``"test-model"``.
-    """
-
-    server: LLMServer
-    cache_dir: Path
-    model: str = DEFAULT_MODEL
-    _clients: list[LLMClient] = field(default_factory=list, repr=False)
-
-    @property
-    def base_url(self) -> str:
-        """The server's OpenAI-compatible base URL, the ``provider`` cassia_sc is given."""
-        return self.server.base_url
-
-    def options(self, **extra: Any) -> dict[str, Any]:
-        """Keyword options of ``run_batch``, ``tl.annotate``, ``runCASSIA_batch`` and
-        ``run_repeated`` that send every call here: ``model``, ``provider``, ``cache_dir``
-        and ``progress=False``, updated with ``extra``."""
-        settings = {
-            "model": self.model,
-            "provider": self.base_url,
-            "cache_dir": self.cache_dir,
-            "progress": False,
-        }
-        return settings | extra
-
-    def client(self, **extra: Any) -> LLMClient:
-        """An :class:`cassia_sc.LLMClient` for this server (``model``, ``provider``,
-        ``cache_dir``, updated with ``extra``), closed when the test ends."""
-        settings = {"model": self.model, "provider": self.base_url, "cache_dir": self.cache_dir}
-        client = LLMClient(**(settings | extra))
-        self._clients.append(client)
-        return client
-
-    def close(self) -> None:
-        """Close the clients made by :meth:`client`, then the server (idempotent)."""
-        while self._clients:
-            self._clients.pop().close()
-        self.server.close()
-
-
-class ScriptedLLMFactory:
-    """Starts :class:`ScriptedLLM` servers on demand and closes them all on :meth:`close`.
-
-    The ``scripted_llm`` fixture is one of these, closed at the end of the test; a fixture
-    of a wider scope can make its own, as a context manager.
-    """
-
-    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        self._tmp_path_factory = tmp_path_factory
-        self._started: list[ScriptedLLM] = []
-
-    def __call__(
-        self,
-        cell_types: Mapping[str, str] | None = None,
-        *,
-        annotator: Override | None = None,
-        validator: Override | None = None,
-        formatter: Override | None = None,
-        scorer: Override | None = None,
-        booster: Override | None = None,
-        delay: float = 0.0,
-        handler: Handler | None = None,
-    ) -> ScriptedLLM:
-        """Start a server answering as ``ScriptedModel(cell_types, annotator=..., ...)``.
-
-        Parameters
-        ----------
-        cell_types, annotator, validator, formatter, scorer, booster, delay
-            As for :class:`scripted_model.ScriptedModel`.
-        handler
-            A raw ``llm_server`` handler answering instead of a ScriptedModel (it may wrap
-            one); then none of the ScriptedModel parameters may be given.
-        """
-        if handler is None:
-            handler = ScriptedModel(
-                cell_types,
-                annotator=annotator,
-                validator=validator,
-                formatter=formatter,
-                scorer=scorer,
-                booster=booster,
-                delay=delay,
-            )
-        elif cell_types or annotator or validator or formatter or scorer or booster or delay:
-            raise TypeError("scripted_llm: give either handler= or the ScriptedModel parameters")
-        cache_dir = self._tmp_path_factory.mktemp("scripted-llm") / "cache"
-        llm = ScriptedLLM(server=LLMServer(handler), cache_dir=cache_dir)
-        self._started.append(llm)
-        return llm
-
-    def close(self) -> None:
-        """Close every client and server started so far."""
-        while self._started:
-            self._started.pop().close()
-
-    def __enter__(self) -> ScriptedLLMFactory:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+# ScriptedLLM and its factory live in scripted_llm.py: the docs build starts them too.
 
 
 @pytest.fixture

@@ -735,7 +735,7 @@ def test_unavailable_says_how_to_install(monkeypatch, package, name):
     with pytest.raises(OntologyUnavailable) as caught:
         fresh.match("B cell")
     message = str(caught.value)
-    assert 'install with pip install "cassia-sc[ontology]"' in message
+    assert 'pip install -e ".[ontology]"' in message
     if package == "cellxgene_ontology_guide" or importlib.util.find_spec(
         "cellxgene_ontology_guide"
     ):

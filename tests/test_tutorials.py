@@ -4,7 +4,8 @@ committed without outputs.
 Each notebook reads its provider and model from ``CASSIA_SC_PROVIDER`` and
 ``CASSIA_SC_MODEL``; the tests set them (and ``CASSIA_SC_CACHE_DIR``) before the kernel
 starts, so the kernel and the shell commands it runs talk to a local ``LLMServer`` whose
-``ScriptedModel`` gives a plausible answer for each Louvain cluster of pbmc68k_reduced.
+``ScriptedModel`` gives a plausible answer for each Louvain cluster of pbmc68k_reduced:
+``tutorial_model``'s, which the documentation build runs the notebooks against too.
 The kernel runs on the interpreter running the tests, whatever kernels are installed.
 """
 
@@ -18,9 +19,10 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 import pytest
-from conftest import Override, ScriptedLLM
-from llm_server import LLMServer, RecordedRequest, Reply
-from scripted_model import annotation_reply, gene_request_reply, score_reply, signature
+import tutorial_model
+from llm_server import LLMServer
+from scripted_llm import ScriptedLLM
+from tutorial_model import ANSWERS, BOOST_ANSWER, BOOSTED, N_CLUSTERS
 
 import cassia_sc
 
@@ -30,86 +32,20 @@ H5AD_FROM_THE_SHELL = "02_h5ad_from_the_shell.ipynb"
 SEURAT_MARKERS = "03_seurat_markers.ipynb"
 EXECUTED = {SCANPY_SESSION, H5AD_FROM_THE_SHELL, SEURAT_MARKERS}
 
-N_CLUSTERS = 11  # Louvain clusters of pbmc68k_reduced
 # One annotation run per notebook: an annotator and a validator call per cluster, the
 # validator passing every first answer; dry runs call nothing.
 REQUESTS_PER_RUN = 2 * N_CLUSTERS
 # Tutorial 1 also scores every cluster, then boosts the one scored low (BOOSTED): a gene
 # request, the answer, and a new score.
-BOOSTED = "9"
-BOOST_ANSWER = ("Proliferating T cell", ("cycling CD8+ T cell",), ())
 REQUESTS_WITH_BOOST = REQUESTS_PER_RUN + N_CLUSTERS + 3
-
-# Louvain cluster -> (main cell type, subtypes, possibly mixed types) the scripted model
-# answers; it recognises a cluster by its top markers, which are the same whether they come
-# from an AnnData, an .h5ad file or the bundled FindAllMarkers table.
-ANSWERS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
-    "0": ("CD4+ T cell", ("naive CD4+ T cell", "central memory CD4+ T cell"), ()),
-    "1": ("Monocyte", ("CD16+ non-classical monocyte",), ()),
-    "2": ("Dendritic cell", ("conventional type 2 dendritic cell",), ()),
-    "3": ("NK cell", ("CD56dim cytotoxic NK cell",), ("CD8+ cytotoxic T cell",)),
-    "4": ("B cell", ("naive B cell", "memory B cell"), ()),
-    "5": ("Monocyte", ("CD16+ non-classical monocyte",), ()),
-    "6": ("Monocyte", ("CD14+ classical monocyte",), ("Dendritic cell",)),
-    "7": ("Dendritic cell", ("conventional dendritic cell",), ()),
-    "8": ("Plasma cell", ("plasmablast",), ()),
-    "9": ("T cell", ("proliferating T cell",), ()),
-    "10": ("Hematopoietic progenitor cell", ("CD34+ progenitor",), ()),
-}
-
-
-def annotator_for(pbmc_wilcoxon: ad.AnnData) -> Override:
-    """An annotator answering ANSWERS, recognising each cluster by its first markers."""
-    markers = cassia_sc.top_markers(pbmc_wilcoxon, key="wilcoxon")
-    known = {signature(markers[cluster]): answer for cluster, answer in ANSWERS.items()}
-    assert len(known) == N_CLUSTERS, "two clusters share a signature"
-
-    def annotator(request: RecordedRequest, genes: list[str]) -> Reply | None:
-        answer = known.get(signature(genes))
-        if answer is None:
-            return None  # not an example cluster: the default answer, "Unknown"
-        main, subtypes, mixed = answer
-        return Reply(
-            content=annotation_reply(
-                main, subtypes=subtypes, mixed=mixed, key_markers=tuple(genes[:3])
-            )
-        )
-
-    return annotator
-
-
-def judge_and_boost_for(pbmc_wilcoxon: ad.AnnData) -> tuple[Override, Override]:
-    """A judge scoring BOOSTED's first answer 60 (others 90), and a boost that asks for
-    three genes, then answers BOOST_ANSWER."""
-    markers = cassia_sc.top_markers(pbmc_wilcoxon, key="wilcoxon")
-    doubtful = signature(markers[BOOSTED])
-
-    def scorer(request: RecordedRequest, genes: list[str]) -> Reply:
-        first = ANSWERS[BOOSTED][0]
-        low = (
-            signature(genes) == doubtful
-            and f'"main_cell_type": "{first}"'
-            in (request.messages[1]["content"].rsplit("[booster", 1)[-1])
-        )
-        return Reply(content=score_reply(60 if low else 90))
-
-    def booster(request: RecordedRequest, genes: list[str]) -> Reply:
-        if len(request.messages) == 2:
-            return Reply(content=gene_request_reply(["MKI67", "TOP2A", "CD3E"]))
-        main, subtypes, _ = BOOST_ANSWER
-        return Reply(content=annotation_reply(main, subtypes=subtypes, key_markers=("MKI67",)))
-
-    return scorer, booster
 
 
 @pytest.fixture
 def llm(pbmc_wilcoxon, scripted_llm, monkeypatch) -> ScriptedLLM:
     """The scripted server, with the environment the notebooks read set before any kernel."""
-    scorer, booster = judge_and_boost_for(pbmc_wilcoxon)
-    llm = scripted_llm(annotator=annotator_for(pbmc_wilcoxon), scorer=scorer, booster=booster)
-    monkeypatch.setenv("CASSIA_SC_PROVIDER", llm.base_url)
-    monkeypatch.setenv("CASSIA_SC_MODEL", llm.model)
-    monkeypatch.setenv("CASSIA_SC_CACHE_DIR", str(llm.cache_dir))
+    llm = tutorial_model.start(scripted_llm, pbmc_wilcoxon)
+    for name, value in tutorial_model.environment(llm).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel draws inline, as for readers
     return llm
 
@@ -120,13 +56,7 @@ def kernel(tmp_path_factory, monkeypatch) -> str:
     where Jupyter looks first; "python3" may name another Python's kernel."""
     folder = tmp_path_factory.mktemp("jupyter")
     name = "cassia-sc-tests"
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (the tests' interpreter)",
-        "language": "python",
-    }
-    (folder / "kernels" / name).mkdir(parents=True)
-    (folder / "kernels" / name / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+    tutorial_model.install_kernel(folder, name)
     monkeypatch.setenv("JUPYTER_PATH", str(folder))
     return name
 
