@@ -9,17 +9,27 @@ OpenAI-compatible endpoint; its key is read from ``CUSTOMIZED_API_KEY``)::
     python cassia_driver.py boost RESULTS_summary.csv MARKERS.csv CLUSTER PREFIX --base-url URL
     python cassia_driver.py score-report SCORED.csv INDEX_NAME
     python cassia_driver.py batch-report SCORED.csv CONVERSATIONS.json REPORT.html
+    python cassia_driver.py steps STEPS.json OUTCOMES.json
+
+``steps`` runs several of the commands above in this one process, in order, since
+importing CASSIA takes 4 s: ``STEPS.json`` maps a name to each command's arguments, and
+``OUTCOMES.json`` gets, for each name, its exit status, its traceback if it raised, and
+what it printed.
 
 ``batch-report`` feeds CASSIA's batch report the rows of a table with each cluster's entry
 of a conversations JSON, as CASSIA's ``runCASSIA_pipeline`` does. CASSIA is imported in
-:func:`main` only: pytest imports this file (for doctests) in our venv, which has no CASSIA.
+:func:`run` and :func:`steps` only: pytest imports this file (for doctests) in our venv,
+which has no CASSIA.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
+import traceback
 from typing import Any
 
 import pandas as pd
@@ -37,8 +47,8 @@ def _cluster_as_read(results: str, name: str) -> Any:
     raise SystemExit(f"no cluster {name!r} in {results}")
 
 
-def main(argv: list[str]) -> int:
-    """Run the command in ``argv``; return the exit status."""
+def command_line() -> argparse.ArgumentParser:
+    """The command line of one command."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     batch = commands.add_parser("batch")
@@ -63,8 +73,11 @@ def main(argv: list[str]) -> int:
     batch_report.add_argument("csv")
     batch_report.add_argument("conversations")
     batch_report.add_argument("output")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def run(args: argparse.Namespace) -> int:
+    """Run one parsed command; return its exit status."""
     import CASSIA  # only in CASSIA's venv
 
     if args.command == "batch":
@@ -112,6 +125,40 @@ def main(argv: list[str]) -> int:
             row["Conversation History"] = conversations.get(str(row["Cluster ID"]), {})
         CASSIA.generate_batch_html_report_from_data(rows=rows, output_path=args.output)
     return 0
+
+
+def steps(plan: str, outcomes: str) -> int:
+    """Run each named command of ``plan`` in turn; write each one's outcome to ``outcomes``.
+
+    A command that fails does not stop the next: each test checks its own step.
+    """
+    with open(plan, encoding="utf-8") as handle:
+        commands: dict[str, list[str]] = json.load(handle)
+    import CASSIA  # noqa: F401 - once, before the first step: the 4 s it takes are no step's
+
+    done: dict[str, dict[str, Any]] = {}
+    for name, argv in commands.items():
+        printed = io.StringIO()
+        status, error = 1, ""
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            try:
+                status = run(command_line().parse_args(argv))
+            except SystemExit as stop:  # argparse, or a cluster not in the results
+                status = stop.code if isinstance(stop.code, int) else 1
+                error = f"SystemExit: {stop}"
+            except Exception:
+                error = traceback.format_exc()
+        done[name] = {"status": status, "error": error, "output": printed.getvalue()}
+    with open(outcomes, "w", encoding="utf-8") as handle:
+        json.dump(done, handle)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Run the command in ``argv``; return the exit status."""
+    if argv[:1] == ["steps"]:
+        return steps(*argv[1:])
+    return run(command_line().parse_args(argv))
 
 
 if __name__ == "__main__":

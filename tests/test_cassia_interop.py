@@ -15,7 +15,9 @@ The other way round: CASSIA's ``runCASSIA_batch`` annotates the same clusters, a
 ``runCASSIA_score_batch`` grades its files with CASSIA's conversation in the judge's prompt.
 
 Each CASSIA step names its own model, so that its requests are told apart from the
-others' in the server's record.
+others' in the server's record. All of them run in one CASSIA process (importing CASSIA
+takes 4 s), one after the other, each with its own outcome, checked by the tests that use
+it.
 """
 
 from __future__ import annotations
@@ -50,8 +52,22 @@ JUDGE_OF_CSV = "cassia-judge-csv"  # CASSIA's scorer on our full CSV's history c
 CASSIA_BOOSTER = "cassia-booster"
 CASSIA_ANNOTATOR = "cassia-annotator"
 OUR_JUDGE = "ours-judge"
+# The files of the CASSIA steps, in the work folder.
+SCORED_FROM_JSON = "cassia_scored_summary.csv"
+SCORED_FROM_CSV = "cassia_scored_full.csv"
+REPORT_FROM_JSON = "cassia_report_from_json.html"
+CASSIA_BATCH = "cassia_batch"
 # A CASSIA step takes seconds here (4 of them to import CASSIA); a hung one is stopped.
 TIMEOUT = 600
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one command of ``cassia_driver.py`` did in the shared CASSIA process."""
+
+    status: int
+    error: str  # its traceback, when it raised
+    output: str  # what it printed
 
 
 @dataclass
@@ -68,18 +84,22 @@ class Interop:
         """One of our batch's files, e.g. ``"_summary.csv"``."""
         return Path(f"{self.ours}{suffix}")
 
-    def cassia(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run ``cassia_driver.py`` with CASSIA's interpreter in the work folder."""
+    def cassia(self, commands: dict[str, list[str]]) -> dict[str, Outcome]:
+        """Run ``cassia_driver.py``'s commands, in order, in one CASSIA process in the work
+        folder; return each one's outcome by its name."""
+        plan, outcomes = self.work / "cassia_steps.json", self.work / "cassia_outcomes.json"
+        plan.write_text(json.dumps(commands), encoding="utf-8")
         done = subprocess.run(
-            [str(cassia_python()), str(DRIVER), *args],
+            [str(cassia_python()), str(DRIVER), "steps", str(plan), str(outcomes)],
             cwd=self.work,
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
             env=cassia_environment(CUSTOMIZED_API_KEY=KEY),
         )
-        assert done.returncode == 0, f"CASSIA {args[0]} failed:\n{done.stdout}\n{done.stderr}"
-        return done
+        assert done.returncode == 0, f"CASSIA's process failed:\n{done.stdout}\n{done.stderr}"
+        ran = json.loads(outcomes.read_text(encoding="utf-8"))
+        return {name: Outcome(**ran[name]) for name in commands}
 
     def keys(self, table: Path) -> dict[str, str]:
         """Cluster -> signature of its markers, as a results table lists them."""
@@ -156,29 +176,70 @@ def test_our_files_hold_each_clusters_conversation_in_cassias_shape(interop):
     assert interop.file("_record.json").is_file()
 
 
+# -- CASSIA's steps, in one process ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cassia(interop) -> dict[str, Outcome]:
+    """Every CASSIA step of this module, by name, run in one CASSIA process.
+
+    A step's files are what a later step reads: the reports read the scored tables.
+    """
+    work, url = interop.work, ["--base-url", interop.server.base_url]
+    return interop.cassia(
+        {
+            # runCASSIA_score_batch on our summary: it finds our conversations JSON.
+            "score of the summary": [
+                "score", str(interop.file("_summary.csv")), str(work / SCORED_FROM_JSON),
+                *url, "--model", JUDGE_OF_JSON,
+            ],
+            # runCASSIA_score_batch on our full CSV: it reads the history column.
+            "score of the full CSV": [
+                "score", str(interop.file("_full.csv")), str(work / SCORED_FROM_CSV),
+                *url, "--model", JUDGE_OF_CSV,
+            ],
+            # runCASSIA_annotationboost on one cluster of our files.
+            "boost": [
+                "boost", str(interop.file("_summary.csv")), str(interop.markers), BOOSTED,
+                str(work / f"cassia_boost_{BOOSTED}"), *url, "--model", CASSIA_BOOSTER,
+            ],
+            # The batch report of the scored summary, with our conversations JSON.
+            "batch report": [
+                "batch-report", str(work / SCORED_FROM_JSON),
+                str(interop.file("_conversations.json")), str(work / REPORT_FROM_JSON),
+            ],
+            "score report": ["score-report", str(work / SCORED_FROM_CSV), "cassia_score_index"],
+            # CASSIA's own batch, for our scorer.
+            "batch": [
+                "batch", str(interop.markers), str(work / CASSIA_BATCH),
+                *url, "--model", CASSIA_ANNOTATOR,
+            ],
+        }
+    )  # fmt: skip
+
+
+def succeeded(cassia: dict[str, Outcome], step: str) -> Outcome:
+    """The outcome of a CASSIA step, which must have run to the end."""
+    done = cassia[step]
+    assert done.status == 0, f"CASSIA's {step} failed:\n{done.output}\n{done.error}"
+    return done
+
+
 # -- CASSIA's scorer ------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def scored_from_json(interop) -> Path:
+def scored_from_json(interop, cassia) -> Path:
     """CASSIA's runCASSIA_score_batch on our summary: it finds our conversations JSON."""
-    output = interop.work / "cassia_scored_summary.csv"
-    interop.cassia(
-        "score", str(interop.file("_summary.csv")), str(output),
-        "--base-url", interop.server.base_url, "--model", JUDGE_OF_JSON,
-    )  # fmt: skip
-    return output
+    succeeded(cassia, "score of the summary")
+    return interop.work / SCORED_FROM_JSON
 
 
 @pytest.fixture(scope="module")
-def scored_from_csv(interop) -> Path:
+def scored_from_csv(interop, cassia) -> Path:
     """CASSIA's runCASSIA_score_batch on our full CSV: it reads the history column."""
-    output = interop.work / "cassia_scored_full.csv"
-    interop.cassia(
-        "score", str(interop.file("_full.csv")), str(output),
-        "--base-url", interop.server.base_url, "--model", JUDGE_OF_CSV,
-    )  # fmt: skip
-    return output
+    succeeded(cassia, "score of the full CSV")
+    return interop.work / SCORED_FROM_CSV
 
 
 def scorer_prompt(interop: Interop, judge: str, cluster: str, key: str) -> str:
@@ -239,14 +300,10 @@ def test_cassias_scorer_reads_our_full_csvs_history_column(interop, scored_from_
 
 
 @pytest.fixture(scope="module")
-def boosted(interop) -> dict[str, object]:
-    """CASSIA's runCASSIA_annotationboost on one cluster of our files."""
-    prefix = interop.work / f"cassia_boost_{BOOSTED}"
-    done = interop.cassia(
-        "boost", str(interop.file("_summary.csv")), str(interop.markers), BOOSTED, str(prefix),
-        "--base-url", interop.server.base_url, "--model", CASSIA_BOOSTER,
-    )  # fmt: skip
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def boosted(cassia) -> dict[str, object]:
+    """CASSIA's runCASSIA_annotationboost on one cluster of our files: what it returned."""
+    done = succeeded(cassia, "boost")
+    return json.loads(done.output.strip().splitlines()[-1])
 
 
 def test_cassias_boost_sees_the_clusters_conversation(interop, boosted):
@@ -272,14 +329,13 @@ def test_cassias_boost_sees_the_clusters_conversation(interop, boosted):
 # -- CASSIA's reports ----------------------------------------------------------------------------
 
 
-def test_cassias_batch_report_shows_our_annotators_text_from_the_json(interop, scored_from_json):
+def test_cassias_batch_report_shows_our_annotators_text_from_the_json(
+    interop, cassia, scored_from_json
+):
     # CASSIA's report of a scored table, given each cluster's entry of our conversations
     # JSON as CASSIA's own pipeline gives it.
-    output = interop.work / "cassia_report_from_json.html"
-    interop.cassia(
-        "batch-report", str(scored_from_json), str(interop.file("_conversations.json")),
-        str(output),
-    )  # fmt: skip
+    succeeded(cassia, "batch report")
+    output = interop.work / REPORT_FROM_JSON
     page = html.unescape(output.read_text(encoding="utf-8"))
     keys = interop.keys(interop.file("_summary.csv"))
     for cluster, key in keys.items():
@@ -287,11 +343,13 @@ def test_cassias_batch_report_shows_our_annotators_text_from_the_json(interop, s
     assert "No annotation data available" not in page
 
 
-def test_cassias_reports_show_our_annotators_text_from_the_full_csv(interop, scored_from_csv):
+def test_cassias_reports_show_our_annotators_text_from_the_full_csv(
+    interop, cassia, scored_from_csv
+):
     keys = interop.keys(interop.file("_summary.csv"))
     # runCASSIA_generate_score_report: one page per row of the scored table, parsed from
     # its Conversation History sections.
-    interop.cassia("score-report", str(scored_from_csv), "cassia_score_index")
+    succeeded(cassia, "score report")
     for cluster, key in keys.items():
         page = (interop.work / f"report_{cluster}.html").read_text(encoding="utf-8")
         assert "Final Annotation Analysis" in page  # the annotator's section was found
@@ -309,12 +367,9 @@ def test_cassias_reports_show_our_annotators_text_from_the_full_csv(interop, sco
 # -- the other way: our scorer on CASSIA's files ------------------------------------------------
 
 
-def test_our_scorer_sees_the_conversation_of_cassias_batch(interop):
-    prefix = interop.work / "cassia_batch"
-    interop.cassia(
-        "batch", str(interop.markers), str(prefix),
-        "--base-url", interop.server.base_url, "--model", CASSIA_ANNOTATOR,
-    )  # fmt: skip
+def test_our_scorer_sees_the_conversation_of_cassias_batch(interop, cassia):
+    succeeded(cassia, "batch")
+    prefix = interop.work / CASSIA_BATCH
     summary = Path(f"{prefix}_summary.csv")
     keys = interop.keys(summary)
     assert sorted(keys) == sorted(CLUSTERS)

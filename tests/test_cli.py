@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-from conftest import cli, command, digest
+from conftest import cli, digest
 from llm_server import Reply
 from scripted_model import signature
 
@@ -181,17 +181,17 @@ def test_a_missing_key_is_one_line(h5ad, tmp_path, capsys):
     )
 
 
-@pytest.mark.slow
-def test_the_command_is_documented():
-    done = command("annotate", "--help")
-    assert done.returncode == 0, done.stderr
-    assert (
-        "examples:" in done.stdout
-        and "--dry-run" in done.stdout
-        and "pbmc68k_reduced" in done.stdout
-    )
-    wrong = command("annotate")
-    assert wrong.returncode == 2 and "required" in wrong.stderr
+def test_the_command_is_documented(capsys):
+    # In this process: the console script's test below runs the command from the shell,
+    # and the tests of test_faults_files.py run `python -m cassia_sc` and its exit status.
+    with pytest.raises(SystemExit) as done:
+        main(["annotate", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "examples:" in out and "--dry-run" in out and "pbmc68k_reduced" in out
+    with pytest.raises(SystemExit) as wrong:
+        main(["annotate"])
+    assert wrong.value.code == 2 and "required" in capsys.readouterr().err
 
 
 @pytest.mark.slow

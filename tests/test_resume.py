@@ -120,41 +120,6 @@ def test_a_killed_run_resumes_with_only_the_requests_it_had_not_completed(script
     assert result.usage["cached_calls"] == completed
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_promptly_and_keeps_what_finished(scripted_llm, tmp_path):
-    held = HeldReplies(first_held=7)
-    llm = scripted_llm(handler=held)
-    process = start_batch(llm, tmp_path, workers=2)
-    try:
-        wait_until(lambda: llm.server.request_count == 9, process, "9 requests")
-        process.send_signal(signal.SIGINT)
-        # Promptly: the run writes what finished without waiting for the two replies it
-        # asked for, which are still held back.
-        wait_until(
-            lambda: all((tmp_path / f"out_{name}").exists() for name in OUTPUTS),
-            process,
-            "output files",
-        )
-    finally:
-        held.release()
-    _, stderr = process.communicate(timeout=HANG)
-    assert process.returncode != 0
-    assert llm.server.request_count == 9, stderr.decode()  # and it started no other request
-    assert b"KeyboardInterrupt" in stderr or b"BatchInterrupted" in stderr
-
-    summary = pd.read_csv(tmp_path / "out_summary.csv", dtype={"Cluster ID": str})
-    assert summary["Cluster ID"].tolist() == [str(i) for i in range(11)]
-    statuses = summary["Status"].value_counts().to_dict()
-    assert statuses.get("ok", 0) >= 1 and statuses.get("not_run", 0) >= 1
-    assert set(statuses) <= {"ok", "not_run"}
-    completed = len(ResponseCache(llm.cache_dir))
-    llm.server.requests.clear()
-
-    result = resume(llm)
-    assert all(c.status == "ok" for c in result.clusters)
-    assert llm.server.request_count == PLAN - completed
-
-
 @pytest.mark.parametrize("workers", [1, 4])
 def test_interrupting_in_process_raises_with_every_cluster(scripted_llm, workers):
     """A KeyboardInterrupt inside the main thread (as Ctrl-C in a notebook) keeps results."""
@@ -178,8 +143,9 @@ def test_interrupting_in_process_raises_with_every_cluster(scripted_llm, workers
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_at_once_while_requests_are_in_flight(scripted_llm, tmp_path):
-    """Neither the requests in flight nor their threads hold the process after Ctrl-C."""
+def test_ctrl_c_exits_at_once_keeps_what_finished_and_resumes(scripted_llm, tmp_path):
+    """Neither the requests in flight nor their threads hold the process after Ctrl-C; it
+    writes what finished, and a second run asks only for the rest."""
     held = HeldReplies(first_held=7, hold=10 * HANG)  # held until released, whatever happens
     llm = scripted_llm(handler=held)
     process = start_batch(llm, tmp_path, workers=2)
@@ -190,7 +156,8 @@ def test_ctrl_c_exits_at_once_while_requests_are_in_flight(scripted_llm, tmp_pat
             _, stderr = process.communicate(timeout=HANG)
         except subprocess.TimeoutExpired:
             pytest.fail("after Ctrl-C the process waited for the requests still in flight")
-        # It ended while the server still held both replies it had asked for.
+        # It ended while the server still held both replies it had asked for, and it
+        # started no other request.
         assert [r.answered_at for r in llm.server.requests[7:]] == [None, None]
     finally:
         held.release()
@@ -201,7 +168,19 @@ def test_ctrl_c_exits_at_once_while_requests_are_in_flight(scripted_llm, tmp_pat
     assert b"BatchInterrupted" in stderr, stderr.decode()
     # Nothing was left to join at exit, where a second Ctrl-C used to print a traceback.
     assert b"threading" not in stderr and b"Exception ignored" not in stderr, stderr.decode()
+    # Promptly: it wrote what finished without waiting for the two replies held back.
     assert all((tmp_path / f"out_{name}").exists() for name in OUTPUTS)
+    summary = pd.read_csv(tmp_path / "out_summary.csv", dtype={"Cluster ID": str})
+    assert summary["Cluster ID"].tolist() == [str(i) for i in range(11)]
+    statuses = summary["Status"].value_counts().to_dict()
+    assert statuses.get("ok", 0) >= 1 and statuses.get("not_run", 0) >= 1
+    assert set(statuses) <= {"ok", "not_run"}
+    completed = len(ResponseCache(llm.cache_dir))
+    llm.server.requests.clear()
+
+    result = resume(llm)
+    assert all(c.status == "ok" for c in result.clusters)
+    assert llm.server.request_count == PLAN - completed
 
 
 def test_replies_that_arrive_after_ctrl_c_are_cached(scripted_llm):
