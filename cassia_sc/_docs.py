@@ -95,6 +95,18 @@ PARAMETERS: dict[str, str] = {
     "cache": "Keep every reply on disk: a re-run costs nothing and an interrupted run resumes.",
     "cache_dir": "Cache folder; default ``$CASSIA_SC_CACHE_DIR`` or the user cache folder.",
     "progress": "Show a progress bar.",
+    "batch_api": (
+        "Send the calls through the provider's batch API, at half the price, answered "
+        "within a day: ``True`` for OpenAI's or Anthropic's own, ``\"openai\"`` or "
+        '``"anthropic"`` for a base URL that speaks one. The clusters advance round by '
+        "round (every annotator, then every validator, ...); the batches are remembered in "
+        "the cache folder, so that a run stopped while waiting continues where it was when "
+        "started again, paying nothing twice (``cassia-sc jobs`` lists them)."
+    ),
+    "batch_poll_interval": (
+        "With ``batch_api``: seconds between the first polls of a batch; the wait grows "
+        "to a minute."
+    ),
     "prices": (
         "For a dry run's cost in dollars: a table of prices, ``{model: (prompt, completion)}`` "
         "in dollars per million tokens, or a CSV or JSON file of them (columns ``model``, "

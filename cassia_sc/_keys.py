@@ -202,6 +202,8 @@ class Default:
     boost_max_genes: Final = 50
     #: What a plan assumes: the share of clusters a boost will take on.
     boost_share: Final = 0.25
+    #: Seconds between the first polls of a provider batch (the wait grows to a minute).
+    batch_poll_interval: Final = 10.0
 
 
 class Limit:

@@ -8,11 +8,12 @@ run at once with a single message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from copy import deepcopy
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from .markers import MarkerInput, RankingMethod, top_markers
 from .ontology import cell_ontology, load_in_background
 from .providers import display_name
 from .results import BatchResult, ClusterResult, Turn
+from .rounds import BatchRounds
 
 if TYPE_CHECKING:
     from .evidence import MarkerTableEvidence
@@ -68,6 +70,8 @@ def run_batch(
     requests_per_minute: float | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    batch_api: bool | str = False,
+    batch_poll_interval: float = Default.batch_poll_interval,
     dry_run: bool = False,
     progress: bool = True,
     client: LLMClient | None = None,
@@ -107,6 +111,8 @@ def run_batch(
     {requests_per_minute}
     {cache}
     {cache_dir}
+    {batch_api}
+    {batch_poll_interval}
     dry_run
         Build every prompt and estimate the prompt tokens, without calling a model;
         works offline and needs no key.
@@ -213,15 +219,22 @@ def run_batch(
                 requests_per_minute=requests_per_minute,
                 cache=cache,
                 cache_dir=cache_dir,
+                batch_api=batch_api,
+                batch_poll_interval=batch_poll_interval,
             ),
         )
     if ontology is not False:
         load_in_background()  # ready by the time the answers need their terms
     try:
         jobs = [_annotation_job(task, client) for task in tasks]
-        results, interrupted = _run_pool(
-            jobs, max_workers=max_workers, progress=progress, desc="Annotating clusters"
-        )
+        with _batch_rounds((client,), len(jobs)) as rounds:
+            results, interrupted = _run_pool(
+                jobs,
+                max_workers=max_workers,
+                progress=progress,
+                desc="Annotating clusters",
+                rounds=rounds,
+            )
     finally:
         if own_client:
             client.close()
@@ -243,13 +256,15 @@ def connection_options(
     requests_per_minute: float | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    batch_api: bool | str = False,
+    batch_poll_interval: float = Default.batch_poll_interval,
     **_: Any,
 ) -> dict[str, Any]:
     """Pick the options of :class:`~cassia_sc.LLMClient` that every client of a run shares.
 
     Parameters
     ----------
-    timeout, max_retries, requests_per_minute, cache, cache_dir
+    timeout, max_retries, requests_per_minute, cache, cache_dir, batch_api, batch_poll_interval
         As in :func:`run_batch`.
     **_
         Any other option of :func:`run_batch`, ignored.
@@ -265,6 +280,8 @@ def connection_options(
         "requests_per_minute": requests_per_minute,
         "cache": cache,
         "cache_dir": cache_dir,
+        "batch_api": batch_api,
+        "batch_poll_interval": batch_poll_interval,
     }
 
 
@@ -327,7 +344,10 @@ def run_steps(
         )
         for result in chosen
     ]
-    done, interrupted = _run_pool(jobs, max_workers=max_workers, progress=progress, desc=desc)
+    with _batch_rounds((client, judge), len(jobs)) as rounds:
+        done, interrupted = _run_pool(
+            jobs, max_workers=max_workers, progress=progress, desc=desc, rounds=rounds
+        )
     replaced = {r.cluster: r for r in done}
     declared = {f.name: f for f in batch.fields}
     for step in steps:
@@ -451,16 +471,43 @@ class _Job:
     crashed: Callable[[Exception], ClusterResult]
 
 
+@contextlib.contextmanager
+def _batch_rounds(clients: Sequence[LLMClient | None], n_jobs: int) -> Iterator[BatchRounds | None]:
+    """Gather the jobs' calls into rounds of provider batches, for clients that batch."""
+    batching = [c for c in clients if c is not None and c.batch_api]
+    if not batching:
+        yield None
+        return
+    rounds = BatchRounds(n_jobs)
+    for client in batching:
+        client.rounds = rounds
+    try:
+        yield rounds
+    finally:
+        for client in batching:
+            client.rounds = None
+        rounds.close()
+
+
 def _run_pool(
-    jobs: list[_Job], *, max_workers: int, progress: bool, desc: str
+    jobs: list[_Job],
+    *,
+    max_workers: int,
+    progress: bool,
+    desc: str,
+    rounds: BatchRounds | None = None,
 ) -> tuple[list[ClusterResult], bool]:
     """Run every job; return the results in job order and whether Ctrl-C cut the run short.
 
     The workers are daemon threads of our own rather than a ``ThreadPoolExecutor``, whose
     threads the interpreter joins at exit: after Ctrl-C, a worker still waiting for a reply
     holds neither this function nor the process. It stays only while the process lives, to
-    cache the reply it was waiting for; no request starts after the stop.
+    cache the reply it was waiting for; no request starts after the stop. With ``rounds``
+    (provider batches) every job runs at once, so that each round holds every cluster's
+    call; each job tells the rounds when it is over.
     """
+    if rounds is not None:
+        max_workers = len(jobs)
     stop = threading.Event()
     done: dict[int, ClusterResult] = {}
     futures: list[Future] = [Future() for _ in jobs]
@@ -468,16 +515,16 @@ def _run_pool(
     queue: SimpleQueue[int] = SimpleQueue()
     for index in range(len(jobs)):
         queue.put(index)
-    for number in range(min(max_workers, len(jobs))):
-        threading.Thread(
-            target=_worker,
-            args=(jobs, futures, queue, stop),
-            name=f"cassia-sc-worker-{number}",
-            daemon=True,
-        ).start()
     bar = _progress_bar(total=len(jobs), desc=desc, unit="cluster", disable=not progress)
     interrupted = False
-    try:
+    try:  # from the first worker on: a Ctrl-C at any point stops every one
+        for number in range(min(max_workers, len(jobs))):
+            threading.Thread(
+                target=_worker,
+                args=(jobs, futures, queue, stop, rounds),
+                name=f"cassia-sc-worker-{number}",
+                daemon=True,
+            ).start()
         pending = set(futures)
         while pending:
             # A short timeout keeps the main thread responsive to Ctrl-C.
@@ -515,7 +562,11 @@ def _stop_all(stop: threading.Event, futures: list[Future]) -> None:
 
 
 def _worker(
-    jobs: list[_Job], futures: list[Future], queue: SimpleQueue[int], stop: threading.Event
+    jobs: list[_Job],
+    futures: list[Future],
+    queue: SimpleQueue[int],
+    stop: threading.Event,
+    rounds: BatchRounds | None,
 ) -> None:
     """Take jobs until there are none left or the run stopped; settle each one's future."""
     while not stop.is_set():
@@ -530,6 +581,9 @@ def _worker(
             future.set_result(_work_or_stop_all(jobs[index], stop))
         except BaseException as err:  # the main thread decides what it means
             future.set_exception(err)
+        finally:
+            if rounds is not None:
+                rounds.job_done()
 
 
 def _work_or_stop_all(job: _Job, stop: threading.Event) -> ClusterResult:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+import openai
 import pandas as pd
 from anndata import AnnData, read_h5ad
 
@@ -49,7 +50,9 @@ from .h5ad import (
     read_outline,
     write_annotation,
 )
+from .provider_batches import JobStore
 from .results import BatchResult
+from .rounds import collect
 from .tl._subclusters import file_label_columns, read_population
 from .workflow import run_annotation
 
@@ -200,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("markers", metavar="MARKERS", help="marker table (CSV or TSV)")
     _add_run_options(batch, retries=_RETRIES_BATCH, table=True)
     _add_cache_command(commands)
+    _add_jobs_command(commands)
     return parser
 
 
@@ -248,6 +252,38 @@ def _add_cache_command(commands: argparse._SubParsersAction) -> None:
             type=Path,
             metavar="DIR",
             help="the cache folder (default: $CASSIA_SC_CACHE_DIR, else the user's cache folder)",
+        )
+
+
+def _add_jobs_command(commands: argparse._SubParsersAction) -> None:
+    jobs = commands.add_parser(
+        "jobs",
+        help="list the provider batches sent by --batch-api runs, or collect their results",
+        description=(
+            "A run with --batch-api sends its requests as provider batches, answered within\n"
+            "a day. Each batch is remembered in the cache folder until its results are in\n"
+            "the cache: run the same command again to go on where it was (nothing is sent\n"
+            "twice), or collect the results of the batches that have ended now."
+        ),
+        epilog="examples:\n\n  cassia-sc jobs\n  cassia-sc jobs collect --wait",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = jobs.add_subparsers(dest="action", metavar="ACTION")
+    listing = actions.add_parser("list", help="each batch: provider, state, requests (default)")
+    collect_ = actions.add_parser(
+        "collect", help="ask about every open batch; put the results of those ended in the cache"
+    )
+    collect_.add_argument(
+        "--wait", action="store_true", help="poll until every open batch has ended"
+    )
+    for parser in (jobs, listing, collect_):
+        parser.add_argument(
+            "--cache-dir",
+            type=Path,
+            metavar="DIR",
+            default=argparse.SUPPRESS if parser is not jobs else None,
+            help="the cache folder the runs used (default: $CASSIA_SC_CACHE_DIR, else the "
+            "user's cache folder)",
         )
 
 
@@ -357,6 +393,25 @@ def _add_run_options(parser: argparse.ArgumentParser, *, retries: str, table: bo
         help=cli_help("max_retries") + retries,
     )
     calls.add_argument("--timeout", type=float, default=Default.timeout, help=cli_help("timeout"))
+    calls.add_argument(
+        "--batch-api",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="API",
+        help="send the calls through the provider's batch API (half the price, answered "
+        "within a day): alone for OpenAI or Anthropic, or with API (openai or anthropic) for "
+        "a base URL that speaks one. The batches are remembered in the cache folder: run the "
+        "same command again to go on where it was, paying nothing twice (cassia-sc jobs "
+        "lists them)",
+    )
+    calls.add_argument(
+        "--batch-poll-interval",
+        type=float,
+        default=Default.batch_poll_interval,
+        metavar="SECONDS",
+        help="with --batch-api: seconds between the first polls of a batch, growing to a minute",
+    )
     calls.add_argument("--requests-per-minute", type=float, help=cli_help("requests_per_minute"))
     run = parser.add_argument_group("cache and output")
     if not table:
@@ -402,6 +457,8 @@ def _run_options(args: argparse.Namespace) -> dict:
         "cache_dir": args.cache_dir,
         "dry_run": args.dry_run,
         "prices": args.prices,
+        "batch_api": args.batch_api,
+        "batch_poll_interval": args.batch_poll_interval,
         "progress": not args.quiet,
         "score": args.score,
         "score_model": args.score_model,
@@ -439,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _printable_log():
         if args.command == "cache":
             return _cache(args)
+        if args.command == "jobs":
+            return _jobs(args)
         if not args.model and not getattr(args, "models", None):
             parser.error("--model is required (or --models for annotate)")
         if args.verbose:  # ours only: the HTTP libraries would log every request
@@ -554,6 +613,34 @@ def _cache(args: argparse.Namespace) -> int:
         _say(
             f"Left by interrupted writes: {summary.temporaries:,} temporary files "
             "(cassia-sc cache clear removes them)"
+        )
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    folder = args.cache_dir.expanduser() if args.cache_dir else default_cache_dir()
+    try:
+        if args.action == "collect":
+            jobs = collect(folder, wait=args.wait)
+        else:
+            jobs = JobStore(folder).jobs()
+    except (CassiaError, openai.OpenAIError) as err:
+        _say(f"cassia-sc: error: {_one_line(err)}", sys.stderr)
+        return 1
+    if not jobs:
+        _say(f"No batches sent from runs on {folder}.")
+        return 0
+    for job in jobs:
+        state = job.status + (f" ({job.provider_status})" if job.provider_status else "")
+        _say(
+            f"{job.id}  {job.api} at {job.provider}  {state}  {job.done:,} of "
+            f"{job.total or len(job.keys):,} requests  sent {_date(job.created)}"
+        )
+    still = sum(job.open for job in jobs)
+    if still:
+        _say(
+            f"{still} not collected yet: run the same command again, or cassia-sc jobs "
+            "collect, once they have ended."
         )
     return 0
 

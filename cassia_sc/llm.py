@@ -49,7 +49,9 @@ from .errors import (
     ReplyCutOff,
     TransientFailure,
 )
+from .provider_batches import BATCH_APIS, BatchWire, batch_wire
 from .providers import OPTIONAL_PARAMETERS, resolve_api_key, resolve_endpoint
+from .rounds import BatchRounds
 
 logger = logging.getLogger("cassia_sc")
 
@@ -174,6 +176,8 @@ class RequestPacer:
         requests_per_minute: float | None = None,
         *,
         max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
+        batch_api: bool | str = False,
+        batch_poll_interval: float = Default.batch_poll_interval,
     ) -> None:
         if requests_per_minute is not None and requests_per_minute <= 0:
             raise ValueError(f"requests_per_minute must be positive, not {requests_per_minute!r}.")
@@ -428,6 +432,14 @@ class LLMClient:
         Seconds the pool goes on asking while the server answers nothing but HTTP 429
         (waiting what ``Retry-After`` asks, then one request first and more as answers
         come); then the calls still waiting fail.
+    batch_api
+        Send the calls that miss the cache through the provider's batch API (half the
+        price, answers within a day) instead of one by one: True for the provider's own
+        (OpenAI's, Anthropic's), or ``"openai"`` / ``"anthropic"`` for a base URL that
+        speaks one of them. A run gathers its clusters' calls into rounds (see
+        :mod:`cassia_sc.rounds`); needs the cache.
+    batch_poll_interval
+        Seconds between the first polls of a batch; the wait grows to a minute.
 
     Examples
     --------
@@ -455,6 +467,8 @@ class LLMClient:
         max_retry_delay: float = 60.0,
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
         max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
+        batch_api: bool | str = False,
+        batch_poll_interval: float = Default.batch_poll_interval,
     ) -> None:
         if not model or not isinstance(model, str):
             raise CassiaError("model must be a model name, e.g. 'openai/gpt-4o'.")
@@ -475,6 +489,13 @@ class LLMClient:
         self.max_retry_delay = max_retry_delay
         self.max_tokens = max_tokens
         self.cache = ResponseCache(cache_dir or default_cache_dir()) if cache else None
+        self.batch_api = _batch_api_of(batch_api, self.endpoint)
+        if self.batch_api and self.cache is None:
+            raise CassiaError("batch_api needs the cache: a batch's results are kept there.")
+        self.batch_poll_interval = float(batch_poll_interval)
+        # Set by a run for its jobs (rounds of all its clusters); else made on first use.
+        self.rounds: BatchRounds | None = None
+        self._own_rounds: BatchRounds | None = None
         self.usage = Usage()
         self._usage_lock = threading.Lock()
         # Set once any request of this client gets an answer: until then, a connection that
@@ -486,6 +507,7 @@ class LLMClient:
         self._exchanges = 0  # requests whose thread is still running
         self._closing = False
         key = resolve_api_key(self.endpoint, api_key)
+        self._key = key
         self._redact = _redactor((key, *self.endpoint.secrets))
         self._client = openai.OpenAI(
             api_key=key,
@@ -508,6 +530,20 @@ class LLMClient:
         """The cache folder, or None when caching is off."""
         return self.cache.directory if self.cache else None
 
+    @property
+    def batch_target(self) -> str:
+        """Where this client's batches go, as the job records name it."""
+        return self.endpoint.display_url
+
+    @property
+    def wire(self) -> BatchWire:
+        """The provider's batch API (with ``batch_api=``)."""
+        return batch_wire(self.batch_api or "", self._client, self._key)
+
+    def batch_body(self, request: Mapping[str, Any], max_tokens: int | None) -> dict[str, Any]:
+        """Return the body that ``request`` is sent with, in a batch as live."""
+        return self._body(request, max_tokens)
+
     def close(self) -> None:
         """Close the connection pool once the requests in flight are over.
 
@@ -518,6 +554,8 @@ class LLMClient:
         with self._usage_lock:
             self._closing = True
             idle = self._exchanges == 0
+        if self._own_rounds is not None:
+            self._own_rounds.close()
         if idle:
             self._client.close()
 
@@ -583,7 +621,9 @@ class LLMClient:
             if leader is None:
                 self._in_flight[key] = pending = Future()
         if leader is not None:  # the same request is on its way for another cluster
-            reply = replace(_wait_for(leader, stop), cached=True, requests=0)
+            rounds = self._rounds() if self.batch_api else None
+            with rounds.idle() if rounds else contextlib.nullcontext():
+                reply = replace(_wait_for(leader, stop), cached=True, requests=0)
         else:
             try:
                 reply = self._cached_or_requested(key, request, stop)
@@ -611,6 +651,14 @@ class LLMClient:
                     completion_tokens=_token_count(stored.get("completion_tokens")),
                     cached=True,
                 )
+        if self.batch_api:  # the round caches it
+            result, items = self._rounds().ask(self, key, request, stop)
+            return Reply(
+                content=clean_model_text(result.content or ""),
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                requests=items,
+            )
         reply = self._request_with_retries(request, stop)
         if self.cache is not None:  # a cache that cannot be written warns once, then is skipped
             self.cache.put(
@@ -623,6 +671,15 @@ class LLMClient:
                 },
             )
         return reply
+
+    def _rounds(self) -> BatchRounds:
+        """Return the run's rounds, or this client's own for calls made outside a run."""
+        if self.rounds is not None:
+            return self.rounds
+        with self._usage_lock:
+            if self._own_rounds is None:
+                self._own_rounds = BatchRounds()
+            return self._own_rounds
 
     # ------------------------------------------------------------------ network
 
@@ -992,3 +1049,23 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
             return max(moment.timestamp() - time.time(), 0.0)
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _batch_api_of(batch_api: bool | str, endpoint: Any) -> str | None:
+    """Which batch API ``batch_api=`` means for ``endpoint``, or None for live calls."""
+    if batch_api is False or batch_api is None:
+        return None
+    if batch_api is True:
+        own = endpoint.quirks.batch_api
+        if own is None:
+            raise CassiaError(
+                f"{endpoint.display_name} has no batch API that cassia_sc knows; use "
+                f"OpenAI or Anthropic, or say which one a base URL speaks (batch_api="
+                f"{' or '.join(repr(a) for a in BATCH_APIS)})."
+            )
+        return own
+    if batch_api not in BATCH_APIS:
+        raise CassiaError(
+            f"batch_api must be True, False, or one of {list(BATCH_APIS)}, not {batch_api!r}."
+        )
+    return str(batch_api)

@@ -91,6 +91,9 @@ class Provider:
     lists_prices
         Whether its model list may carry prices (OpenRouter's ``pricing``), which a dry
         run reads for its cost; asked of any base URL, never of OpenAI's or Anthropic's.
+    batch_api
+        Its batch API (``"openai"``, ``"anthropic"``), taken by ``batch_api=True``; None
+        when it has none (OpenRouter).
     """
 
     base_url: str
@@ -99,6 +102,7 @@ class Provider:
     max_tokens_field: str = "max_tokens"
     key_check: KeyCheck = KeyCheck()
     lists_prices: bool = True
+    batch_api: str | None = None
 
 
 #: Provider name -> its endpoint and quirks.
@@ -115,6 +119,7 @@ PROVIDERS: dict[str, Provider] = {
         "OPENAI_API_KEY",
         max_tokens_field="max_completion_tokens",
         lists_prices=False,
+        batch_api="openai",
     ),
     "anthropic": Provider(
         "https://api.anthropic.com/v1/",
@@ -122,6 +127,7 @@ PROVIDERS: dict[str, Provider] = {
         # Its list comes 20 models a page unless asked for more (1000 at most).
         key_check=KeyCheck(headers=_anthropic_headers, query=(("limit", "1000"),)),
         lists_prices=False,
+        batch_api="anthropic",
     ),
 }
 

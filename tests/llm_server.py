@@ -25,6 +25,66 @@ route of its own such as OpenRouter's ``/key``)::
     with LLMServer(get_handler=refuse) as server:
         ...
         assert [r.path for r in server.get_requests] == ["/v1/models"]
+
+Batch routes (tests/batch_endpoints.py), each also without ``/v1`` like the chat route:
+
+* OpenAI's Batch API: ``POST /v1/files`` (multipart: ``purpose=batch``, ``file`` = JSONL
+  lines ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body"}``; a line
+  that is not a JSON object, or another purpose, is a 400), ``GET /v1/files/{id}``,
+  ``GET /v1/files/{id}/content``, ``DELETE /v1/files/{id}``; ``POST /v1/batches``
+  (``input_file_id``, ``endpoint`` = ``/v1/chat/completions``, ``completion_window`` =
+  ``24h``, ``metadata``; an unknown file is a 404), ``GET /v1/batches`` (newest first),
+  ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel`` (409 once ended).
+* Anthropic's Message Batches: ``POST /v1/messages/batches`` (``{"requests": [{"custom_id",
+  "params"}]}``; 400 for a custom_id off ``^[a-zA-Z0-9_-]{1,64}$``, a repeated one, no
+  requests), ``GET /v1/messages/batches`` (newest first), ``GET .../{id}``,
+  ``GET .../{id}/results`` (the ``results_url``, an absolute URL on this server),
+  ``POST .../{id}/cancel``, ``DELETE .../{id}``. They want an ``anthropic-version`` header
+  and a key (``x-api-key``, or the bearer token Anthropic's SDK 2.x sends) and answer
+  errors in Anthropic's shape ``{"type": "error", "error": {"type", "message"}}``.
+
+Each item is answered by ``handler``, like a live request: its RecordedRequest carries the
+item's chat request (Anthropic's ``params`` as OpenAI-style messages, ``system`` first),
+``custom_id`` and ``batch_id``, and is recorded apart in ``server.batch_items`` (the
+handler's index numbers those), so ``request_count`` still counts live requests only. A
+Reply with another status than 200 makes the item fail with it (OpenAI: a line of the
+error file whose ``response`` holds that status and an OpenAI error body; Anthropic:
+``errored`` with the error type of that status); ``finish_reason="length"`` is Anthropic's
+``stop_reason`` ``max_tokens``; ``raw_body`` replaces the item's body (JSON if it parses);
+``delay`` is not slept. Anthropic's item ``params`` are checked as Anthropic checks them,
+while the batch runs: no ``max_tokens``, a ``system`` role among the messages... end the
+item ``errored`` (``invalid_request_error``) without asking the handler.
+
+Time: a batch ends ``batch_delay`` seconds after it was made, its items run in order, item
+i of n once ``batch_delay * (i + 1) / n`` has passed, each when a request about the batch
+comes (a poll, a download, a cancel). OpenAI answers a new batch ``validating``, then
+``in_progress`` with ``request_counts`` growing, then ``completed`` with
+``output_file_id`` (the 200s) and ``error_file_id`` (the rest; null when empty); Anthropic
+keeps every item ``processing`` until the batch is ``ended``. ``server.batch_clock``
+(default ``time.monotonic``) may be replaced by a clock of the test's own, to move a batch
+on without waiting. A cancel makes it ``cancelling``; the next request finds it
+``cancelled`` (Anthropic: ``canceling`` then ``ended``) with the items not yet run
+``batch_cancelled`` (``canceled``). Results come in reverse input order
+(``batch_out_of_order``), as the providers warn they may not match the input's.
+
+Scripting knobs, constructor arguments and attributes (read when a batch is made or an
+item runs): ``batch_delay`` (0); ``batch_item_fault(custom_id, index)`` returning None (the
+handler answers), ``"error"`` (a 500 the handler never sees), an int status, or
+``"expire"`` (not run: the batch ends ``expired``, the item in the error file with
+``{"code": "batch_expired"}`` / Anthropic's ``{"type": "expired"}``);
+``batch_expire_after=k`` (each batch expires with only its first k items run);
+``batch_fail="token_limit_exceeded"`` (each new OpenAI batch ends ``failed`` with that
+code in ``errors``; lines that cannot run, such as a repeated custom_id or another url,
+fail it too); ``batch_handler(request, index)``, a get_handler for every batch route
+(an error status, a delay; None: the default answer). Records: ``batch_requests`` (every
+request to a batch route), ``batch_items``, ``uploads``, ``files``, ``batches`` (id ->
+``BatchRecord`` with ``custom_ids``, ``status``, ``polls``, ``downloads``, ``kinds``),
+``poll_count``, ``download_count``::
+
+    with LLMServer(ScriptedModel(cell_types), batch_delay=0.05) as server:
+        ...  # the client uploads, creates, polls and downloads
+        assert server.request_count == 0 and len(server.batch_items) == 12
+        assert next(iter(server.batches.values())).downloads == 1
 """
 
 from __future__ import annotations
@@ -40,7 +100,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batch_endpoints import (
+        BatchEndpoints,
+        BatchHandler,
+        BatchRecord,
+        ItemFault,
+        StoredFile,
+        _Route,
+    )
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -92,6 +162,8 @@ class RecordedRequest:
     # so a request that arrives later was sent after the client could have read it.
     replying_at: float | None = None
     query: str = ""  # what followed "?" in the URL (GET requests)
+    custom_id: str | None = None  # a batch item's custom_id (None: a request on the wire)
+    batch_id: str | None = None  # the batch of a batch item
 
     @property
     def model(self) -> str | None:
@@ -249,6 +321,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             path = path.rstrip("/")
             if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
                 self._chat_completion(owner, path, raw)
+            elif (route := owner._batch_api.route(method, path)) is not None:
+                self._batch_route(owner, route, method, path, query, raw)
             elif method == "GET":
                 self._get(owner, path, query)
             else:
@@ -260,8 +334,21 @@ class _RequestHandler(BaseHTTPRequestHandler):
             owner._leave()
 
     def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            return self._read_chunked()  # a streamed upload (a file object of unknown size)
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
+
+    def _read_chunked(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(chunks)
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF closing the chunk
 
     # -- chat completions ------------------------------------------------------------
     def _chat_completion(self, owner: LLMServer, path: str, raw: bytes) -> None:
@@ -301,6 +388,27 @@ class _RequestHandler(BaseHTTPRequestHandler):
         request.replying_at = time.monotonic()
         self._send(reply.status, payload, reply.headers)
         request.status, request.answered_at = reply.status, time.monotonic()
+
+    # -- batch routes (batch_endpoints.py) -------------------------------------------
+    def _batch_route(
+        self, owner: LLMServer, route: _Route, method: str, path: str, query: str, raw: bytes
+    ) -> None:
+        try:
+            body = json.loads(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError):
+            body = {}  # a multipart upload: its route records its form fields
+        request = RecordedRequest(
+            path=path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body if isinstance(body, dict) else {},
+            time=time.monotonic(),
+            method=method,
+            query=query,
+        )
+        status, payload, headers = owner._batch_api.serve(route, request, raw)
+        request.replying_at = time.monotonic()
+        self._send(status, payload, headers)
+        request.status, request.answered_at = status, time.monotonic()
 
     # -- GET routes: the model list, and whatever a get_handler answers --------------
     def _get(self, owner: LLMServer, path: str, query: str) -> None:
@@ -439,7 +547,8 @@ class LLMServer:
     ``get_handler(request, index)`` does the same for GET requests (numbered apart), or
     returns None for the default answer; a 200 without ``raw_body`` is the model list on
     ``/models`` (with OpenRouter's ``pricing`` for the models in ``prices``) and ``{}``
-    elsewhere.
+    elsewhere. The ``batch_*`` arguments script the batch routes (see the module's
+    docstring); each is also an attribute a test may set while the server runs.
     """
 
     def __init__(
@@ -449,7 +558,15 @@ class LLMServer:
         models: Iterable[str] = (DEFAULT_MODEL,),
         get_handler: GetHandler | None = None,
         prices: Mapping[str, tuple[float, float]] | None = None,
+        batch_delay: float = 0.0,
+        batch_item_fault: ItemFault | None = None,
+        batch_expire_after: int | None = None,
+        batch_fail: str | None = None,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
+        # Imported here: batch_endpoints builds on this module's RecordedRequest and Reply.
+        from batch_endpoints import BatchEndpoints
+
         self.handler: Handler = handler if handler is not None else reply_always("")
         self.get_handler: GetHandler | None = get_handler
         self.models: list[str] = list(models)
@@ -457,6 +574,21 @@ class LLMServer:
         self.prices: dict[str, tuple[float, float]] = dict(prices or {})
         self.requests: list[RecordedRequest] = []
         self.get_requests: list[RecordedRequest] = []
+        # The batch routes' scripting knobs (read when a batch is made, or an item run) ...
+        self.batch_delay = batch_delay
+        self.batch_item_fault: ItemFault | None = batch_item_fault
+        self.batch_expire_after = batch_expire_after
+        self.batch_fail = batch_fail
+        self.batch_handler: BatchHandler | None = batch_handler
+        self.batch_clock: Callable[[], float] = time.monotonic
+        self.batch_out_of_order = True
+        # ... and their records.
+        self.batch_requests: list[RecordedRequest] = []
+        self.batch_items: list[RecordedRequest] = []
+        self.batches: dict[str, BatchRecord] = {}
+        self.files: dict[str, StoredFile] = {}
+        self.uploads: list[StoredFile] = []
+        self._batch_api: BatchEndpoints = BatchEndpoints(self)
         self.max_concurrency = 0
         self._active = 0
         self._lock = threading.Lock()
@@ -512,16 +644,33 @@ class LLMServer:
             return len(self.requests)
 
     @property
+    def poll_count(self) -> int:
+        """Retrievals of all batches so far (GET of a batch, either provider)."""
+        with self._lock:
+            return sum(batch.polls for batch in self.batches.values())
+
+    @property
+    def download_count(self) -> int:
+        """Reads of all batches' results so far (output and error files, Anthropic results)."""
+        with self._lock:
+            return sum(batch.downloads for batch in self.batches.values())
+
+    @property
     def active(self) -> int:
         """Number of requests being handled right now."""
         with self._lock:
             return self._active
 
     def reset(self) -> None:
-        """Forget recorded requests and the concurrency high-water mark."""
+        """Forget recorded requests and the concurrency high-water mark.
+
+        The batch routes' requests and items go too; the batches and files stay.
+        """
         with self._lock:
             self.requests.clear()
             self.get_requests.clear()
+            self.batch_requests.clear()
+            self.batch_items.clear()
             self.max_concurrency = self._active
 
     def close(self) -> None:

@@ -43,7 +43,7 @@ ROOMS: list[tuple[str, set[str]]] = [
         "results and evidence",
         {"fields", "costs", "results", "cassia_files", "evaluation", "evidence", "levels"},
     ),
-    ("model client", {"llm", "api_keys", "pricing"}),
+    ("model client", {"llm", "api_keys", "pricing", "provider_batches", "rounds"}),
     ("agents", {"agents"}),
     ("batch", {"batch"}),
     ("repeated runs", {"uncertainty"}),
