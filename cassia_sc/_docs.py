@@ -103,12 +103,23 @@ PARAMETERS: dict[str, str] = {
         "the cache folder, so that a run stopped while waiting continues where it was when "
         "started again, paying nothing twice (``cassia-sc jobs`` lists them)."
     ),
+    "max_cost": (
+        "Dollars the run may spend at most (the annotation, scores and boosts together, "
+        "at each model's price; the batch price with ``batch_api``): a call that would pass "
+        "it is not sent, and its cluster is left not run with the reason. Run again with a "
+        "larger budget to go on from the cache. Needs the models' prices (``prices``, or "
+        "OpenRouter's list)."
+    ),
+    "max_tokens_total": (
+        "Tokens (prompt and completion) the run may use at most, counted as ``max_cost``."
+    ),
     "batch_poll_interval": (
         "With ``batch_api``: seconds between the first polls of a batch; the wait grows "
         "to a minute."
     ),
     "prices": (
-        "For a dry run's cost in dollars: a table of prices, ``{model: (prompt, completion)}`` "
+        "The models' prices, for the cost in dollars (a dry run's estimate, what a run "
+        "spent, ``max_cost``): a table, ``{model: (prompt, completion)}`` "
         "in dollars per million tokens, or a CSV or JSON file of them (columns ``model``, "
         "``prompt``, ``completion``). Models it lacks are priced from the provider's own "
         "model list where it publishes one (OpenRouter's), kept a day in the cache folder."

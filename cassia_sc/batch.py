@@ -26,12 +26,21 @@ from ._docs import fill_docs
 from ._keys import Default, Key
 from ._version import __version__
 from .agents import ClusterContext, ClusterTask, Pipeline, Step, annotate_cluster, get_pipeline
+from .budget import Budget
 from .costs import CHARS_PER_TOKEN, DEFAULT_REPLY_TOKENS, CostEstimate, estimate_step
-from .errors import BatchInterrupted, CallCancelled, CassiaError, FatalLLMError, OntologyUnavailable
+from .errors import (
+    BatchInterrupted,
+    BudgetReached,
+    CallCancelled,
+    CassiaError,
+    FatalLLMError,
+    OntologyUnavailable,
+)
 from .evidence import DataHandle
 from .llm import LLMClient
 from .markers import MarkerInput, RankingMethod, top_markers
 from .ontology import cell_ontology, load_in_background
+from .pricing import PriceBook, PriceTable
 from .providers import display_name
 from .results import BatchResult, ClusterResult, Turn
 from .rounds import BatchRounds
@@ -72,6 +81,10 @@ def run_batch(
     cache_dir: str | os.PathLike | None = None,
     batch_api: bool | str = False,
     batch_poll_interval: float = Default.batch_poll_interval,
+    max_cost: float | None = None,
+    max_tokens_total: int | None = None,
+    prices: PriceTable | None = None,
+    budget: Budget | None = None,
     dry_run: bool = False,
     progress: bool = True,
     client: LLMClient | None = None,
@@ -113,6 +126,13 @@ def run_batch(
     {cache_dir}
     {batch_api}
     {batch_poll_interval}
+    {max_cost}
+    {max_tokens_total}
+    {prices}
+    budget
+        A :class:`~cassia_sc.budget.Budget` shared with other runs (its limits then
+        apply to them all, and ``max_cost``, ``max_tokens_total`` and ``prices`` are not
+        used); by default one of this run's own.
     dry_run
         Build every prompt and estimate the prompt tokens, without calling a model;
         works offline and needs no key.
@@ -206,6 +226,11 @@ def run_batch(
         return _dry_run(tasks, settings, pipeline)
 
     own_client = client is None
+    if client is not None:
+        budget = client.budget
+    elif budget is None:
+        book = PriceBook(prices, cache_dir=cache_dir, providers=[provider])
+        budget = Budget(max_cost=max_cost, max_tokens_total=max_tokens_total, prices=book)
     if client is None:
         client = LLMClient(
             model=model,
@@ -221,6 +246,7 @@ def run_batch(
                 cache_dir=cache_dir,
                 batch_api=batch_api,
                 batch_poll_interval=batch_poll_interval,
+                budget=budget,
             ),
         )
     if ontology is not False:
@@ -241,6 +267,7 @@ def run_batch(
     batch = BatchResult(
         clusters=results, settings=settings, interrupted=interrupted, fields=pipeline.fields
     )
+    record_spending(batch, budget)
     if interrupted:
         raise BatchInterrupted(batch)
     if ontology is not False:
@@ -258,6 +285,7 @@ def connection_options(
     cache_dir: str | os.PathLike | None = None,
     batch_api: bool | str = False,
     batch_poll_interval: float = Default.batch_poll_interval,
+    budget: Budget | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """Pick the options of :class:`~cassia_sc.LLMClient` that every client of a run shares.
@@ -265,6 +293,7 @@ def connection_options(
     Parameters
     ----------
     timeout, max_retries, requests_per_minute, cache, cache_dir, batch_api, batch_poll_interval
+    budget
         As in :func:`run_batch`.
     **_
         Any other option of :func:`run_batch`, ignored.
@@ -282,7 +311,31 @@ def connection_options(
         "cache_dir": cache_dir,
         "batch_api": batch_api,
         "batch_poll_interval": batch_poll_interval,
+        "budget": budget,
     }
+
+
+def record_spending(batch: BatchResult, budget: Budget | None) -> None:
+    """Write what the run spent, and its limits, into the batch's settings.
+
+    ``cost`` is the dollars of the replies received in this run (cached ones cost
+    nothing), left out when a price was unknown.
+    """
+    if budget is None:
+        return
+    if budget.spent_dollars is not None:
+        batch.settings["cost"] = round(budget.spent_dollars, 6)
+    if budget.max_cost is not None:
+        batch.settings["max_cost"] = budget.max_cost
+    if budget.max_tokens_total is not None:
+        batch.settings["max_tokens_total"] = budget.max_tokens_total
+    refused = sum(c.status == "not_run" and "budget" in (c.error or "") for c in batch.clusters)
+    if refused:
+        logger.warning(
+            "The budget is reached: %d clusters were left not run; run again with a larger "
+            "budget to go on (what was asked is in the cache).",
+            refused,
+        )
 
 
 def run_steps(
@@ -610,6 +663,8 @@ def _outcome(future: Future, job: _Job) -> ClusterResult:
         return future.result()
     except FatalLLMError:
         raise  # stops the run: every other call would fail the same way
+    except BudgetReached as reached:
+        return job.unfinished(str(reached))
     except CallCancelled:
         return job.unfinished("Cancelled.")
     except Exception as err:  # one cluster's bug must not sink the others

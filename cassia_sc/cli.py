@@ -30,6 +30,7 @@ from ._version import __version__
 from .agents import PIPELINES
 from .cache import cache_summary, clear_cache, default_cache_dir
 from .compat import run_batch_to_files
+from .costs import dollars_text
 from .datasets import pbmc68k_example_path
 from .errors import (
     BatchInterrupted,
@@ -406,6 +407,20 @@ def _add_run_options(parser: argparse.ArgumentParser, *, retries: str, table: bo
         "lists them)",
     )
     calls.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="DOLLARS",
+        help="stop sending calls before the run spends more than this (annotation, scores "
+        "and boosts together, at the models' prices: --prices, or OpenRouter's list); the "
+        "clusters left are 'not run', and the same command with a larger budget goes on",
+    )
+    calls.add_argument(
+        "--max-tokens-total",
+        type=int,
+        metavar="N",
+        help="the same, in tokens (prompt and completion)",
+    )
+    calls.add_argument(
         "--batch-poll-interval",
         type=float,
         default=Default.batch_poll_interval,
@@ -459,6 +474,8 @@ def _run_options(args: argparse.Namespace) -> dict:
         "prices": args.prices,
         "batch_api": args.batch_api,
         "batch_poll_interval": args.batch_poll_interval,
+        "max_cost": args.max_cost,
+        "max_tokens_total": args.max_tokens_total,
         "progress": not args.quiet,
         "score": args.score,
         "score_model": args.score_model,
@@ -833,8 +850,10 @@ def _report(result: BatchResult) -> None:
         label = c.main_cell_type if c.status == "ok" else f"[{c.status}] {c.error}"
         _say(f"  {name:<{width}}  {_one_line(label)}")
     usage = result.usage
+    cost = f", {dollars_text(result.settings['cost'])}" if "cost" in result.settings else ""
+    annotated = sum(c.status == "ok" for c in result.clusters)
     _say(
-        f"{len(result) - len(result.failed)} of {len(result)} clusters annotated; "
+        f"{annotated} of {len(result)} clusters annotated; "
         f"{usage['requests']} requests, {usage['cached_calls']} replies from the cache, "
-        f"{usage['prompt_tokens'] + usage['completion_tokens']:,} tokens."
+        f"{usage['prompt_tokens'] + usage['completion_tokens']:,} tokens{cost}."
     )

@@ -51,6 +51,10 @@ class CallCancelled(CassiaError):
     """The run was stopped while this call waited or was being retried."""
 
 
+class BudgetReached(CallCancelled):
+    """A call was not sent: it would have passed the run's ``max_cost`` or ``max_tokens_total``."""
+
+
 class OntologyUnavailable(CassiaError, ImportError):
     """The optional packages that hold the Cell Ontology are not installed."""
 

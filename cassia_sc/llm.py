@@ -31,13 +31,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
 import openai
 
 from ._keys import Default
 from .cache import ResponseCache, default_cache_dir, request_key
+from .costs import Price
 from .errors import (
     AuthenticationFailed,
     CallCancelled,
@@ -52,6 +53,9 @@ from .errors import (
 from .provider_batches import BATCH_APIS, BatchWire, batch_wire
 from .providers import OPTIONAL_PARAMETERS, resolve_api_key, resolve_endpoint
 from .rounds import BatchRounds
+
+if TYPE_CHECKING:
+    from .budget import Budget
 
 logger = logging.getLogger("cassia_sc")
 
@@ -178,6 +182,7 @@ class RequestPacer:
         max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
         batch_api: bool | str = False,
         batch_poll_interval: float = Default.batch_poll_interval,
+        budget: Budget | None = None,
     ) -> None:
         if requests_per_minute is not None and requests_per_minute <= 0:
             raise ValueError(f"requests_per_minute must be positive, not {requests_per_minute!r}.")
@@ -440,6 +445,11 @@ class LLMClient:
         :mod:`cassia_sc.rounds`); needs the cache.
     batch_poll_interval
         Seconds between the first polls of a batch; the wait grows to a minute.
+    budget
+        The run's :class:`~cassia_sc.budget.Budget`: every request that misses the cache
+        is admitted by it first (or refused with
+        :class:`~cassia_sc.errors.BudgetReached`), and its reply counted in it, at this
+        model's price (the batch price with ``batch_api``).
 
     Examples
     --------
@@ -469,6 +479,7 @@ class LLMClient:
         max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
         batch_api: bool | str = False,
         batch_poll_interval: float = Default.batch_poll_interval,
+        budget: Budget | None = None,
     ) -> None:
         if not model or not isinstance(model, str):
             raise CassiaError("model must be a model name, e.g. 'openai/gpt-4o'.")
@@ -493,6 +504,15 @@ class LLMClient:
         if self.batch_api and self.cache is None:
             raise CassiaError("batch_api needs the cache: a batch's results are kept there.")
         self.batch_poll_interval = float(batch_poll_interval)
+        self.budget = budget
+        # What one request costs here: the list price, or the batch price in a batch.
+        listed = budget.price(model, self.endpoint.provider) if budget else None
+        share = self.endpoint.quirks.batch_price if self.batch_api else 1.0
+        self.price: Price | None = (
+            Price(listed.prompt * share, listed.completion * share, listed.source)
+            if listed is not None
+            else None
+        )
         # Set by a run for its jobs (rounds of all its clusters); else made on first use.
         self.rounds: BatchRounds | None = None
         self._own_rounds: BatchRounds | None = None
@@ -651,6 +671,27 @@ class LLMClient:
                     completion_tokens=_token_count(stored.get("completion_tokens")),
                     cached=True,
                 )
+        admitted = None
+        if self.budget is not None:
+            characters = sum(len(m["content"]) for m in request["messages"])
+            admitted = self.budget.admit(prompt_characters=characters, price=self.price)
+        try:
+            reply = self._asked(key, request, stop)
+        except BaseException:
+            if admitted is not None:
+                self.budget.release(admitted)
+            raise
+        if admitted is not None:
+            self.budget.spend(
+                admitted,
+                prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens,
+                price=self.price,
+            )
+        return reply
+
+    def _asked(self, key: str, request: Mapping[str, Any], stop: threading.Event) -> Reply:
+        """Ask the provider (live, or in a batch round), and cache the reply."""
         if self.batch_api:  # the round caches it
             result, items = self._rounds().ask(self, key, request, stop)
             return Reply(

@@ -94,6 +94,9 @@ class Provider:
     batch_api
         Its batch API (``"openai"``, ``"anthropic"``), taken by ``batch_api=True``; None
         when it has none (OpenRouter).
+    batch_price
+        The share of the list price a request sent in a batch costs, as the provider
+        states it (half, for OpenAI and Anthropic).
     """
 
     base_url: str
@@ -103,6 +106,7 @@ class Provider:
     key_check: KeyCheck = KeyCheck()
     lists_prices: bool = True
     batch_api: str | None = None
+    batch_price: float = 1.0
 
 
 #: Provider name -> its endpoint and quirks.
@@ -120,6 +124,7 @@ PROVIDERS: dict[str, Provider] = {
         max_tokens_field="max_completion_tokens",
         lists_prices=False,
         batch_api="openai",
+        batch_price=0.5,
     ),
     "anthropic": Provider(
         "https://api.anthropic.com/v1/",
@@ -128,6 +133,7 @@ PROVIDERS: dict[str, Provider] = {
         key_check=KeyCheck(headers=_anthropic_headers, query=(("limit", "1000"),)),
         lists_prices=False,
         batch_api="anthropic",
+        batch_price=0.5,
     ),
 }
 

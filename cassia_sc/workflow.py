@@ -23,7 +23,8 @@ from anndata import AnnData
 from ._docs import fill_docs
 from ._keys import Default, Key
 from .agents import Booster, ClusterTask, OntologyChooser, Scorer
-from .batch import connection_options, map_to_ontology, run_batch, run_steps
+from .batch import connection_options, map_to_ontology, record_spending, run_batch, run_steps
+from .budget import Budget
 from .costs import CHARS_PER_TOKEN, CostEstimate, estimate_step
 from .errors import CassiaError
 from .evidence import DataHandle, MarkerTableEvidence
@@ -98,6 +99,15 @@ def run_annotation(
     choose_terms = options.get("ontology") == "model"
     if choose_terms:
         options["ontology"] = True  # offline first; the model only for what stays unmapped
+    provider = options.get("provider") or Default.provider
+    providers = (provider, score_provider, boost_provider)
+    limits = {"max_cost": options.pop("max_cost", None)}
+    limits["max_tokens_total"] = options.pop("max_tokens_total", None)
+    budget = options.get("budget")
+    if budget is None and not options.get("dry_run") and options.get("client") is None:
+        # One budget for every call of the run: annotation, repeats, scores and boosts.
+        book = PriceBook(prices, cache_dir=options.get("cache_dir"), providers=providers)
+        budget = options["budget"] = Budget(**limits, prices=book)
     if n_runs <= 1 and not models:
         result, agreement = run_batch(marker, model=model, **options), None
     else:
@@ -109,7 +119,6 @@ def run_annotation(
             result = consensus_batch(runs, agreement)
             result.settings["agreement_threshold"] = agreement_threshold
     if result.dry_run:
-        provider = options.get("provider") or Default.provider
         run_model = str(result.settings.get("model"))
         result = _with_refinement_estimate(
             result,
@@ -119,10 +128,10 @@ def run_annotation(
             score_at=(score_model or run_model, display_name(score_provider or provider)),
             boost_at=(boost_model or run_model, display_name(boost_provider or provider)),
         )
-        providers = (provider, score_provider, boost_provider)
-        return _priced(result, prices, providers, options.get("cache_dir")), agreement
+        priced = _priced(result, prices, providers, options.get("cache_dir"), limits)
+        return priced, agreement
     if score or boost_below is not None or choose_terms:
-        provider = options.pop("provider", None)
+        options.pop("provider", None)
         result = refine(
             result,
             marker,
@@ -135,9 +144,10 @@ def run_annotation(
             agreement_threshold=agreement_threshold,
             data=data,
             model=boost_model or model or (models[0] if models else None),
-            provider=boost_provider or provider,
+            provider=boost_provider or options.get("provider") or provider,
             **options,
         )
+    record_spending(result, budget)  # the whole run's: every call, every model
     return result, agreement
 
 
@@ -402,13 +412,30 @@ def _with_refinement_estimate(
 
 
 def _priced(
-    plan_: BatchResult, prices: PriceTable | None, providers: Collection[str | None], cache_dir
+    plan_: BatchResult,
+    prices: PriceTable | None,
+    providers: Collection[str | None],
+    cache_dir,
+    limits: dict[str, Any],
 ) -> BatchResult:
-    """Give a plan's estimate its dollars, from ``prices`` or the providers' own lists."""
+    """Give a plan's estimate its dollars; say when it passes the run's budget.
+
+    The prices come from ``prices``, or the providers' own lists.
+    """
     if plan_.estimate is None:
         return plan_
     book = PriceBook(prices, cache_dir=cache_dir, providers=providers)
-    return replace(plan_, estimate=plan_.estimate.priced(book.price, notes=book.notes))
+    estimate = plan_.estimate.priced(book.price, notes=book.notes)
+    over = []
+    if limits["max_cost"] is not None and (estimate.dollars or 0) > limits["max_cost"]:
+        over.append(f"max_cost={limits['max_cost']:g}")
+    tokens = estimate.prompt_tokens + estimate.completion_tokens
+    if limits["max_tokens_total"] is not None and tokens > limits["max_tokens_total"]:
+        over.append(f"max_tokens_total={limits['max_tokens_total']:,}")
+    if over:
+        note = f"more than the budget ({', '.join(over)}): the run would stop short of the end"
+        estimate = replace(estimate, notes=(*estimate.notes, note))
+    return replace(plan_, estimate=estimate)
 
 
 @fill_docs

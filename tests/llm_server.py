@@ -162,6 +162,8 @@ class RecordedRequest:
     # so a request that arrives later was sent after the client could have read it.
     replying_at: float | None = None
     query: str = ""  # what followed "?" in the URL (GET requests)
+    # The usage the reply reported (a 200 built from a Reply; None otherwise).
+    usage: dict[str, int] | None = None
     custom_id: str | None = None  # a batch item's custom_id (None: a request on the wire)
     batch_id: str | None = None  # the batch of a batch item
 
@@ -381,7 +383,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if reply.raw_body is not None:
             payload = reply.raw_body
         elif reply.status == 200:
-            payload = json.dumps(_completion(request, reply)).encode()
+            completion = _completion(request, reply)
+            request.usage = completion["usage"]
+            payload = json.dumps(completion).encode()
         else:
             message = reply.error_message or _phrase(reply.status)
             payload = _error_body(message, reply.status)

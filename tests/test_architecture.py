@@ -43,7 +43,7 @@ ROOMS: list[tuple[str, set[str]]] = [
         "results and evidence",
         {"fields", "costs", "results", "cassia_files", "evaluation", "evidence", "levels"},
     ),
-    ("model client", {"llm", "api_keys", "pricing", "provider_batches", "rounds"}),
+    ("model client", {"llm", "api_keys", "pricing", "budget", "provider_batches", "rounds"}),
     ("agents", {"agents"}),
     ("batch", {"batch"}),
     ("repeated runs", {"uncertainty"}),
@@ -271,6 +271,7 @@ def test_the_command_line_speaks_the_same_options_and_defaults():
         "marker",  # the positional INPUT / MARKERS
         "api_key",  # never on a command line, which others can read: the key variables
         "client",  # a Python object
+        "budget",  # a Python object, shared between runs (--max-cost and --max-tokens-total)
         "sample",  # internal to repeated runs (--n-runs)
         "ontology",  # on when the extra is installed
         "cache",  # --no-cache

@@ -22,6 +22,7 @@ from anndata import AnnData
 
 from .._io import atomic_write_text
 from .._keys import Default, Key
+from ..costs import dollars_text
 from ..fields import CORE_FIELDS, VALIDATION_NAMES, Field
 from ..get import annotation
 from ..pl import annotations
@@ -168,6 +169,7 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
                 "flagged": sum(c["flagged"] for c in clusters),
             },
             prompts=[{"id": label, "text": text} for text, label in prompts.items()],
+            cost=_cost_text(result.settings),
             embedding=base64.b64encode(embedding_png).decode() if embedding_png else None,
             created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             script=script,
@@ -235,3 +237,13 @@ def _card(
 def _shown(declared: Field, value: Any) -> Any:
     """Return a step's value as the card shows it: a list ", "-joined, else as in the table."""
     return declared.to_csv(value) if declared.kind == "list" else declared.to_table(value)
+
+
+def _cost_text(settings: dict) -> str | None:
+    """Return what the run spent, and its budget, for the header (None: no price known)."""
+    if "cost" not in settings:
+        return None
+    text = dollars_text(float(settings["cost"]))
+    if "max_cost" in settings:
+        text += f" of a {dollars_text(float(settings['max_cost']))} budget"
+    return text
