@@ -312,6 +312,55 @@ def clear_validation_cache(provider: str | None = None) -> None:
         )
 
 
+# ------------------------------------------------------------- the models a server lists
+
+# Base URL -> the model ids its list holds (None: it has no list), asked once per process.
+_model_lists: dict[str, frozenset[str] | None] = {}
+_model_lists_lock = threading.Lock()
+
+
+def served_models(
+    endpoint: Endpoint, api_key: str, *, timeout: float = 10.0
+) -> frozenset[str] | None:
+    """Return the models a server lists (``GET {base_url}/models``), or None without a list.
+
+    Asked once per base URL and process, and remembered from a key check
+    (:func:`validate_api_keys`) that listed them already. A server that cannot be reached,
+    or answers in another shape, has no list here: the run's own calls say what is wrong.
+
+    Parameters
+    ----------
+    endpoint
+        The server.
+    api_key
+        Its key (a placeholder for a local server).
+    timeout
+        Seconds to wait.
+
+    Returns
+    -------
+    frozenset of str or None
+        The listed model ids.
+    """
+    with _model_lists_lock:
+        if endpoint.base_url in _model_lists:
+            return _model_lists[endpoint.base_url]
+    try:
+        with openai.OpenAI(
+            api_key=api_key, base_url=endpoint.base_url, timeout=timeout, max_retries=0
+        ) as client:
+            listed = _model_ids(getattr(client.models.list(), "data", None))
+    except (openai.OpenAIError, ValueError):
+        listed = None
+    _remember_list(endpoint.base_url, listed)
+    return _model_lists[endpoint.base_url]
+
+
+def _remember_list(base_url: str, listed: Collection[str] | None) -> None:
+    with _model_lists_lock:
+        _model_lists[base_url] = frozenset(listed) if listed else None
+
+
 # -------------------------------------------------------------------------------- helpers
 
 
@@ -387,6 +436,7 @@ def _ask(
             if check.lists_models:
                 page = client.models.list(extra_query=dict(check.query) or None)
                 listed = _model_ids(getattr(page, "data", None))
+                _remember_list(endpoint.base_url, listed)
             else:
                 client.get(check.path, cast_to=object)
                 listed = None

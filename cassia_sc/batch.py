@@ -251,6 +251,7 @@ def run_batch(
         )
     if ontology is not False:
         load_in_background()  # ready by the time the answers need their terms
+    client.check_model()
     try:
         jobs = [_annotation_job(task, client) for task in tasks]
         with _batch_rounds((client,), len(jobs)) as rounds:

@@ -20,7 +20,19 @@ class MissingAPIKeyError(CassiaError):
 
 
 class LLMError(CassiaError):
-    """A model call failed after its retries; the cluster it was for is marked failed."""
+    """A model call failed after its retries; the cluster it was for is marked failed.
+
+    Attributes
+    ----------
+    requests
+        Requests the call sent before it failed (each one billed by most providers).
+    prompt_tokens, completion_tokens
+        Tokens the server reported for them (cut-off replies), paid all the same.
+    """
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class FatalLLMError(LLMError):
@@ -95,6 +107,8 @@ class TransientFailure(Exception):
     unreachable
         Why the connection could not be made (refused, no route, unknown host), when it
         could not; None when the server was reached or the request timed out.
+    timed_out
+        Whether no whole reply came before the timeout.
     """
 
     def __init__(
@@ -104,11 +118,13 @@ class TransientFailure(Exception):
         retry_after: float | None = None,
         rate_limited: bool = False,
         unreachable: str | None = None,
+        timed_out: bool = False,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.rate_limited = rate_limited
         self.unreachable = unreachable
+        self.timed_out = timed_out
 
 
 class ParameterRefused(Exception):

@@ -37,6 +37,7 @@ from urllib.parse import quote, quote_plus
 import openai
 
 from ._keys import Default
+from .api_keys import served_models
 from .cache import ResponseCache, default_cache_dir, request_key
 from .costs import Price
 from .errors import (
@@ -51,7 +52,7 @@ from .errors import (
     TransientFailure,
 )
 from .provider_batches import BATCH_APIS, BatchWire, batch_wire
-from .providers import OPTIONAL_PARAMETERS, resolve_api_key, resolve_endpoint
+from .providers import OPTIONAL_PARAMETERS, PROVIDERS, resolve_api_key, resolve_endpoint
 from .rounds import BatchRounds
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ logger = logging.getLogger("cassia_sc")
 #: Tokens a reply may have unless ``max_tokens=`` says otherwise: room for a long
 #: step-by-step answer (a local model wrote over 4,000 for one).
 DEFAULT_MAX_TOKENS = 4096
+#: The least room a timeout brings replies down to: the contract's answers fit well within.
+MIN_ROOM = 1024
 #: Seconds the pool goes on asking while the server answers nothing but HTTP 429.
 DEFAULT_MAX_RATE_LIMIT_WAIT = 600.0
 
@@ -499,6 +502,8 @@ class LLMClient:
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.max_tokens = max_tokens
+        self._room = max_tokens  # the room replies get now: halved after a timeout
+        self._list_checked = False
         self.cache = ResponseCache(cache_dir or default_cache_dir()) if cache else None
         self.batch_api = _batch_api_of(batch_api, self.endpoint)
         if self.batch_api and self.cache is None:
@@ -690,6 +695,29 @@ class LLMClient:
             )
         return reply
 
+    def check_model(self) -> None:
+        """Warn (once per client) when a server of one's own does not list the model.
+
+        A local server (llama.cpp, Ollama, vLLM) may answer whatever the model is called,
+        so that a typo goes unnoticed; hosted providers refuse an unknown model themselves
+        (:class:`~cassia_sc.errors.ModelNotFound`). A run calls this before its first
+        request; a server without a model list says nothing.
+        """
+        with self._usage_lock:
+            if self._list_checked or self.endpoint.provider in PROVIDERS:
+                return
+            self._list_checked = True
+        listed = served_models(self.endpoint, self._key, timeout=min(self.timeout, 10.0))
+        if listed and self.model not in listed:
+            shown = ", ".join(sorted(listed)[:10]) + (", ..." if len(listed) > 10 else "")
+            logger.warning(
+                "%s does not list model %r (it lists: %s); it may answer under any name, so "
+                "check the name.",
+                self.endpoint.display_url,
+                self.model,
+                shown,
+            )
+
     def _asked(self, key: str, request: Mapping[str, Any], stop: threading.Event) -> Reply:
         """Ask the provider (live, or in a batch round), and cache the reply."""
         if self.batch_api:  # the round caches it
@@ -728,7 +756,7 @@ class LLMClient:
         failures = 0  # attempts that count against max_retries
         limited = 0  # HTTP 429s in a row, which do not
         requests = 0
-        room = self.max_tokens
+        room = self._room
         cut_prompt = cut_completion = 0  # tokens of cut-off replies, paid for all the same
         try:
             while True:
@@ -744,10 +772,12 @@ class LLMClient:
                     self._pacer.done(ticket, answered=True)
                     cut_prompt += cut.prompt_tokens
                     cut_completion += cut.completion_tokens
-                    if failures >= self.max_retries:
+                    # Once with twice the room: a reply longer still is a model that does
+                    # not stop, which more room would only make slower and dearer.
+                    if failures >= self.max_retries or room != self._room or not room:
                         raise LLMError(f"{cut} (gave up after {requests} attempts)") from None
                     failures += 1
-                    room = room * 2 if room else room
+                    room *= 2
                     logger.info("%s; asking again with room for %s tokens.", cut, room)
                     continue  # no wait: the server is fine, the reply was too long
                 except TransientFailure as failure:
@@ -771,6 +801,8 @@ class LLMClient:
                             ) from None
                         delay = self._backoff(failures, failure.retry_after)
                         failures += 1
+                        if failure.timed_out:
+                            room = self._less_room(room)
                     logger.info("Retrying in %.1f s after: %s", delay, failure)
                     if stop.wait(delay):
                         raise CallCancelled("stopped") from None
@@ -789,11 +821,34 @@ class LLMClient:
                     False,
                     requests,
                 )
-        except BaseException:
+        except BaseException as err:
             with self._usage_lock:  # no reply carries them: count them here
                 self.usage.prompt_tokens += cut_prompt
                 self.usage.completion_tokens += cut_completion
+            if isinstance(err, LLMError):  # what the failed call cost, for its cluster
+                err.requests += requests
+                err.prompt_tokens += cut_prompt
+                err.completion_tokens += cut_completion
             raise
+
+    def _less_room(self, room: int | None) -> int | None:
+        """Halve the room of replies after a timeout, for this call and the run's next ones.
+
+        A model that does not stop writes until its room is full: the same request would
+        time out again, so the next asks for less (never under :data:`MIN_ROOM`).
+        """
+        if not room or room <= MIN_ROOM:
+            return room
+        smaller = max(room // 2, MIN_ROOM)
+        with self._usage_lock:
+            if smaller < self._room:
+                logger.warning(
+                    "A reply did not come within %g s: asking for at most %d tokens from now on.",
+                    self.timeout,
+                    smaller,
+                )
+                self._room = smaller
+        return smaller
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         exponential = self.retry_delay * 2**attempt * random.uniform(0.5, 1.0)
@@ -805,7 +860,8 @@ class LLMClient:
         if not exchange.done.wait(self.timeout):
             exchange.abandon()
             raise TransientFailure(
-                f"request timed out after {self.timeout:g} s ({self.endpoint.display_url})"
+                f"request timed out after {self.timeout:g} s ({self.endpoint.display_url})",
+                timed_out=True,
             )
         error = exchange.take_error()
         if error is None or isinstance(error, openai.APIStatusError):
@@ -896,7 +952,9 @@ class LLMClient:
         if isinstance(error, openai.APIStatusError):
             return self._status_failure(error, sent)
         if isinstance(error, openai.APITimeoutError):  # the SDK's own timeouts
-            return TransientFailure(f"request timed out ({self.endpoint.display_url})")
+            return TransientFailure(
+                f"request timed out ({self.endpoint.display_url})", timed_out=True
+            )
         if isinstance(error, openai.APIConnectionError):
             reason = self._redact(str(error.__cause__ or error))[:_DETAIL]
             return TransientFailure(
@@ -922,15 +980,19 @@ class LLMClient:
                 f"Model {self.model!r} is not available at {self.endpoint.display_url} "
                 f"(HTTP {status}: {detail}). Check the model name, or the base URL."
             )
-        if status == 400:
+        if status != 429:  # a refusal naming a parameter, whatever its status (llama-cpp: 500)
             for parameter, sent_as in OPTIONAL_PARAMETERS.items():
                 if parameter in detail.lower() and any(option in sent for option in sent_as):
                     name = sent_as[0]
                     if self._downgrades.drop(name):
                         logger.warning(
-                            "The endpoint refused %r; continuing without it (%s).", name, detail
+                            "The endpoint refused %r (HTTP %d); continuing without it (%s).",
+                            name,
+                            status,
+                            detail,
                         )
                     return ParameterRefused()
+        if status == 400:
             return LLMError(f"The server rejected the request (HTTP 400: {detail}).")
         if status in _RETRY_STATUSES or status >= 500:
             return TransientFailure(

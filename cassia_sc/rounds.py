@@ -344,6 +344,8 @@ def _settle(
             again.append(waiting)
         else:
             failure = LLMError(f"{reason} (batch {job.id}, after {waiting.attempts} attempts)")
+            failure.requests = waiting.attempts
+            failure.prompt_tokens, failure.completion_tokens = waiting.spent
             wake.append((waiting, partial(waiting.future.set_exception, failure)))
     return again, wake
 

@@ -497,8 +497,9 @@ def test_a_reply_always_cut_off_fails_its_cluster(scripted_llm):
 
     cluster = result["0"]
     assert cluster.status == "failed" and cluster.main_cell_type is None
-    assert "cut off" in cluster.error and "gave up after 3 attempts" in cluster.error
-    assert [r.body["max_tokens"] for r in llm.server.requests] == [4096, 8192, 16384]
+    # More room once: a reply longer still comes from a model that does not stop.
+    assert "cut off" in cluster.error and "gave up after 2 attempts" in cluster.error
+    assert [r.body["max_tokens"] for r in llm.server.requests] == [4096, 8192]
     assert not cluster.validation_passed
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._keys import Default
+from ..errors import LLMError
 from ..evidence import DataHandle
 from ..fields import Field
 from ..llm import LLMClient, Reply
@@ -179,7 +180,15 @@ class ClusterContext:
         for message in messages[start:]:
             self.result.conversation.append(Turn(agent, message["role"], message["content"]))
         client = self.judge if judge and self.judge is not None else self.client
-        reply = client.complete(messages, schema=schema, stop=self.stop, sample=self.task.sample)
+        try:
+            reply = client.complete(
+                messages, schema=schema, stop=self.stop, sample=self.task.sample
+            )
+        except LLMError as failed:  # its requests were sent, and billed, all the same
+            self.result.requests += failed.requests
+            self.result.prompt_tokens += failed.prompt_tokens
+            self.result.completion_tokens += failed.completion_tokens
+            raise
         self._sent[agent] = len(messages) + 1
         self.result.conversation.append(
             Turn(

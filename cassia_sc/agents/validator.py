@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import FatalLLMError, LLMError
 from ..fields import Field
 from ..prompts import render
 from ..replies import Verdict, parse_verdict
@@ -91,7 +92,12 @@ class Validator:
                 + ".",
             )
         messages = self.messages(context.task, context.annotation_text or "", unsupported)
-        reply = context.ask(self.name, messages, schema=VERDICT_SCHEMA)
+        try:
+            reply = context.ask(self.name, messages, schema=VERDICT_SCHEMA)
+        except FatalLLMError:
+            raise
+        except LLMError as err:  # the answer stands, unreviewed: not a failed cluster
+            return Verdict(None, f"The validator could not be asked: {err}")
         verdict = parse_verdict(reply.content)
         if verdict.passed is None:
             return Verdict(
