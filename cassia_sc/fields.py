@@ -267,7 +267,7 @@ CORE_FIELDS: tuple[Field, ...] = (
     _list("markers", "the ranked markers the model was given"),
     _text(
         "status",
-        "``ok``, ``failed`` or ``not_run``",
+        "``ok``, ``failed``, ``implausible`` (an answer that names no cell type) or ``not_run``",
         csv="Status",
         default="not_run",
         review=Review("status", _grade_status),

@@ -1,9 +1,11 @@
 """Typed results: one :class:`ClusterResult` per cluster, gathered in a :class:`BatchResult`.
 
 A cluster is always present, whatever happened to it: ``status`` is ``"ok"``, ``"failed"``
-(with ``error`` saying why, and the model's raw text when there was one) or ``"not_run"``
-(a dry run, or a run stopped before the cluster's turn). What each holds is declared in
-:mod:`cassia_sc.fields`.
+(with ``error`` saying why, and the model's raw text when there was one),
+``"implausible"`` (the model's answer names no cell type even after a revision: the
+tissue, the species, a field name; ``error`` says why, see :mod:`cassia_sc.plausibility`)
+or ``"not_run"`` (a dry run, a run stopped before the cluster's turn, or a budget
+reached). What each holds is declared in :mod:`cassia_sc.fields`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .costs import CostEstimate
 from .errors import CassiaError
 from .fields import CORE_FIELDS, Field, inferred_field
 
-Status = Literal["ok", "failed", "not_run"]
+Status = Literal["ok", "failed", "not_run", "implausible"]
 #: The agents of the core pipelines; a step may speak as any other name too.
 Agent = str
 CORE_AGENTS = ("annotator", "validator", "formatter")
@@ -91,7 +93,7 @@ class ClusterResult:
     markers
         The ranked markers the model was given.
     status
-        ``"ok"``, ``"failed"`` or ``"not_run"``.
+        ``"ok"``, ``"failed"``, ``"implausible"`` or ``"not_run"``.
     main_cell_type
         The main cell type, or None when there is no answer.
     sub_cell_types
@@ -325,8 +327,8 @@ class BatchResult:
 
     @property
     def failed(self) -> list[ClusterResult]:
-        """The clusters whose annotation failed."""
-        return [c for c in self.clusters if c.status == "failed"]
+        """The clusters with no answer to use: failed, or answered with no cell type."""
+        return [c for c in self.clusters if c.status in ("failed", "implausible")]
 
     @property
     def usage(self) -> dict[str, int]:

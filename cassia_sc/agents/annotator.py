@@ -14,6 +14,7 @@ from dataclasses import replace
 from ..errors import StepFailed
 from ..fields import Field, answer_schema
 from ..llm import clean_model_text
+from ..plausibility import implausibility
 from ..prompts import render
 from ..replies import Annotation, extract_json_object, parse_annotation
 from ..replies import unsupported_markers as find_unsupported
@@ -85,6 +86,8 @@ class Annotator:
                 {"role": "assistant", "content": context.annotation_text},
                 {"role": "user", "content": revision},
             ]
+        # A new answer, not yet reviewed: the last round's verdict was about the last one.
+        result.validation_passed = result.validation_feedback = None
         reply = context.ask(self.name, messages, continues=context.round > 1)
         context.state[self.name] = messages
         context.annotation_text = reply.content
@@ -100,6 +103,13 @@ class Annotator:
         result.possible_tissues = list(answer.possible_tissues)
         result.key_markers = list(answer.key_markers)
         result.unsupported_markers = find_unsupported(answer.key_markers, context.task.markers)
+        # An answer that is no cell type goes back with the reason before any review.
+        task = context.task
+        reason = implausibility(answer.main_cell_type, tissue=task.tissue, species=task.species)
+        context.implausible = reason
+        if reason is not None:
+            result.validation_passed = False
+            result.validation_feedback = reason
 
 
 def _read_annotation(text: str, context: ClusterContext) -> Annotation | None:

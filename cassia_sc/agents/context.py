@@ -120,6 +120,9 @@ class ClusterContext:
         The annotator's latest reply, for the steps that review it.
     state
         Anything a step keeps for its own next round, by the step's name.
+    implausible
+        Why the latest answer is no cell type (see :mod:`cassia_sc.plausibility`), or
+        None when it may be one.
     """
 
     task: ClusterTask
@@ -130,6 +133,7 @@ class ClusterContext:
     round: int = 1
     annotation_text: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    implausible: str | None = None
     _sent: dict[str, int] = field(default_factory=dict)
 
     @property

@@ -19,6 +19,7 @@ from .annotator import Annotator
 from .booster import Booster
 from .context import ClusterContext, ClusterTask, Messages, Step
 from .grouper import Grouper
+from .harmoniser import Harmoniser
 from .scorer import Scorer
 from .validator import Validator
 
@@ -79,6 +80,8 @@ class Pipeline:
             result.iterations = round_number
             for step in self.rounds:
                 step(context)
+                if result.validation_passed is False:
+                    break  # rejected: the round's other steps would review a dead answer
             if result.validation_passed is not False:
                 break
         for step in self.after:
@@ -166,12 +169,13 @@ def known_fields() -> tuple[Field, ...]:
     -------
     tuple of Field
         The core fields, those of the steps of every registered pipeline, and those of
-        the :class:`Scorer`, :class:`Booster` and :class:`Grouper`, each name once.
+        the :class:`Scorer`, :class:`Booster`, :class:`Grouper` and :class:`Harmoniser`, each
+        name once.
     """
     found = {f.name: f for f in CORE_FIELDS}
     for pipeline in PIPELINES.values():
         found |= {f.name: f for f in pipeline.fields if f.name not in found}
-    for step in (Scorer, Booster, Grouper):
+    for step in (Scorer, Booster, Grouper, Harmoniser):
         found |= {f.name: f for f in step.fields if f.name not in found}
     return tuple(found.values())
 
@@ -212,6 +216,10 @@ def annotate_cluster(
         return _failed(result, str(failure), raw_reply=failure.raw_reply)
     except LLMError as err:
         return _failed(result, str(err))
+    if context.implausible is not None:  # still no cell type after its revision
+        result.status = "implausible"
+        result.error = context.implausible
+        return result
     result.status = "ok"
     return result
 

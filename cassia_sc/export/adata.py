@@ -227,7 +227,7 @@ def label_columns(
         before the boost; NaN for cells of a cluster without an answer, which a warning
         names.
     """
-    answered = [c for c in result.clusters if c.main_cell_type]
+    answered = [c for c in result.clusters if c.main_cell_type and c.status != "implausible"]
     main = {c.cluster: c.main_cell_type for c in answered}
     subtype = {c.cluster: (c.sub_cell_types or [c.main_cell_type])[0] for c in answered}
     terms = {c.cluster: c.ontology_term_id for c in answered if c.ontology_term_id}
@@ -240,7 +240,7 @@ def label_columns(
     missing = [cluster for cluster in pd.unique(names) if cluster not in main]
     if missing:
         logger.warning(
-            "No cell type for clusters %s (failed or not run); their cells are NaN in "
+            "No cell type for clusters %s (failed, implausible or not run); their cells are NaN in "
             "obs[%r]. See uns[%r][%r].",
             missing,
             Key.obs.celltype(key_added),

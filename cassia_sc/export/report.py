@@ -165,6 +165,7 @@ def render_report(result: BatchResult, *, embedding_png: bytes | None = None) ->
                 "ok": statuses.count("ok"),
                 "failed": statuses.count("failed"),
                 "not_run": statuses.count("not_run"),
+                "implausible": statuses.count("implausible"),
                 "passed": sum(c.validation_passed is True for c in result.clusters),
                 "flagged": sum(c["flagged"] for c in clusters),
             },
