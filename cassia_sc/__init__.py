@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import agents, export, get, pl, tl, workflow
 from ._version import __version__
 from .api_keys import clear_validation_cache, set_api_key, validate_api_keys
-from .batch import run_batch
+from .batch import run_batch, run_batches
 from .cassia_files import read_cassia
 from .compat import (
     merge_annotations,
@@ -36,6 +36,7 @@ from .errors import (
 )
 from .evaluation import evaluate_frame
 from .llm import LLMClient
+from .many import annotate_many
 from .markers import read_markers, select_markers, top_markers
 from .results import BatchResult, ClusterResult
 from .uncertainty import consensus, run_repeated
@@ -58,6 +59,7 @@ __all__ = [
     "UnknownProvider",
     "__version__",
     "agents",
+    "annotate_many",
     "clear_validation_cache",
     "consensus",
     "evaluate_frame",
@@ -81,6 +83,7 @@ __all__ = [
     "runCASSIA_similarity_score_batch",
     "runCASSIA_subclusters",
     "run_batch",
+    "run_batches",
     "run_repeated",
     "select_markers",
     "set_api_key",

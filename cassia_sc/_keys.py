@@ -64,6 +64,11 @@ class Key:
             return f"{key_added}_celltype_initial"
 
         @staticmethod
+        def celltype_harmonised(key_added: str) -> str:
+            """Return the column of each cell's main cell type named alike across inputs."""
+            return f"{key_added}_celltype_harmonised"
+
+        @staticmethod
         def celltype_broad(key_added: str) -> str:
             """Return the column of each cell's broad lineage (``tl.levels``)."""
             return f"{key_added}_celltype_broad"

@@ -1,9 +1,10 @@
-"""Annotate every cluster of a marker set in parallel: ``run_batch``.
+"""Annotate every cluster of a marker set in parallel: ``run_batch``, or ``run_batches``.
 
-Clusters run on a thread pool sharing one model client. One failing cluster never stops
-the others, and every cluster is in the result, in input order, whatever happened to it.
-Ctrl-C stops promptly and keeps what finished; a bad key or an unknown model stops the
-run at once with a single message.
+Clusters run on a thread pool sharing one model client; ``run_batches`` puts the clusters
+of several inputs in the same pool. One failing cluster never stops the others, and every
+cluster is in the result, in input order, whatever happened to it. Ctrl-C stops promptly
+and keeps what finished; a bad key or an unknown model stops the run at once with a
+single message.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, replace
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 from anndata import AnnData
 
 from ._docs import fill_docs
@@ -34,6 +36,7 @@ from .errors import (
     CallCancelled,
     CassiaError,
     FatalLLMError,
+    MarkerError,
     OntologyUnavailable,
 )
 from .evidence import DataHandle
@@ -167,6 +170,187 @@ def run_batch(
     >>> len(plan), plan.clusters[0].status
     (11, 'not_run')
     """
+    try:
+        (batch,) = run_batches(
+            [marker],
+            tissue=tissue,
+            species=species,
+            model=model,
+            provider=provider,
+            api_key=api_key,
+            max_workers=max_workers,
+            n_genes=n_genes,
+            additional_info=additional_info,
+            parent=parent,
+            temperature=temperature,
+            validator_involvement=validator_involvement,
+            reasoning=reasoning,
+            ranking_method=ranking_method,
+            ascending=ascending,
+            celltype_column=celltype_column,
+            gene_column_name=gene_column_name,
+            key=key,
+            groupby=groupby,
+            gene_symbols=gene_symbols,
+            max_retries=max_retries,
+            timeout=timeout,
+            requests_per_minute=requests_per_minute,
+            cache=cache,
+            cache_dir=cache_dir,
+            batch_api=batch_api,
+            batch_poll_interval=batch_poll_interval,
+            max_cost=max_cost,
+            max_tokens_total=max_tokens_total,
+            prices=prices,
+            budget=budget,
+            dry_run=dry_run,
+            progress=progress,
+            client=client,
+            ontology=ontology,
+            sample=sample,
+        )
+    except BatchInterrupted as stopped:
+        raise BatchInterrupted(stopped.result[0]) from None
+    return batch
+
+
+@fill_docs
+def run_batches(
+    markers: Sequence[MarkerInput],
+    *,
+    tissue: str | None,
+    species: str,
+    model: str | None = None,
+    provider: str = Default.provider,
+    api_key: str | None = None,
+    max_workers: int = Default.max_workers,
+    n_genes: int = Default.n_genes,
+    additional_info: str | None = None,
+    parent: str | None = None,
+    temperature: float | None = Default.temperature,
+    validator_involvement: str = Default.validator_involvement,
+    reasoning: str | None = None,
+    ranking_method: RankingMethod = Default.ranking_method,
+    ascending: bool | None = None,
+    celltype_column: str | None = None,
+    gene_column_name: str | None = None,
+    key: str = Key.uns.markers,
+    groupby: str | Sequence[str | None] | None = None,
+    gene_symbols: str | None = None,
+    max_retries: int = Default.max_retries,
+    timeout: float = Default.timeout,
+    requests_per_minute: float | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    batch_api: bool | str = False,
+    batch_poll_interval: float = Default.batch_poll_interval,
+    max_cost: float | None = None,
+    max_tokens_total: int | None = None,
+    prices: PriceTable | None = None,
+    budget: Budget | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    client: LLMClient | None = None,
+    ontology: bool | None = None,
+    sample: int = 0,
+) -> list[BatchResult]:
+    """Annotate the clusters of several marker sets in one run: one pool, one client.
+
+    What :func:`run_batch` does for one input, for all of them at once: every cluster
+    of every input is a job of the same pool, asking the same model client. So
+    ``max_workers``, the pacing, the cache, the budget (``max_cost``,
+    ``max_tokens_total``) and the rounds of ``batch_api`` are shared, and a marker list
+    found in several inputs is asked once: its identical requests are served by the one
+    on its way (or by the cache), never sent twice. Every input is read before any call,
+    so a bad one stops the run before it costs anything.
+
+    Parameters
+    ----------
+    markers
+        The inputs, each in any format :func:`cassia_sc.top_markers` reads (an AnnData
+        with a ``rank_genes_groups`` result, a marker table or its path).
+    {tissue}
+    {species}
+    {model}
+    {provider}
+    {api_key}
+    {max_workers}
+    {n_genes}
+    {additional_info}
+    {parent}
+    {temperature}
+    {validator_involvement}
+    {reasoning}
+    {ranking_method}
+    {ascending}
+    {celltype_column}
+    {gene_column_name}
+    {key}
+    groupby
+        The ``obs`` column of the clusters: one for every input, or a sequence with one
+        per input (None: the one each ``rank_genes_groups`` result was computed for).
+    {gene_symbols}
+    {max_retries}
+    {timeout}
+    {requests_per_minute}
+    {cache}
+    {cache_dir}
+    {batch_api}
+    {batch_poll_interval}
+    {max_cost}
+    {max_tokens_total}
+    {prices}
+    budget
+        A :class:`~cassia_sc.budget.Budget` shared with other runs, as in
+        :func:`run_batch`.
+    dry_run
+        Build every prompt and estimate the prompt tokens, without calling a model.
+        Each input's plan counts its own clusters; a note says how many repeat a marker
+        list planned before, which the run asks once.
+    {progress}
+    {client}
+    {ontology}
+    sample
+        Which of several repeated runs this is (0 for a single run).
+
+    Returns
+    -------
+    list of BatchResult
+        One per input, in input order, each with one
+        :class:`~cassia_sc.results.ClusterResult` per cluster. With several inputs,
+        ``settings["inputs"]`` says how many were annotated together, and
+        ``settings["cost"]`` is the whole run's (all inputs), not the input's own; each
+        cluster's ``requests`` counts what was sent for it (0 for a marker list another
+        input had asked already, which is counted as a cached call).
+
+    Raises
+    ------
+    MissingAPIKeyError
+        Before any work, when there is no key for the provider.
+    MarkerError
+        Before any call, when an input cannot be read; the message says which one.
+    AuthenticationFailed, ModelNotFound
+        When the provider refuses the key or does not know the model.
+    BatchInterrupted
+        On Ctrl-C; its ``result`` is the list of every input's batch, finished or not.
+
+    Examples
+    --------
+    >>> import cassia_sc
+    >>> table = cassia_sc.loadmarker("pbmc68k_processed")
+    >>> plans = cassia_sc.run_batches(
+    ...     [table, table.head(3)], tissue="blood", species="human", model="any-model",
+    ...     dry_run=True, progress=False,
+    ... )
+    >>> [len(plan) for plan in plans], plans[1].estimate.notes[-1]
+    ([11, 3], '3 clusters repeat a marker list planned before: it is asked once')
+    """
+    if isinstance(markers, str | os.PathLike | AnnData | pd.DataFrame):
+        raise CassiaError("run_batches takes a list of marker inputs; for one, call run_batch.")
+    markers = list(markers)
+    if not markers:
+        raise CassiaError("run_batches needs at least one marker input.")
+    groupbys = per_input(groupby, len(markers), name="groupby")
     pipeline = get_pipeline(validator_involvement)
     if not isinstance(max_workers, int) or max_workers < 1:
         raise CassiaError(f"max_workers must be a positive integer, not {max_workers!r}.")
@@ -175,35 +359,31 @@ def run_batch(
     if client is None and not model:
         raise CassiaError("model must be given, e.g. model='openai/gpt-4o'.")
 
-    markers = top_markers(
-        marker,
-        n_genes=n_genes,
-        ranking_method=ranking_method,
-        ascending=ascending,
-        celltype_column=celltype_column,
-        gene_column_name=gene_column_name,
-        key=key,
-        groupby=groupby,
-        gene_symbols=gene_symbols,
-    )
-    data = (
-        DataHandle.from_markers(marker, key=key, groupby=groupby, gene_symbols=gene_symbols)
-        if isinstance(marker, AnnData)
-        else None
-    )
-    tasks = [
-        ClusterTask(
-            cluster=cluster,
-            markers=tuple(genes),
-            species=species,
-            tissue=tissue or None,
-            additional_info=_clean_text(additional_info),
-            parent=_clean_text(parent),
-            pipeline=pipeline.name,
-            sample=sample,
-            data=data,
+    inputs = [
+        _input_tasks(
+            marker,
+            number=number,
+            total=len(markers),
+            n_genes=n_genes,
+            ranking_method=ranking_method,
+            ascending=ascending,
+            celltype_column=celltype_column,
+            gene_column_name=gene_column_name,
+            key=key,
+            groupby=groupbys[number],
+            gene_symbols=gene_symbols,
+            task=ClusterTask(
+                cluster="",
+                markers=(),
+                species=species,
+                tissue=tissue or None,
+                additional_info=_clean_text(additional_info),
+                parent=_clean_text(parent),
+                pipeline=pipeline.name,
+                sample=sample,
+            ),
         )
-        for cluster, genes in markers.items()
+        for number, marker in enumerate(markers)
     ]
     settings: dict[str, Any] = {
         "model": client.model if client else model,
@@ -222,8 +402,11 @@ def run_batch(
         "sample": sample,
         "cassia_sc_version": __version__,
     }
+    if len(markers) > 1:
+        settings["inputs"] = len(markers)
     if dry_run:
-        return _dry_run(tasks, settings, pipeline)
+        plans = [_dry_run(tasks, dict(settings), pipeline) for tasks in inputs]
+        return _with_repeats_noted(plans, inputs) if len(markers) > 1 else plans
 
     own_client = client is None
     if client is not None:
@@ -253,7 +436,8 @@ def run_batch(
         load_in_background()  # ready by the time the answers need their terms
     client.check_model()
     try:
-        jobs = [_annotation_job(task, client) for task in tasks]
+        # One pool over every input's clusters: identical requests meet in one client.
+        jobs = [_annotation_job(task, client) for tasks in inputs for task in tasks]
         with _batch_rounds((client,), len(jobs)) as rounds:
             results, interrupted = _run_pool(
                 jobs,
@@ -265,16 +449,116 @@ def run_batch(
     finally:
         if own_client:
             client.close()
-    batch = BatchResult(
-        clusters=results, settings=settings, interrupted=interrupted, fields=pipeline.fields
-    )
-    record_spending(batch, budget)
+    batches = []
+    for tasks in inputs:
+        batch = BatchResult(
+            clusters=results[: len(tasks)],
+            settings=dict(settings),
+            interrupted=interrupted,
+            fields=pipeline.fields,
+        )
+        results = results[len(tasks) :]
+        record_spending(batch, budget)
+        batches.append(batch)
     if interrupted:
-        raise BatchInterrupted(batch)
-    if ontology is not False:
-        map_to_ontology(batch, required=bool(ontology))
-    _log_outcome(batch)
-    return batch
+        raise BatchInterrupted(batches)
+    for number, batch in enumerate(batches):
+        if ontology is not False:
+            map_to_ontology(batch, required=bool(ontology))
+        _log_outcome(batch, where=f"input {number + 1}: " if len(batches) > 1 else "")
+    return batches
+
+
+def per_input(value: Any, n_inputs: int, *, name: str) -> list[Any]:
+    """Return a value given once for every input, or one per input, as one per input.
+
+    Parameters
+    ----------
+    value
+        None, a text (the same for every input), or a sequence with one per input.
+    n_inputs
+        How many inputs.
+    name
+        The parameter's name, for the message.
+
+    Returns
+    -------
+    list
+        One value per input.
+
+    Raises
+    ------
+    CassiaError
+        When a sequence does not have one value per input.
+
+    Examples
+    --------
+    >>> per_input("louvain", 2, name="groupby"), per_input(["a", None], 2, name="groupby")
+    (['louvain', 'louvain'], ['a', None])
+    """
+    if value is None or isinstance(value, str):
+        return [value] * n_inputs
+    values = list(value)
+    if len(values) != n_inputs:
+        raise CassiaError(
+            f"{name} must be one value for every input or one per input: {len(values)} "
+            f"given for {n_inputs} inputs."
+        )
+    return values
+
+
+def _input_tasks(
+    marker: MarkerInput,
+    *,
+    number: int,
+    total: int,
+    task: ClusterTask,
+    key: str,
+    groupby: str | None,
+    gene_symbols: str | None,
+    **selection: Any,
+) -> list[ClusterTask]:
+    """Read one input's markers into one task per cluster, like ``task`` but its cluster.
+
+    With several inputs, a marker error says which input it is about.
+    """
+    try:
+        markers = top_markers(
+            marker, key=key, groupby=groupby, gene_symbols=gene_symbols, **selection
+        )
+    except MarkerError as err:
+        if total == 1:
+            raise
+        raise MarkerError(f"Input {number + 1} of {total}: {err}") from err
+    data = (
+        DataHandle.from_markers(marker, key=key, groupby=groupby, gene_symbols=gene_symbols)
+        if isinstance(marker, AnnData)
+        else None
+    )
+    return [
+        replace(task, cluster=cluster, markers=tuple(genes), data=data)
+        for cluster, genes in markers.items()
+    ]
+
+
+def _with_repeats_noted(
+    plans: list[BatchResult], inputs: Sequence[Sequence[ClusterTask]]
+) -> list[BatchResult]:
+    """Say in each plan how many of its clusters repeat a request planned before."""
+    seen: set[tuple[Any, ...]] = set()
+    noted = []
+    for plan_, tasks in zip(plans, inputs, strict=True):
+        repeats = 0
+        for task in tasks:
+            asked = (task.markers, task.tissue, task.additional_info, task.parent, task.species)
+            repeats += asked in seen
+            seen.add(asked)
+        if repeats and plan_.estimate is not None:
+            note = f"{repeats} clusters repeat a marker list planned before: it is asked once"
+            estimate = replace(plan_.estimate, notes=(*plan_.estimate.notes, note))
+            plan_ = replace(plan_, estimate=estimate)
+        noted.append(plan_)
+    return noted
 
 
 def connection_options(
@@ -739,12 +1023,13 @@ def _dry_run(tasks: list[ClusterTask], settings: dict[str, Any], pipeline: Pipel
     )
 
 
-def _log_outcome(batch: BatchResult) -> None:
+def _log_outcome(batch: BatchResult, *, where: str = "") -> None:
     failed = batch.failed
     usage = batch.usage
     logger.info(
-        "Annotated %d clusters: %d ok, %d failed; %d HTTP requests, %d of %d replies from the "
-        "cache, %d prompt + %d completion tokens.",
+        "%sAnnotated %d clusters: %d ok, %d failed; %d HTTP requests, %d of %d replies from "
+        "the cache, %d prompt + %d completion tokens.",
+        where,
         len(batch),
         len(batch) - len(failed),
         len(failed),
@@ -756,7 +1041,8 @@ def _log_outcome(batch: BatchResult) -> None:
     )
     if failed:
         logger.warning(
-            "%d clusters failed: %s",
+            "%s%d clusters failed: %s",
+            where,
             len(failed),
             "; ".join(f"{c.cluster}: {c.error}" for c in failed[:10]),
         )

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -28,6 +29,7 @@ from ._io import check_writable, format_size, printable, remove_stale_temporarie
 from ._keys import Default, Key, Limit
 from ._version import __version__
 from .agents import PIPELINES
+from .agents.harmoniser import harmonised_columns
 from .cache import cache_summary, clear_cache, default_cache_dir
 from .compat import run_batch_to_files
 from .costs import dollars_text
@@ -42,20 +44,23 @@ from .errors import (
 )
 from .evidence import DataHandle
 from .export import bounded, output_paths, write_outputs
-from .export.adata import check_key_added, uns_record
+from .export.adata import check_key_added, restricted_columns, uns_record
 from .export.limits import cut
 from .h5ad import (
+    FileMarkers,
     locked,
     read_embedding,
     read_for_annotation,
     read_outline,
     write_annotation,
 )
+from .many import input_output_name
 from .provider_batches import JobStore
 from .results import BatchResult
 from .rounds import collect
+from .subclusters import Population
 from .tl._subclusters import file_label_columns, read_population
-from .workflow import run_annotation
+from .workflow import run_annotations
 
 logger = logging.getLogger("cassia_sc")
 
@@ -72,6 +77,9 @@ _ANNOTATE_EXAMPLES = """\
 
   # the bundled example, written to a new file, with CASSIA's four output files
   cassia-sc annotate pbmc68k_reduced --tissue blood --species human --model openai/gpt-4o-mini --output pbmc_annotated.h5ad --output-name pbmc
+
+  # several files in one run (a marker list found in several is asked once), one name per type
+  cassia-sc annotate donor1.h5ad donor2.h5ad donor3.h5ad --tissue blood --species human --model openai/gpt-4o-mini --harmonise --output-name run
 
   # a local model through Ollama; see the prompts and their cost first
   cassia-sc annotate data.h5ad --tissue blood --species human --model llama3.1 --provider http://localhost:11434/v1 --dry-run
@@ -139,12 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     annotate = commands.add_parser(
         "annotate",
-        help="add cell-type labels to an .h5ad file (in place by default)",
+        help="add cell-type labels to .h5ad files (in place by default)",
         description=(
             "Annotate the clusters of an .h5ad file from its uns['rank_genes_groups'] and add "
             "obs[KEY_celltype], obs[KEY_subtype] and uns[KEY] to it, without loading X. The "
             "file is replaced only once the new one is complete, and keeps its permissions; "
-            "two runs on one file take turns, so neither loses the other's labels."
+            "two runs on one file take turns, so neither loses the other's labels. Several "
+            "files are annotated in one run (one pool of calls, one cache, one budget; a "
+            "marker list found in several files is asked once), then written one at a time."
         ),
         epilog=_epilog(_ANNOTATE_EXAMPLES),
         formatter_class=_HelpFormatter,
@@ -152,10 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument(
         "input",
         metavar="INPUT",
-        help=f"an .h5ad file, or a bundled example: {', '.join(BUNDLED_EXAMPLES)}",
+        nargs="+",
+        help="one or more .h5ad files, each with its own rank_genes_groups, all read and "
+        "checked before any call; or a bundled example: " + ", ".join(BUNDLED_EXAMPLES),
     )
     annotate.add_argument(
-        "--output", type=Path, help="write here instead of editing INPUT in place"
+        "--output",
+        type=Path,
+        help="write here instead of editing INPUT in place (one INPUT only)",
+    )
+    annotate.add_argument(
+        "--harmonise",
+        nargs="?",
+        const="model",
+        choices=["model", "ontology"],
+        metavar="METHOD",
+        help="after the run, give the labels of one cell type one name across the inputs "
+        "(T cells, T cell, T lymphocyte: T cell), in obs[KEY_celltype_harmonised] beside "
+        "the labels: with one call to the model (alone, or 'model'), or offline by the Cell "
+        "Ontology term each label maps to ('ontology', needs the ontology extra)",
     )
     annotate.add_argument("--groupby", help=cli_help("groupby"))
     annotate.add_argument("--key", default=Key.uns.markers, help=cli_help("key"))
@@ -517,10 +542,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _jobs(args)
         if not args.model and not getattr(args, "models", None):
             parser.error("--model is required (or --models for annotate)")
+        if args.command == "annotate" and len(args.input) > 1:
+            _one_input_only(parser, args)
         if args.verbose:  # ours only: the HTTP libraries would log every request
             logger.setLevel(logging.INFO)
         try:
-            result = _annotate(args) if args.command == "annotate" else _batch(args)
+            results = _annotate(args) if args.command == "annotate" else [("", _batch(args))]
         except BatchInterrupted:
             _say("cassia-sc: interrupted; finished clusters are kept in the cache.", sys.stderr)
             return 130
@@ -536,8 +563,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(f"cassia-sc: error: {message}", sys.stderr)
             return 2 if usage else 1  # 2: what was typed is wrong, as argparse's errors
         if not args.quiet:
-            _report(result)
-        return EXIT_SOME_FAILED if result.failed else 0
+            _report_all(results)
+        return EXIT_SOME_FAILED if any(result.failed for _, result in results) else 0
+
+
+def _one_input_only(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse the options of annotate that take one INPUT, given with several (status 2)."""
+    taken = {
+        "--output": args.output is not None,
+        "--restrict-to": bool(args.restrict_to),
+        "--n-runs": args.n_runs > 1,
+        "--models": bool(args.models),
+    }
+    for flag, given in taken.items():
+        if given:
+            parser.error(
+                f"{flag} takes one INPUT, not {len(args.input)}: with several, each file is "
+                "annotated in place; run once per file for this option"
+            )
 
 
 def _flags(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
@@ -673,26 +716,119 @@ def _date(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
 
 
-def _annotate(args: argparse.Namespace) -> BatchResult:
+@dataclass
+class _Input:
+    """One INPUT of ``annotate``, read and checked before any model is called.
+
+    Attributes
+    ----------
+    name
+        As typed (a path, or a bundled example's name).
+    source
+        The file read.
+    target
+        The file written: ``source`` in place, ``--output``, or a bundled example's copy.
+    found
+        What annotating it needs (markers, grouping, each cell's cluster).
+    population
+        The population of ``--restrict-to``, or None.
+    output_name
+        The prefix of its CASSIA files, or None.
+    """
+
+    name: str
+    source: Path
+    target: Path
+    found: FileMarkers
+    population: Population | None
+    output_name: str | None
+
+
+def _annotate(args: argparse.Namespace) -> list[tuple[str, BatchResult]]:
     check_key_added(args.key_added)
-    source = Path(args.input)
+    several = len(args.input) > 1
+    # Every input is read and checked before a model is paid: a bad second file stops
+    # the run before its first call.
+    inputs = [_read_input(args, name, several=several) for name in args.input]
+    _refuse_collisions(inputs)
+    if not args.dry_run:
+        for one in inputs:
+            _check_writable(one.target, one.output_name)
+            if args.no_wait:
+                with locked(one.target, wait=False):
+                    pass
+    # The boost reads the expression data, chunk by chunk from the file: X is never
+    # loaded whole.
+    cells: list[AnnData | None] = []
+    try:
+        for one in inputs:
+            cells.append(
+                read_h5ad(one.source, backed="r") if args.boost_below is not None else None
+            )
+        data = [
+            DataHandle.from_markers(
+                backed if one.population is None else backed[one.population.cells],
+                key=args.key,
+                groupby=one.found.groupby,
+                gene_symbols=args.gene_symbols,
+            )
+            if backed is not None
+            else None
+            for one, backed in zip(inputs, cells, strict=True)
+        ]
+        annotated = run_annotations(
+            [one.found.adata for one in inputs],
+            key=args.key,
+            groupby=[one.found.groupby for one in inputs],
+            gene_symbols=args.gene_symbols,
+            n_runs=args.n_runs,
+            models=args.models,
+            agreement_threshold=args.agreement_threshold,
+            data=data,
+            harmonise=args.harmonise or False,
+            **_run_options(args),
+        )
+    finally:
+        for backed in cells:
+            if backed is not None:
+                backed.file.close()
+    if annotated[0][0].dry_run:
+        return [(one.name, result) for one, (result, _) in zip(inputs, annotated, strict=True)]
+    with _writing(cache=not args.no_cache):
+        for one, (result, agreement) in zip(inputs, annotated, strict=True):
+            _write_input(args, one, result, agreement)  # one file at a time, each whole
+    return [(one.name, result) for one, (result, _) in zip(inputs, annotated, strict=True)]
+
+
+def _read_input(args: argparse.Namespace, name: str, *, several: bool) -> _Input:
+    """Read one INPUT's markers and outline, and find what would stop its write."""
+    source = Path(name)
     target = args.output
-    if not source.exists() and args.input in BUNDLED_EXAMPLES:
+    stem = source.stem
+    if not source.exists() and name in BUNDLED_EXAMPLES:
         # Built once in the cache folder and only read: the output is a copy.
-        source = BUNDLED_EXAMPLES[args.input]()
-        target = target or Path(f"{args.input}_annotated.h5ad")
+        source = BUNDLED_EXAMPLES[name]()
+        target = target or Path(f"{name}_annotated.h5ad")
+        stem = name
     target = target or source
     started = time.perf_counter()
     found = read_for_annotation(source, key=args.key, groupby=args.groupby)
     logger.info(
-        "Read uns[%r], var and obs[%r] in %.2f s.",
+        "Read uns[%r], var and obs[%r] of %s in %.2f s.",
         args.key,
         found.groupby,
+        source.name,
         time.perf_counter() - started,
     )
-    # Everything that would stop the write is found now, before a model is paid.
     outline = read_outline(source)
-    check_key_added(args.key_added, uns=outline.uns, obs=outline.obs_columns, groupby=found.groupby)
+    harmonised = [Key.obs.celltype_harmonised(args.key_added)] if args.harmonise else []
+    check_key_added(
+        args.key_added,
+        uns=outline.uns,
+        obs=outline.obs_columns,
+        groupby=found.groupby,
+        columns=harmonised,
+    )
     population = None
     if args.restrict_to:  # the subclusters of one population: checked before any call
         population = read_population(
@@ -704,74 +840,77 @@ def _annotate(args: argparse.Namespace) -> BatchResult:
             parent=args.parent,
         )
         args.parent = population.parent
-    if not args.dry_run:
-        _check_writable(target, args.output_name)
-        if args.no_wait:
-            with locked(target, wait=False):
-                pass
-    # The boost reads the expression data, chunk by chunk from the file: X is never
-    # loaded whole.
-    cells = read_h5ad(source, backed="r") if args.boost_below is not None else None
-    try:
-        data = (
-            DataHandle.from_markers(
-                cells if population is None else cells[population.cells],
-                key=args.key,
-                groupby=found.groupby,
-                gene_symbols=args.gene_symbols,
+    output_name = args.output_name
+    if output_name and several:
+        output_name = input_output_name(output_name, stem)
+    return _Input(name, source, target, found, population, output_name)
+
+
+def _refuse_collisions(inputs: Sequence[_Input]) -> None:
+    """Refuse two inputs that would write the same file, before any call."""
+    seen: dict[Path, str] = {}
+    for one in inputs:
+        where = one.target.resolve()
+        if where in seen:
+            raise ValueError(
+                f"{one.name} and {seen[where]} are the same file: give each INPUT once."
             )
-            if cells is not None
-            else None
-        )
-        result, agreement = run_annotation(
-            found.adata,
-            key=args.key,
-            groupby=found.groupby,
-            gene_symbols=args.gene_symbols,
-            n_runs=args.n_runs,
-            models=args.models,
-            agreement_threshold=args.agreement_threshold,
-            data=data,
-            **_run_options(args),
-        )
-    finally:
-        if cells is not None:
-            cells.file.close()
-    if result.dry_run:
-        return result
+        seen[where] = one.name
+    prefixes: dict[str, str] = {}
+    for one in inputs:
+        if one.output_name is None:
+            continue
+        if one.output_name in prefixes:
+            raise ValueError(
+                f"{one.name} and {prefixes[one.output_name]} have the same name, so their "
+                f"--output-name files ({one.output_name}_summary.csv, ...) would collide: "
+                "rename one, or annotate them in two runs."
+            )
+        prefixes[one.output_name] = one.name
+
+
+def _write_input(
+    args: argparse.Namespace, one: _Input, result: BatchResult, agreement: pd.DataFrame | None
+) -> None:
+    """Write one input's labels to its file, whole or not at all, then its CASSIA files."""
+    found, population = one.found, one.population
     columns = file_label_columns(found.clusters, result, population, key_added=args.key_added)
+    if population is None:
+        columns |= harmonised_columns(found.clusters, result, key_added=args.key_added)
+    else:
+        inside = found.clusters[population.cells]
+        harmonised = harmonised_columns(inside, result, key_added=args.key_added)
+        columns |= restricted_columns(harmonised, population.cells)
     started = time.perf_counter()
-    with _writing(cache=not args.no_cache):
-        # The lock covers the whole read-modify-write: the file is read (checked, then
-        # copied) only once any other run on it has written its own entries.
-        with locked(target, wait=not args.no_wait):
-            remove_stale_temporaries(target, older_than=0)  # no one else writes it now
-            outline = read_outline(source)
-            check_key_added(
-                args.key_added,
-                uns=outline.uns,
-                obs=outline.obs_columns,
-                groupby=found.groupby,
-                columns=columns,
-            )
-            write_annotation(
-                source,
-                target,
-                obs_columns=columns,
-                uns_key=args.key_added,
-                uns_value=uns_record(
-                    result, groupby=found.groupby, key=args.key, uncertainty=agreement
-                ),
-            )
-        logger.info("Wrote %s in %.2f s.", target, time.perf_counter() - started)
-        if args.output_name:
-            _write_files(result, args.output_name, source, columns, key_added=args.key_added)
+    # The lock covers the whole read-modify-write: the file is read (checked, then
+    # copied) only once any other run on it has written its own entries.
+    with locked(one.target, wait=not args.no_wait):
+        remove_stale_temporaries(one.target, older_than=0)  # no one else writes it now
+        outline = read_outline(one.source)
+        check_key_added(
+            args.key_added,
+            uns=outline.uns,
+            obs=outline.obs_columns,
+            groupby=found.groupby,
+            columns=columns,
+        )
+        write_annotation(
+            one.source,
+            one.target,
+            obs_columns=columns,
+            uns_key=args.key_added,
+            uns_value=uns_record(
+                result, groupby=found.groupby, key=args.key, uncertainty=agreement
+            ),
+        )
+    logger.info("Wrote %s in %.2f s.", one.target, time.perf_counter() - started)
+    if one.output_name:
+        _write_files(result, one.output_name, one.source, columns, key_added=args.key_added)
     if not args.quiet:
         _say(
             f"Wrote {', '.join(f'obs[{name!r}]' for name in columns)} and "
-            f"uns[{args.key_added!r}] to {target}."
+            f"uns[{args.key_added!r}] to {one.target}."
         )
-    return result
 
 
 def _check_writable(target: Path | None, output_name: str | None) -> None:
@@ -832,7 +971,45 @@ def _batch(args: argparse.Namespace) -> BatchResult:
         )
 
 
-def _report(result: BatchResult) -> None:
+def _report_all(results: Sequence[tuple[str, BatchResult]]) -> None:
+    """Print each input's clusters and counts; with several, a heading each and a total."""
+    if len(results) == 1:
+        _report(results[0][1])
+        _report_harmonised(results[0][1])
+        return
+    for name, result in results:
+        _say(f"{name}:")
+        _report(result, cost=False)
+    batches = [result for _, result in results]
+    first = batches[0]
+    if first.dry_run:
+        _say(f"{len(batches)} files: nothing was called or written.")
+        return
+    usage = {
+        name: sum(batch.usage[name] for batch in batches)
+        for name in ("requests", "cached_calls", "prompt_tokens", "completion_tokens")
+    }
+    # The harmonisation's call is the run's, not a cluster's: counted once.
+    usage["requests"] += int(first.settings.get("harmonise_requests", 0))
+    cost = f", {dollars_text(first.settings['cost'])}" if "cost" in first.settings else ""
+    annotated = sum(c.status == "ok" for batch in batches for c in batch.clusters)
+    clusters = sum(len(batch) for batch in batches)
+    _say(
+        f"{len(batches)} files, one run: {annotated} of {clusters} clusters annotated; "
+        f"{usage['requests']} requests, {usage['cached_calls']} replies from the cache, "
+        f"{usage['prompt_tokens'] + usage['completion_tokens']:,} tokens{cost}."
+    )
+    _report_harmonised(first)
+
+
+def _report_harmonised(result: BatchResult) -> None:
+    """Say what the harmonisation did, when it was asked for."""
+    note = result.settings.get("harmonise_note")
+    if note:
+        _say(f"Harmonised names ({result.settings.get('harmonise_method')}): {_one_line(note)}.")
+
+
+def _report(result: BatchResult, *, cost: bool = True) -> None:
     if result.dry_run:
         tokens = [c.estimated_prompt_tokens or 0 for c in result.clusters]
         _say(
@@ -850,10 +1027,12 @@ def _report(result: BatchResult) -> None:
         label = c.main_cell_type if c.status == "ok" else f"[{c.status}] {c.error}"
         _say(f"  {name:<{width}}  {_one_line(label)}")
     usage = result.usage
-    cost = f", {dollars_text(result.settings['cost'])}" if "cost" in result.settings else ""
+    spent = ""
+    if cost and "cost" in result.settings:
+        spent = f", {dollars_text(result.settings['cost'])}"
     annotated = sum(c.status == "ok" for c in result.clusters)
     _say(
         f"{annotated} of {len(result)} clusters annotated; "
         f"{usage['requests']} requests, {usage['cached_calls']} replies from the cache, "
-        f"{usage['prompt_tokens'] + usage['completion_tokens']:,} tokens{cost}."
+        f"{usage['prompt_tokens'] + usage['completion_tokens']:,} tokens{spent}."
     )

@@ -22,8 +22,23 @@ from anndata import AnnData
 
 from ._docs import fill_docs
 from ._keys import Default, Key
-from .agents import Booster, ClusterTask, OntologyChooser, Scorer
-from .batch import connection_options, map_to_ontology, record_spending, run_batch, run_steps
+from .agents import Booster, ClusterTask, OntologyChooser, Scorer, harmonise_batches
+from .agents.harmoniser import (
+    MARKERS_SHOWN,
+    Harmoniser,
+    LabelEvidence,
+    ontology_harmonised,
+    with_harmonised,
+)
+from .batch import (
+    connection_options,
+    map_to_ontology,
+    per_input,
+    record_spending,
+    run_batch,
+    run_batches,
+    run_steps,
+)
 from .budget import Budget
 from .costs import CHARS_PER_TOKEN, CostEstimate, estimate_step
 from .errors import CassiaError
@@ -101,13 +116,7 @@ def run_annotation(
         options["ontology"] = True  # offline first; the model only for what stays unmapped
     provider = options.get("provider") or Default.provider
     providers = (provider, score_provider, boost_provider)
-    limits = {"max_cost": options.pop("max_cost", None)}
-    limits["max_tokens_total"] = options.pop("max_tokens_total", None)
-    budget = options.get("budget")
-    if budget is None and not options.get("dry_run") and options.get("client") is None:
-        # One budget for every call of the run: annotation, repeats, scores and boosts.
-        book = PriceBook(prices, cache_dir=options.get("cache_dir"), providers=providers)
-        budget = options["budget"] = Budget(**limits, prices=book)
+    budget, limits = _run_budget(options, prices, providers)
     if n_runs <= 1 and not models:
         result, agreement = run_batch(marker, model=model, **options), None
     else:
@@ -119,17 +128,19 @@ def run_annotation(
             result = consensus_batch(runs, agreement)
             result.settings["agreement_threshold"] = agreement_threshold
     if result.dry_run:
-        run_model = str(result.settings.get("model"))
-        result = _with_refinement_estimate(
-            result,
-            score,
-            boost_below,
-            boost_rounds,
-            score_at=(score_model or run_model, display_name(score_provider or provider)),
-            boost_at=(boost_model or run_model, display_name(boost_provider or provider)),
+        refinement = {
+            "score": score,
+            "score_model": score_model,
+            "score_provider": score_provider,
+            "boost_below": boost_below,
+            "boost_rounds": boost_rounds,
+            "boost_model": boost_model,
+            "boost_provider": boost_provider,
+        }
+        planned = _finished_plan(
+            result, provider=provider, prices=prices, limits=limits, options=options, **refinement
         )
-        priced = _priced(result, prices, providers, options.get("cache_dir"), limits)
-        return priced, agreement
+        return planned, agreement
     if score or boost_below is not None or choose_terms:
         options.pop("provider", None)
         result = refine(
@@ -149,6 +160,385 @@ def run_annotation(
         )
     record_spending(result, budget)  # the whole run's: every call, every model
     return result, agreement
+
+
+#: What a run over several inputs returns per input: its batch, and the consensus table
+#: of repeated runs (None without them).
+Annotated = tuple[BatchResult, pd.DataFrame | None]
+
+
+@fill_docs
+def run_annotations(
+    markers: Sequence[MarkerInput],
+    *,
+    model: str | None,
+    n_runs: int = Default.n_runs,
+    models: Sequence[str] | None = None,
+    agreement_threshold: float = Default.agreement_threshold,
+    score: bool = False,
+    score_model: str | None = None,
+    score_provider: str | None = None,
+    boost_below: float | None = None,
+    boost_rounds: int = Default.boost_rounds,
+    boost_model: str | None = None,
+    boost_provider: str | None = None,
+    data: Sequence[DataHandle | None] | None = None,
+    prices: PriceTable | None = None,
+    harmonise: bool | str = False,
+    **options: Any,
+) -> list[Annotated]:
+    """Annotate several inputs in one run, then score, boost and harmonise their labels.
+
+    :func:`run_annotation` for several inputs: their clusters are annotated in one pool
+    with one client (:func:`cassia_sc.batch.run_batches`: one cache, one budget, and a
+    marker list found in several inputs asked once). Scores and boosts then run input by
+    input, each with the same budget and cache. With ``harmonise``, one more call gives
+    the labels of one cell type one name across the inputs (see
+    :class:`~cassia_sc.agents.Harmoniser`). One input is annotated as
+    :func:`run_annotation` does, repeated runs included.
+
+    Parameters
+    ----------
+    markers
+        The inputs, each an AnnData with a ``rank_genes_groups`` result or a marker table.
+    {model}
+    {n_runs}
+    {models}
+    {agreement_threshold}
+    {score}
+    {score_model}
+    {score_provider}
+    {boost_below}
+    {boost_rounds}
+    boost_model, boost_provider
+        The boost's model and provider, when they are not the run's.
+    data
+        Per input, the expression data the boost looks genes up in, when the input does
+        not carry it (see :func:`run_annotation`); None for all: the inputs themselves.
+    {prices}
+    harmonise
+        After the run, give one name to the labels of one cell type across the inputs,
+        recorded beside them (``celltype_harmonised``): ``True`` or ``"model"`` with one
+        structured call to the run's model, ``"ontology"`` offline, by the Cell Ontology
+        term each label maps to exactly (needs the ``ontology`` extra).
+    **options
+        Options of :func:`cassia_sc.batch.run_batches` (``groupby`` one for all inputs
+        or one per input).
+
+    Returns
+    -------
+    list of tuple
+        Per input, in order: its batch (a dry run's plan) and, after repeated runs of
+        one input, the :func:`cassia_sc.consensus` table (else None).
+
+    Raises
+    ------
+    CassiaError
+        For repeated runs (``n_runs``, ``models``) over several inputs, or an unknown
+        ``harmonise``.
+    BatchInterrupted
+        On Ctrl-C.
+
+    Examples
+    --------
+    >>> annotated = run_annotations([a, b], model="m", harmonise=True)  # doctest: +SKIP
+    >>> [batch["0"].get(HARMONISED) for batch, _ in annotated]  # doctest: +SKIP
+    """
+    method = harmonise_method(harmonise)
+    markers = list(markers)
+    if not markers:
+        raise CassiaError("run_annotations needs at least one input.")
+    several = len(markers) > 1
+    if several and (n_runs > 1 or models):
+        raise CassiaError(
+            "Repeated runs (n_runs=, models=) take one input at a time: annotate each input "
+            "on its own, or leave them out."
+        )
+    if method == "ontology":
+        cell_ontology().cl_version  # noqa: B018 - refused now, before any call, without the extra
+        options["ontology"] = options.get("ontology") or True
+    groupbys = per_input(options.pop("groupby", None), len(markers), name="groupby")
+    handles = per_input(data, len(markers), name="data")
+    provider = options.get("provider") or Default.provider
+    providers = (provider, score_provider, boost_provider)
+    budget, limits = _run_budget(options, prices, providers)
+    refinement = {
+        "score": score,
+        "score_model": score_model,
+        "score_provider": score_provider,
+        "boost_below": boost_below,
+        "boost_rounds": boost_rounds,
+        "boost_model": boost_model,
+        "boost_provider": boost_provider,
+    }
+    if not several:
+        if limits["max_cost"] is not None or limits["max_tokens_total"] is not None:
+            options |= limits  # a plan says when it passes them
+        annotated = [
+            run_annotation(
+                markers[0],
+                model=model,
+                n_runs=n_runs,
+                models=models,
+                agreement_threshold=agreement_threshold,
+                data=handles[0],
+                prices=prices,
+                groupby=groupbys[0],
+                **refinement,
+                **options,
+            )
+        ]
+    else:
+        results = _annotated_together(
+            markers,
+            model=model,
+            groupbys=groupbys,
+            data=handles,
+            prices=prices,
+            limits=limits,
+            agreement_threshold=agreement_threshold,
+            refinement=refinement,
+            options=options,
+        )
+        annotated = [(result, None) for result in results]
+    if method is None:
+        return annotated
+    batches = [result for result, _ in annotated]
+    if batches[0].dry_run:
+        batches = _with_harmonise_estimate(batches, method, prices=prices, options=options)
+    else:
+        harmonise_options = {**options, "provider": provider}
+        batches = harmonise_results(batches, method=method, model=model, **harmonise_options)
+        if budget is not None and budget.spent_dollars is not None:
+            for batch in batches:  # the run's cost, the harmonisation's call included
+                batch.settings["cost"] = round(budget.spent_dollars, 6)
+    return [(batch, agreement) for batch, (_, agreement) in zip(batches, annotated, strict=True)]
+
+
+def harmonise_method(harmonise: bool | str | None) -> str | None:
+    """Return the method ``harmonise=`` asks for: ``"model"``, ``"ontology"`` or None.
+
+    Parameters
+    ----------
+    harmonise
+        False or None (no harmonisation), True or ``"model"``, or ``"ontology"``.
+
+    Returns
+    -------
+    str or None
+        The method.
+
+    Raises
+    ------
+    CassiaError
+        For any other value.
+
+    Examples
+    --------
+    >>> harmonise_method(True), harmonise_method(False), harmonise_method("ontology")
+    ('model', None, 'ontology')
+    """
+    if harmonise is None or harmonise is False:
+        return None
+    if harmonise is True:
+        return "model"
+    if harmonise in ("model", "ontology"):
+        return str(harmonise)
+    raise CassiaError(f"harmonise must be True, False, 'model' or 'ontology', not {harmonise!r}.")
+
+
+def harmonise_results(
+    results: Sequence[BatchResult],
+    *,
+    method: str = "model",
+    model: str | None = None,
+    provider: str | None = None,
+    client: LLMClient | None = None,
+    **options: Any,
+) -> list[BatchResult]:
+    """Give the labels of one cell type one name across the batches of a run.
+
+    Parameters
+    ----------
+    results
+        The inputs' batches.
+    method
+        ``"model"`` (one structured call) or ``"ontology"`` (offline).
+    model, provider
+        The model that names them; by default the run's.
+    client
+        A client to use instead of building one.
+    **options
+        Other options of :func:`cassia_sc.run_batch` for the call (``api_key``,
+        ``temperature``, ``cache_dir``, ``budget``, ...).
+
+    Returns
+    -------
+    list of BatchResult
+        Copies of the batches with ``celltype_harmonised`` on every cluster (see
+        :func:`cassia_sc.agents.harmoniser.with_harmonised`).
+    """
+    if method == "ontology":
+        return with_harmonised(results, ontology_harmonised(results))
+    if method != "model":
+        raise CassiaError(f"method must be 'model' or 'ontology', not {method!r}.")
+    settings = results[0].settings if results else {}
+    own = client is None
+    if client is None:
+        client = LLMClient(
+            model=model or str(settings.get("model") or ""),
+            provider=provider or str(settings.get("provider") or Default.provider),
+            api_key=options.get("api_key"),
+            temperature=options.get("temperature", settings.get("temperature")),
+            reasoning=options.get("reasoning", settings.get("reasoning")),
+            **connection_options(**options),
+        )
+    try:
+        return harmonise_batches(results, client)
+    finally:
+        if own:
+            client.close()
+
+
+def _annotated_together(
+    markers: list[MarkerInput],
+    *,
+    model: str | None,
+    groupbys: list[str | None],
+    data: list[DataHandle | None],
+    prices: PriceTable | None,
+    limits: dict[str, Any],
+    agreement_threshold: float,
+    refinement: dict[str, Any],
+    options: dict[str, Any],
+) -> list[BatchResult]:
+    """Annotate several inputs in one pool, then score and boost them input by input."""
+    choose_terms = options.get("ontology") == "model"
+    if choose_terms:
+        options["ontology"] = True  # offline first; the model only for what stays unmapped
+    provider = options.get("provider") or Default.provider
+    results = run_batches(markers, model=model, groupby=groupbys, **options)
+    if results[0].dry_run:
+        return [
+            _finished_plan(
+                result,
+                provider=provider,
+                prices=prices,
+                limits=limits,
+                options=options,
+                **refinement,
+            )
+            for result in results
+        ]
+    score, boost_below = refinement["score"], refinement["boost_below"]
+    if score or boost_below is not None or choose_terms:
+        further = {name: value for name, value in options.items() if name != "provider"}
+        boost_model, boost_provider = refinement["boost_model"], refinement["boost_provider"]
+        results = [
+            refine(
+                result,
+                marker,
+                score=score,
+                score_model=refinement["score_model"],
+                score_provider=refinement["score_provider"],
+                boost_below=boost_below,
+                boost_rounds=refinement["boost_rounds"],
+                choose_terms=choose_terms,
+                agreement_threshold=agreement_threshold,
+                data=handle,
+                groupby=groupby,
+                model=boost_model or model,
+                provider=boost_provider or provider,
+                **further,
+            )
+            for result, marker, handle, groupby in zip(
+                results, markers, data, groupbys, strict=True
+            )
+        ]
+    for result in results:
+        record_spending(result, options.get("budget"))  # the whole run's: every call
+    return results
+
+
+def _run_budget(
+    options: dict[str, Any], prices: PriceTable | None, providers: Sequence[str | None]
+) -> tuple[Budget | None, dict[str, Any]]:
+    """Make the one budget of a run, in ``options["budget"]``, from its limits.
+
+    Pops ``max_cost`` and ``max_tokens_total`` from ``options`` and returns them apart
+    (a plan compares its estimate with them). A dry run, a client given or a budget given
+    make none.
+    """
+    limits = {
+        "max_cost": options.pop("max_cost", None),
+        "max_tokens_total": options.pop("max_tokens_total", None),
+    }
+    budget = options.get("budget")
+    if budget is None and not options.get("dry_run") and options.get("client") is None:
+        # One budget for every call of the run: annotation, repeats, scores and boosts.
+        book = PriceBook(prices, cache_dir=options.get("cache_dir"), providers=providers)
+        budget = options["budget"] = Budget(**limits, prices=book)
+    return budget, limits
+
+
+def _finished_plan(
+    plan_: BatchResult,
+    *,
+    provider: str,
+    prices: PriceTable | None,
+    limits: dict[str, Any],
+    options: dict[str, Any],
+    score: bool,
+    score_model: str | None,
+    score_provider: str | None,
+    boost_below: float | None,
+    boost_rounds: int,
+    boost_model: str | None,
+    boost_provider: str | None,
+) -> BatchResult:
+    """Add the scores' and boosts' calls to a plan, and price it."""
+    run_model = str(plan_.settings.get("model"))
+    plan_ = _with_refinement_estimate(
+        plan_,
+        score,
+        boost_below,
+        boost_rounds,
+        score_at=(score_model or run_model, display_name(score_provider or provider)),
+        boost_at=(boost_model or run_model, display_name(boost_provider or provider)),
+    )
+    providers = (provider, score_provider, boost_provider)
+    return _priced(plan_, prices, providers, options.get("cache_dir"), limits)
+
+
+def _with_harmonise_estimate(
+    plans: list[BatchResult], method: str, *, prices: PriceTable | None, options: dict[str, Any]
+) -> list[BatchResult]:
+    """Add the harmonisation's one call to the first plan (none offline), and say so."""
+    if method != "model" or plans[0].estimate is None:
+        return plans
+    first = plans[0]
+    harmoniser = Harmoniser()
+    # Every cluster's label taken as distinct: the most the call can hold.
+    labels = [
+        LabelEvidence("x" * 24, tuple(cluster.markers[:MARKERS_SHOWN]), 1, 1)
+        for plan_ in plans
+        for cluster in plan_.clusters
+    ]
+    characters = sum(len(m["content"]) for m in harmoniser.messages(labels))
+    model, provider = str(first.settings["model"]), str(first.settings["provider"])
+    step = estimate_step(
+        harmoniser.name,
+        model,
+        provider,
+        calls=1,
+        prompt_characters=characters,
+        reply_tokens=harmoniser.reply_tokens,
+    )
+    where = options.get("provider") or Default.provider
+    book = PriceBook(prices, cache_dir=options.get("cache_dir"), providers=[where])
+    note = "one harmonisation call over every input's labels, counted with the first input"
+    estimate = first.estimate.plus([step], notes=[note]).priced(book.price, notes=book.notes)
+    return [replace(first, estimate=estimate), *plans[1:]]
 
 
 @fill_docs

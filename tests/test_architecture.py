@@ -37,6 +37,7 @@ ROOMS: list[tuple[str, set[str]]] = [
             "h5ad",
             "datasets",
             "subclusters",
+            "plausibility",
         },
     ),
     (
@@ -53,6 +54,7 @@ ROOMS: list[tuple[str, set[str]]] = [
     ("writers", {"export"}),
     ("CASSIA's entry points", {"compat"}),
     ("tools", {"tl"}),
+    ("several inputs", {"many"}),
     ("command line", {"cli", "__main__"}),
     ("package", {""}),
 ]

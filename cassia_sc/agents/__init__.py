@@ -5,7 +5,8 @@ and a call on the cluster's :class:`ClusterContext`, which can ask the model and
 expression data. Pipelines (:class:`Pipeline`) chain steps; ``"v1"`` and ``"v0"`` are
 registered here, and :func:`register_pipeline` adds more. The :class:`Scorer` and the
 :class:`Booster` run after a pipeline, on its answers (see :mod:`cassia_sc.workflow`);
-the :class:`Grouper` names every cluster at once at each level (see ``tl.levels``).
+the :class:`Grouper` names every cluster at once at each level (see ``tl.levels``); the
+:class:`Harmoniser` gives one type one name across the inputs of a run.
 """
 
 from ..errors import StepFailed
@@ -13,6 +14,7 @@ from .annotator import ANNOTATION_SCHEMA, Annotator
 from .booster import Booster
 from .context import ClusterContext, ClusterTask, Step
 from .grouper import Grouper, Grouping, group_levels, model_levels
+from .harmoniser import Harmonisation, Harmoniser, harmonise_batches
 from .label_judge import Judgement, judge_pairs
 from .ontology_chooser import OntologyChooser
 from .pipelines import (
@@ -36,6 +38,8 @@ __all__ = [
     "ClusterTask",
     "Grouper",
     "Grouping",
+    "Harmonisation",
+    "Harmoniser",
     "Judgement",
     "OntologyChooser",
     "Pipeline",
@@ -46,6 +50,7 @@ __all__ = [
     "annotate_cluster",
     "get_pipeline",
     "group_levels",
+    "harmonise_batches",
     "judge_pairs",
     "known_fields",
     "model_levels",
