@@ -350,7 +350,7 @@ def test_a_timed_out_request_is_retried(scripted_llm):
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_refused_key_aborts_the_run_once(scripted_llm, status):
-    secret = "sk-cassia-test-SECRET-0001"
+    secret = "fake-key-for-tests-NOT-A-SECRET-0001"
     masked = f"{secret[:6]}*****{secret[-4:]}"  # as providers echo a key
     llm = scripted_llm(
         handler=lambda r, i: Reply(status=status, error_message=f"Bad key {secret}; got {masked}")
@@ -473,7 +473,7 @@ def test_missing_key_is_an_error_before_any_work():
 
 
 def test_key_from_the_environment_is_sent_and_written_nowhere(llm, tmp_path, monkeypatch):
-    secret = "sk-cassia-test-SECRET-4242"
+    secret = "fake-key-for-tests-NOT-A-SECRET-4242"
     monkeypatch.setenv("CASSIA_API_KEY", secret)
     cassia_sc.runCASSIA_batch(
         EXAMPLE, str(tmp_path / "out" / "pbmc"), tissue="blood", species="human", **llm.options()

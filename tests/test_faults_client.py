@@ -371,7 +371,7 @@ def test_hostile_replies_give_a_result_that_round_trips_through_h5ad(pbmc, scrip
 
 def _secret(tag: str) -> str:
     # "/", "+" and "=" make its URL-encoded forms differ from it.
-    return f"sk-{tag}-9Zq/4Lw+Tx=Ke7Rm2Vb8Np5Hc3Jd6Fg1Ys0Ua"
+    return f"fake-{tag}-NOT/A+SECRET=only-for-tests"
 
 
 def _leaks(text: str, secret: str) -> list[str]:

@@ -131,7 +131,7 @@ def test_copy_and_a_second_key_added_keep_everything(pbmc, scripted_llm, tmp_pat
 
 
 def test_the_api_key_is_not_stored(pbmc, scripted_llm, tmp_path, monkeypatch):
-    secret = "sk-cassia-test-SECRET-9999"
+    secret = "fake-key-for-tests-NOT-A-SECRET-9999"
     monkeypatch.setenv("CASSIA_API_KEY", secret)
     llm = scripted_llm(type_per_cluster(pbmc))
     cassia_sc.tl.annotate(pbmc, tissue="blood", species="human", **llm.options())
