@@ -170,45 +170,10 @@ def run_batch(
     >>> len(plan), plan.clusters[0].status
     (11, 'not_run')
     """
+    # run_batch is run_batches of one input: every option goes on as it was given.
+    options = {name: value for name, value in locals().items() if name != "marker"}
     try:
-        (batch,) = run_batches(
-            [marker],
-            tissue=tissue,
-            species=species,
-            model=model,
-            provider=provider,
-            api_key=api_key,
-            max_workers=max_workers,
-            n_genes=n_genes,
-            additional_info=additional_info,
-            parent=parent,
-            temperature=temperature,
-            validator_involvement=validator_involvement,
-            reasoning=reasoning,
-            ranking_method=ranking_method,
-            ascending=ascending,
-            celltype_column=celltype_column,
-            gene_column_name=gene_column_name,
-            key=key,
-            groupby=groupby,
-            gene_symbols=gene_symbols,
-            max_retries=max_retries,
-            timeout=timeout,
-            requests_per_minute=requests_per_minute,
-            cache=cache,
-            cache_dir=cache_dir,
-            batch_api=batch_api,
-            batch_poll_interval=batch_poll_interval,
-            max_cost=max_cost,
-            max_tokens_total=max_tokens_total,
-            prices=prices,
-            budget=budget,
-            dry_run=dry_run,
-            progress=progress,
-            client=client,
-            ontology=ontology,
-            sample=sample,
-        )
+        (batch,) = run_batches([marker], **options)
     except BatchInterrupted as stopped:
         raise BatchInterrupted(stopped.result[0]) from None
     return batch

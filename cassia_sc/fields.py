@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -338,6 +338,32 @@ CORE_FIELDS: tuple[Field, ...] = (
         review=Review("agreement", _grade_agreement, always=False),
     ),
 )
+
+
+def keyed_text_schema(keys: Sequence[str]) -> dict[str, Any]:
+    """Return the JSON schema of a reply that gives one text for each key, and nothing else.
+
+    Parameters
+    ----------
+    keys
+        The keys the reply must have (cluster names, labels).
+
+    Returns
+    -------
+    dict
+        A JSON schema object.
+
+    Examples
+    --------
+    >>> keyed_text_schema(["0", "1"])["required"]
+    ['0', '1']
+    """
+    return {
+        "type": "object",
+        "properties": {key: {"type": "string"} for key in keys},
+        "required": list(keys),
+        "additionalProperties": False,
+    }
 
 
 def answer_schema(declared: Iterable[Field] = CORE_FIELDS) -> dict[str, Any]:

@@ -334,12 +334,17 @@ def _settle(
             waiting.spent[0] + result.prompt_tokens,
             waiting.spent[1] + result.completion_tokens,
         )
+        # A cut-off reply goes again once with twice the room, as a live one does.
+        again_cut = (
+            result.cut_off and bool(waiting.room) and waiting.room == waiting.client.max_tokens
+        )
         if result.cut_off:
             reason = "the reply was cut off at its max_tokens"
-            waiting.room = waiting.room * 2 if waiting.room else waiting.room
+            waiting.room = waiting.room * 2 if again_cut else waiting.room
         else:
             reason = result.error or "an empty reply"
-        if (result.retry or result.cut_off) and waiting.attempts <= waiting.client.max_retries:
+        retry = again_cut if result.cut_off else result.retry
+        if retry and waiting.attempts <= waiting.client.max_retries:
             logger.info("A request of batch %s: %s; it goes in the next batch.", job.id, reason)
             again.append(waiting)
         else:

@@ -213,3 +213,12 @@ def _interrupt_while_waiting(llm, client) -> None:
 
     threading.Thread(target=interrupt, daemon=True).start()
     cassia_sc.run_batch(EXAMPLE, **BASE, client=client)
+
+
+def test_a_reply_cut_off_in_a_batch_goes_again_once_with_twice_the_room(scripted_llm):
+    from llm_server import Reply
+
+    llm = scripted_llm(handler=lambda request, index: Reply(content="{", finish_reason="length"))
+    result = cassia_sc.run_batch(EXAMPLE[:1], **BASE, client=batch_client(llm, max_retries=3))
+    assert result["0"].status == "failed" and "cut off" in result["0"].error
+    assert [item.body["max_tokens"] for item in llm.server.batch_items] == [4096, 8192]

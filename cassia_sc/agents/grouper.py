@@ -19,9 +19,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import CassiaError, FatalLLMError, LLMError
+from ..fields import keyed_text_schema
 from ..levels import LEVEL_FIELDS, LEVELS, is_answered, with_levels
 from ..llm import LLMClient, Reply
 from ..prompts import render
@@ -31,32 +31,6 @@ from .context import Messages
 
 #: Replies asked for per level at most: the first, then one more per faulty reply.
 ATTEMPTS = 3
-
-
-def level_schema(names: Sequence[str]) -> dict[str, Any]:
-    """Return the JSON schema of a reply: one required text per cluster name, nothing else.
-
-    Parameters
-    ----------
-    names
-        The cluster names.
-
-    Returns
-    -------
-    dict
-        A JSON schema object.
-
-    Examples
-    --------
-    >>> level_schema(["0", "1"])["required"]
-    ['0', '1']
-    """
-    return {
-        "type": "object",
-        "properties": {name: {"type": "string"} for name in names},
-        "required": list(names),
-        "additionalProperties": False,
-    }
 
 
 @dataclass(frozen=True)
@@ -194,7 +168,7 @@ class Grouper:
         messages = self.messages(
             level, clusters, species=species, tissue=tissue, additional_info=additional_info
         )
-        schema = level_schema(names)
+        schema = keyed_text_schema(names)
         replies: list[Reply] = []
         problems: list[str] = []
         named: dict[str, str] = {}

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .._keys import Key
 from ..errors import CallCancelled, LLMError
-from ..fields import Field
+from ..fields import Field, keyed_text_schema
 from ..levels import is_answered
 from ..llm import LLMClient, Reply
 from ..ontology import UNKNOWN
@@ -56,32 +56,6 @@ HARMONISED = Field(
     report="Harmonised name",
     default="",
 )
-
-
-def mapping_schema(labels: Sequence[str]) -> dict[str, Any]:
-    """Return the JSON schema of a reply: one required text per label, nothing else.
-
-    Parameters
-    ----------
-    labels
-        The distinct labels.
-
-    Returns
-    -------
-    dict
-        A JSON schema object.
-
-    Examples
-    --------
-    >>> mapping_schema(["T cell", "T cells"])["required"]
-    ['T cell', 'T cells']
-    """
-    return {
-        "type": "object",
-        "properties": {label: {"type": "string"} for label in labels},
-        "required": list(labels),
-        "additionalProperties": False,
-    }
 
 
 @dataclass(frozen=True)
@@ -295,7 +269,7 @@ class Harmoniser:
         messages = self.messages(
             labels, species=species, tissue=tissue, additional_info=additional_info
         )
-        schema = mapping_schema(names)
+        schema = keyed_text_schema(names)
         replies: list[Reply] = []
         problems: list[str] = []
         for _ in range(self.attempts):
