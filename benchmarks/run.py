@@ -297,6 +297,8 @@ def perf_items(quick: bool) -> list[tuple[str, str, str, str]]:
          ["bench_pipeline.py"], ["bench_pipeline.py", "--quick"]),
         ("ontology", "Cell Ontology mapping and scoring, offline (targets: load < 0.5 s, < 1 ms a label; terms for >= 97 % of main types and >= 90 % of first subtypes; of the judge's >= 90, >= 90 % score >= 0.5; of its <= 30, >= 90 % score 0)",
          ["bench_ontology.py", "--list"], ["bench_ontology.py", "--quick"]),
+        ("batch-api", "Provider batch API, 2,000 clusters, 5 s a batch, against the local server (targets: one batch per round; peak RSS < 500 MB; < 10 s added beyond the batches' delay)",
+         ["bench_batch_api.py", "--clusters", "2000", "--delay", "5", "--api", "openai", "--poll", "0.5"], ["bench_batch_api.py", "--quick"]),
     ]  # fmt: skip
     done = []
     for name, title, full, small in items:
@@ -399,6 +401,9 @@ def render(
     for title, command, output, note in perf:
         lines += [f"### {title}", "", f"Command: `{command}`", "", "```", output, "```", ""]
         lines += [note, ""] if note else []
+    real = NOTES / "real-models.md"  # minutes per model on a CPU: run by hand, kept as written
+    if real.is_file():
+        lines += ["## Real models, by hand (llama.cpp's server)", "", real.read_text().strip(), ""]
     return "\n".join(lines)
 
 
