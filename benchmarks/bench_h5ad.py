@@ -98,7 +98,9 @@ def main() -> None:
                 "--max-workers", "16", "--verbose", "--quiet",
             ]
         )  # fmt: skip
-    read = float(re.search(r"Read uns\[.*\], var and obs\[.*\] (?:of .* )?in ([\d.]+) s", log).group(1))
+    read = float(
+        re.search(r"Read uns\[.*\], var and obs\[.*\] (?:of .* )?in ([\d.]+) s", log).group(1)
+    )
     write = float(re.search(r"Wrote .* in ([\d.]+) s", log).group(1))
 
     full_wall, full_peak, _ = timed(

@@ -91,6 +91,12 @@ PARAMETERS: dict[str, str] = {
         "errors, malformed or empty replies), with exponential backoff."
     ),
     "timeout": "Seconds before one request is abandoned and retried.",
+    "max_tokens": (
+        "Most tokens one reply may have, sent with every request (``None``: none sent, the "
+        "server decides). A reply cut off at it is asked again once with twice the room; "
+        "after a timeout the rest of the run asks for half. Lower it for a small local "
+        "model that does not stop."
+    ),
     "requests_per_minute": "Cap on requests per minute across all workers.",
     "cache": "Keep every reply on disk: a re-run costs nothing and an interrupted run resumes.",
     "cache_dir": "Cache folder; default ``$CASSIA_SC_CACHE_DIR`` or the user cache folder.",

@@ -195,6 +195,9 @@ class Default:
     ranking_method: Final = "avg_log2FC"
     max_retries: Final = 3
     timeout: Final = 120.0
+    #: Tokens a reply may have: room for a long step-by-step answer (a local model wrote
+    #: over 4,000 for one).
+    max_tokens: Final = 4096
     #: Clusters whose share of agreeing repeated runs is below this are flagged for review.
     agreement_threshold: Final = 0.6
     basis: Final = "umap"

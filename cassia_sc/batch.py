@@ -14,8 +14,9 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from copy import deepcopy
 from dataclasses import dataclass, replace
 from queue import Empty, SimpleQueue
@@ -79,6 +80,7 @@ def run_batch(
     gene_symbols: str | None = None,
     max_retries: int = Default.max_retries,
     timeout: float = Default.timeout,
+    max_tokens: int | None = Default.max_tokens,
     requests_per_minute: float | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
@@ -124,6 +126,7 @@ def run_batch(
     {gene_symbols}
     {max_retries}
     {timeout}
+    {max_tokens}
     {requests_per_minute}
     {cache}
     {cache_dir}
@@ -204,6 +207,7 @@ def run_batches(
     gene_symbols: str | None = None,
     max_retries: int = Default.max_retries,
     timeout: float = Default.timeout,
+    max_tokens: int | None = Default.max_tokens,
     requests_per_minute: float | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
@@ -257,6 +261,7 @@ def run_batches(
     {gene_symbols}
     {max_retries}
     {timeout}
+    {max_tokens}
     {requests_per_minute}
     {cache}
     {cache_dir}
@@ -388,6 +393,7 @@ def run_batches(
             reasoning=reasoning,
             **connection_options(
                 timeout=timeout,
+                max_tokens=max_tokens,
                 max_retries=max_retries,
                 requests_per_minute=requests_per_minute,
                 cache=cache,
@@ -529,6 +535,7 @@ def _with_repeats_noted(
 def connection_options(
     *,
     timeout: float = Default.timeout,
+    max_tokens: int | None = Default.max_tokens,
     max_retries: int = Default.max_retries,
     requests_per_minute: float | None = None,
     cache: bool = True,
@@ -542,8 +549,8 @@ def connection_options(
 
     Parameters
     ----------
-    timeout, max_retries, requests_per_minute, cache, cache_dir, batch_api, batch_poll_interval
-    budget
+    timeout, max_tokens, max_retries, requests_per_minute, cache, cache_dir, batch_api
+    batch_poll_interval, budget
         As in :func:`run_batch`.
     **_
         Any other option of :func:`run_batch`, ignored.
@@ -555,6 +562,7 @@ def connection_options(
     """
     return {
         "timeout": timeout,
+        "max_tokens": max_tokens,
         "max_retries": max_retries,
         "requests_per_minute": requests_per_minute,
         "cache": cache,
@@ -814,7 +822,11 @@ def _run_pool(
     stop = threading.Event()
     done: dict[int, ClusterResult] = {}
     futures: list[Future] = [Future() for _ in jobs]
-    position = {future: index for index, future in enumerate(futures)}
+    # Each job as it ends: looking over every pending future at each end would make
+    # thousands of jobs (provider batches) quadratic.
+    ended: SimpleQueue[int] = SimpleQueue()
+    for index, future in enumerate(futures):
+        future.add_done_callback(lambda _, index=index: ended.put(index))
     queue: SimpleQueue[int] = SimpleQueue()
     for index in range(len(jobs)):
         queue.put(index)
@@ -828,16 +840,16 @@ def _run_pool(
                 name=f"cassia-sc-worker-{number}",
                 daemon=True,
             ).start()
-        pending = set(futures)
-        while pending:
-            # A short timeout keeps the main thread responsive to Ctrl-C.
-            finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-            for future in finished:
-                index = position[future]
-                done[index] = _outcome(future, jobs[index])
-                bar.update(1)
-                failed = sum(r.status == "failed" for r in done.values())
-                bar.set_postfix(failed=failed, refresh=False)
+        statuses: Counter[str] = Counter()
+        while len(done) < len(jobs):
+            try:  # a short timeout keeps the main thread responsive to Ctrl-C
+                index = ended.get(timeout=0.25)
+            except Empty:
+                continue
+            done[index] = _outcome(futures[index], jobs[index])
+            bar.update(1)
+            statuses.update(_status_counts([done[index]]))
+            bar.set_postfix(statuses, refresh=False)
     except KeyboardInterrupt:
         interrupted = True
     except BaseException:  # a bad key, an unknown model: the run stops here
@@ -988,16 +1000,22 @@ def _dry_run(tasks: list[ClusterTask], settings: dict[str, Any], pipeline: Pipel
     )
 
 
+def _status_counts(clusters: Iterable[ClusterResult]) -> dict[str, int]:
+    """Count the clusters of each status other than ``ok``, in the order first met."""
+    return dict(Counter(c.status.replace("_", " ") for c in clusters if c.status != "ok"))
+
+
 def _log_outcome(batch: BatchResult, *, where: str = "") -> None:
-    failed = batch.failed
+    failed = [c for c in batch.clusters if c.status != "ok"]
     usage = batch.usage
+    others = "".join(f", {n} {status}" for status, n in _status_counts(batch.clusters).items())
     logger.info(
-        "%sAnnotated %d clusters: %d ok, %d failed; %d HTTP requests, %d of %d replies from "
+        "%sAnnotated %d clusters: %d ok%s; %d HTTP requests, %d of %d replies from "
         "the cache, %d prompt + %d completion tokens.",
         where,
         len(batch),
         len(batch) - len(failed),
-        len(failed),
+        others,
         usage["requests"],
         usage["cached_calls"],
         usage["calls"],
@@ -1006,10 +1024,12 @@ def _log_outcome(batch: BatchResult, *, where: str = "") -> None:
     )
     if failed:
         logger.warning(
-            "%s%d clusters failed: %s",
+            "%s%d clusters have no answer: %s",
             where,
             len(failed),
-            "; ".join(f"{c.cluster}: {c.error}" for c in failed[:10]),
+            "; ".join(
+                f"{c.cluster} ({c.status.replace('_', ' ')}): {c.error}" for c in failed[:10]
+            ),
         )
 
 

@@ -326,6 +326,17 @@ def _duration(text: str) -> float:
     return float(found[1]) * _UNITS[found[2]]
 
 
+def _max_tokens(text: str) -> int | None:
+    """Read ``--max-tokens``: a whole number of tokens, 0 for none sent."""
+    try:
+        tokens = int(text)
+    except ValueError:
+        tokens = -1
+    if tokens < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens (0 sends none)")
+    return tokens or None
+
+
 #: What --max-retries counts, per subcommand: both run through run_batch, whose retries
 #: are per request, not CASSIA's repeats of a whole cluster (runCASSIA_batch in Python).
 _RETRIES_ANNOTATE = " Per request, as in tl.annotate."
@@ -420,6 +431,16 @@ def _add_run_options(parser: argparse.ArgumentParser, *, retries: str, table: bo
     )
     calls.add_argument("--timeout", type=float, default=Default.timeout, help=cli_help("timeout"))
     calls.add_argument(
+        "--max-tokens",
+        type=_max_tokens,
+        default=Default.max_tokens,
+        metavar="N",
+        help="most tokens one reply may have, sent with every request (0: none sent, the "
+        "server decides); a reply cut off at it is asked again once with twice the room. "
+        "Lower it for a small local model that does not stop: llama-server's -n does not "
+        "cap a request that sends it",
+    )
+    calls.add_argument(
         "--batch-api",
         nargs="?",
         const=True,
@@ -492,6 +513,7 @@ def _run_options(args: argparse.Namespace) -> dict:
         "reasoning": args.reasoning,
         "max_retries": args.max_retries,
         "timeout": args.timeout,
+        "max_tokens": args.max_tokens,
         "requests_per_minute": args.requests_per_minute,
         "cache": not args.no_cache,
         "cache_dir": args.cache_dir,

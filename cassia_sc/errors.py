@@ -147,12 +147,40 @@ class ReplyCutOff(TransientFailure):
         What was cut off, and at which limit.
     prompt_tokens, completion_tokens
         The usage the server reported for the cut-off reply, which was paid for.
+    context_full
+        Why the reply stopped before its limit (see :func:`context_full_message`), if it
+        did: then it is not asked again.
     """
 
-    def __init__(self, message: str, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        context_full: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
+        self.context_full = context_full
+
+
+def context_full_message(completion_tokens: int, room: int | None) -> str | None:
+    """Say why a cut-off reply stopped before its room, or None if it filled the room.
+
+    A server whose context is full (a llama-server slot) ends the reply with the same
+    finish reason as ``max_tokens`` does, long before it: more room cannot help. An
+    unreported usage (0) says nothing, so such a reply counts as one that filled its room;
+    the margin allows for servers that count a few tokens differently.
+    """
+    if not room or not 0 < completion_tokens < 0.9 * room:
+        return None
+    return (
+        f"the server ended the reply after {completion_tokens} tokens, before its "
+        f"max_tokens={room}: the model's context is full, or the server caps replies itself "
+        "(with llama-server, give each slot more context: a larger -c or a smaller -np)"
+    )
 
 
 class NotWritable(CassiaError, PermissionError):

@@ -50,6 +50,7 @@ from .errors import (
     ProviderUnreachable,
     ReplyCutOff,
     TransientFailure,
+    context_full_message,
 )
 from .provider_batches import BATCH_APIS, BatchWire, batch_wire
 from .providers import OPTIONAL_PARAMETERS, PROVIDERS, resolve_api_key, resolve_endpoint
@@ -60,9 +61,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("cassia_sc")
 
-#: Tokens a reply may have unless ``max_tokens=`` says otherwise: room for a long
-#: step-by-step answer (a local model wrote over 4,000 for one).
-DEFAULT_MAX_TOKENS = 4096
 #: The least room a timeout brings replies down to: the contract's answers fit well within.
 MIN_ROOM = 1024
 #: Seconds the pool goes on asking while the server answers nothing but HTTP 429.
@@ -123,6 +121,27 @@ class Reply:
     cached: bool = False
     requests: int = 0
 
+    @property
+    def paid_tokens(self) -> tuple[int, int]:
+        """Prompt and completion tokens this reply cost now: none when it came from the cache.
+
+        A cached reply was paid for when it was first asked (perhaps earlier in the same
+        run, for another cluster): counting it again would overstate what a run spent.
+        """
+        return (0, 0) if self.cached else (self.prompt_tokens, self.completion_tokens)
+
+
+def reply_totals(replies: Iterable[Reply]) -> dict[str, int]:
+    """Return the totals of ``replies``: calls, cached calls, requests and paid tokens."""
+    replies = list(replies)
+    return {
+        "calls": len(replies),
+        "cached_calls": sum(reply.cached for reply in replies),
+        "requests": sum(reply.requests for reply in replies),
+        "prompt_tokens": sum(reply.paid_tokens[0] for reply in replies),
+        "completion_tokens": sum(reply.paid_tokens[1] for reply in replies),
+    }
+
 
 @dataclass
 class Usage:
@@ -137,7 +156,8 @@ class Usage:
     requests
         HTTP requests sent, retries and those of failed calls included.
     prompt_tokens, completion_tokens
-        Tokens of the replies returned (cached ones included, as they were once paid for).
+        Tokens the server reported for this client's requests, those of failed calls
+        included; replies from the cache add none (see :attr:`Reply.paid_tokens`).
     """
 
     calls: int = 0
@@ -156,8 +176,8 @@ class Usage:
         """
         self.calls += 1
         self.cached_calls += reply.cached
-        self.prompt_tokens += reply.prompt_tokens
-        self.completion_tokens += reply.completion_tokens
+        self.prompt_tokens += reply.paid_tokens[0]
+        self.completion_tokens += reply.paid_tokens[1]
 
 
 class RequestPacer:
@@ -478,7 +498,7 @@ class LLMClient:
         cache_dir: str | os.PathLike | None = None,
         retry_delay: float = 1.0,
         max_retry_delay: float = 60.0,
-        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        max_tokens: int | None = Default.max_tokens,
         max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
         batch_api: bool | str = False,
         batch_poll_interval: float = Default.batch_poll_interval,
@@ -772,6 +792,8 @@ class LLMClient:
                     self._pacer.done(ticket, answered=True)
                     cut_prompt += cut.prompt_tokens
                     cut_completion += cut.completion_tokens
+                    if cut.context_full:  # the server's limit, not ours: fail at once
+                        raise LLMError(cut.context_full) from None
                     # Once with twice the room: a reply longer still is a model that does
                     # not stop, which more room would only make slower and dearer.
                     if failures >= self.max_retries or room != self._room or not room:
@@ -880,6 +902,7 @@ class LLMClient:
                 f"the reply was cut off at {limit}",
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
+                context_full=context_full_message(completion_tokens, max_tokens),
             )
         if content is None:
             raise TransientFailure("malformed reply from the server: no message in it")

@@ -119,7 +119,8 @@ class ClusterResult:
     conversation
         Every message, in order.
     prompt_tokens, completion_tokens
-        Tokens used by the cluster's calls.
+        Tokens of the cluster's calls, failed ones and replies from the cache included:
+        what its answer took (:attr:`BatchResult.usage` counts what a run paid).
     requests
         HTTP requests sent for the cluster, retries included (0 when all were cached).
     calls
@@ -332,13 +333,22 @@ class BatchResult:
 
     @property
     def usage(self) -> dict[str, int]:
-        """Totals over all clusters: tokens, HTTP requests, calls and cached calls."""
+        """Totals over all clusters: HTTP requests, calls, cached calls and paid tokens.
+
+        The tokens are those the server reported in this run: a reply from the cache (of
+        an earlier run, or asked for another cluster with the same markers) was paid for
+        once, when it was asked, and adds none.
+        """
         totals = dict.fromkeys(
             ("prompt_tokens", "completion_tokens", "requests", "calls", "cached_calls"), 0
         )
         for result in self.clusters:
             for name in totals:
                 totals[name] += getattr(result, name)
+            for turn in result.conversation:
+                if turn.cached:
+                    totals["prompt_tokens"] -= turn.prompt_tokens
+                    totals["completion_tokens"] -= turn.completion_tokens
         return totals
 
     def summary(self) -> pd.DataFrame:

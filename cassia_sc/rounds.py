@@ -37,6 +37,7 @@ from .errors import (
     FatalLLMError,
     LLMError,
     ProviderUnreachable,
+    context_full_message,
 )
 from .provider_batches import (
     MAX_BATCH_ITEMS,
@@ -334,12 +335,19 @@ def _settle(
             waiting.spent[0] + result.prompt_tokens,
             waiting.spent[1] + result.completion_tokens,
         )
-        # A cut-off reply goes again once with twice the room, as a live one does.
+        # A cut-off reply goes again once with twice the room, as a live one does, unless
+        # the model's context, not the room, stopped it.
+        context_full = result.cut_off and context_full_message(
+            result.completion_tokens, waiting.room
+        )
         again_cut = (
-            result.cut_off and bool(waiting.room) and waiting.room == waiting.client.max_tokens
+            result.cut_off
+            and not context_full
+            and bool(waiting.room)
+            and waiting.room == waiting.client.max_tokens
         )
         if result.cut_off:
-            reason = "the reply was cut off at its max_tokens"
+            reason = context_full or "the reply was cut off at its max_tokens"
             waiting.room = waiting.room * 2 if again_cut else waiting.room
         else:
             reason = result.error or "an empty reply"

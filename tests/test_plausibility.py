@@ -4,6 +4,8 @@ the annotator once with the reason; still no cell type, the cluster is ``implaus
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import pytest
 from llm_server import Reply
@@ -79,12 +81,28 @@ def test_an_answer_still_implausible_is_kept_with_its_own_status(scripted_llm, t
     assert weak.status == "implausible" and "too short" in weak.error
     assert weak in result.failed and result["1"].status == "ok"
     assert [agent_of(r) for r in llm.server.requests].count("validator") == 1  # cluster 1's
+    # No validator judged it: its verdict is unknown, not failed.
+    assert weak.validation_passed is None and not weak.validation_feedback
 
     paths = cassia_sc.export.write_outputs(result, tmp_path / "run")
     summary = pd.read_csv(paths["summary"], dtype={"Cluster ID": str}).set_index("Cluster ID")
     assert summary.loc["0", "Status"] == "implausible"
+    assert pd.isna(summary.loc["0", "Validation Passed"])  # unknown, not False
     report = cassia_sc.export.render_report(result)
     assert "1 implausible" in report and 'value="implausible"' in report
+
+
+def test_the_run_counts_implausible_answers_apart_from_failures(scripted_llm, caplog):
+    def annotator(request, markers):
+        if signature(markers) == SIGNATURES["0"]:
+            return Reply(content=annotation_reply("A", key_markers=tuple(markers[:1])))
+        return None
+
+    llm = scripted_llm({SIGNATURES["1"]: "B cell"}, annotator=annotator)
+    with caplog.at_level(logging.INFO, logger="cassia_sc"):
+        run(llm)
+    assert "Annotated 2 clusters: 1 ok, 1 implausible;" in caplog.text
+    assert '0 (implausible): "A" is too short' in caplog.text
 
 
 def test_in_an_anndata_its_cells_get_no_label(scripted_llm, pbmc_wilcoxon):

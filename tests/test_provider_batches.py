@@ -218,7 +218,24 @@ def _interrupt_while_waiting(llm, client) -> None:
 def test_a_reply_cut_off_in_a_batch_goes_again_once_with_twice_the_room(scripted_llm):
     from llm_server import Reply
 
-    llm = scripted_llm(handler=lambda request, index: Reply(content="{", finish_reason="length"))
+    def filled(request, index):
+        return Reply(
+            content="{", finish_reason="length", completion_tokens=request.body["max_tokens"]
+        )
+
+    llm = scripted_llm(handler=filled)
     result = cassia_sc.run_batch(EXAMPLE[:1], **BASE, client=batch_client(llm, max_retries=3))
     assert result["0"].status == "failed" and "cut off" in result["0"].error
     assert [item.body["max_tokens"] for item in llm.server.batch_items] == [4096, 8192]
+
+
+def test_a_reply_stopped_by_the_models_context_in_a_batch_does_not_go_again(scripted_llm):
+    from llm_server import Reply
+
+    def stopped(request, index):
+        return Reply(content="{", finish_reason="length", completion_tokens=300)
+
+    llm = scripted_llm(handler=stopped)
+    result = cassia_sc.run_batch(EXAMPLE[:1], **BASE, client=batch_client(llm, max_retries=3))
+    assert result["0"].status == "failed" and "context" in result["0"].error
+    assert len(llm.server.batch_items) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import pandas as pd
 import pytest
 from llm_server import RecordedRequest, Reply
 from scripted_model import ScriptedModel, agent_of, signature
@@ -51,12 +52,36 @@ def test_after_a_timeout_the_request_asks_for_less_room(scripted_llm):
 
 def test_a_reply_cut_off_is_asked_again_once_with_more_room(scripted_llm):
     def handler(request: RecordedRequest, index: int) -> Reply:
-        return Reply(content='{"main_cell_type": "T', finish_reason="length")
+        room = request.body["max_tokens"]  # the reply filled all of it
+        return Reply(
+            content='{"main_cell_type": "T', finish_reason="length", completion_tokens=room
+        )
 
     llm = scripted_llm(handler=handler)
     result = run(llm.client(max_retries=3, **FAST), EXAMPLE.head(1))
     assert result["0"].status == "failed" and "cut off" in result["0"].error
     assert [r.body["max_tokens"] for r in llm.server.requests] == [4096, 8192]
+
+
+def test_a_reply_stopped_by_the_servers_context_fails_at_once(scripted_llm):
+    """llama-server ends a reply with "length" when its slot's context is full, long before
+    max_tokens: more room cannot help, so the call fails at once and says why."""
+
+    def handler(request: RecordedRequest, index: int) -> Reply:
+        return Reply(
+            content='{"main_cell_type": "T',
+            finish_reason="length",
+            prompt_tokens=400,
+            completion_tokens=112,
+        )
+
+    llm = scripted_llm(handler=handler)
+    result = run(llm.client(max_retries=3, **FAST), EXAMPLE.head(1))
+    cluster = result["0"]
+    assert cluster.status == "failed"
+    assert "context" in cluster.error and "112" in cluster.error
+    assert llm.server.request_count == 1
+    assert (result.usage["requests"], result.usage["completion_tokens"]) == (1, 112)
 
 
 @pytest.mark.parametrize("status", [400, 422, 500])
@@ -119,6 +144,48 @@ def test_failed_calls_are_counted_in_the_result_and_the_summary(scripted_llm, tm
     llm.server.reset()
     assert main(args) == 3
     assert "0 of 2 clusters annotated; 4 requests" in capsys.readouterr().out
+
+
+def test_tokens_count_what_the_server_reported_once(scripted_llm):
+    """A reply asked once and used twice (two clusters with the same markers) was paid for
+    once; a second run served from the cache spends nothing."""
+    twins = pd.concat([EXAMPLE.head(1), EXAMPLE.head(1).assign(cluster="twin")])
+    llm = scripted_llm({SIGNATURES["0"]: "T cell"})
+    first = run(llm.client(**FAST), twins)
+    assert first.usage["cached_calls"] == first.usage["calls"] / 2
+    reported = [request.usage for request in llm.server.requests]
+    assert first.usage["prompt_tokens"] == sum(u["prompt_tokens"] for u in reported)
+    assert first.usage["completion_tokens"] == sum(u["completion_tokens"] for u in reported)
+    # A cluster still shows what its answer took, whoever paid for it.
+    assert first["twin"].prompt_tokens == first["0"].prompt_tokens > 0
+    again = run(llm.client(**FAST), twins)
+    assert again.usage["prompt_tokens"] == again.usage["completion_tokens"] == 0
+    assert again["0"].prompt_tokens == first["0"].prompt_tokens
+
+
+@pytest.mark.parametrize(("flag", "sent"), [("512", 512), ("0", None)])
+def test_max_tokens_is_a_flag_and_an_option(scripted_llm, tmp_path, flag, sent):
+    """llama-server's -n does not cap a request that sends max_tokens: the user caps it here."""
+    llm = scripted_llm({SIGNATURES["0"]: "T cell"})
+    markers = tmp_path / "markers.csv"
+    EXAMPLE.head(1).to_csv(markers, index=False)
+    args = ["batch", str(markers), "--output-name", str(tmp_path / "run"), "--max-tokens", flag]
+    args += ["--model", "test-model", "--provider", llm.base_url, "--species", "human"]
+    args += ["--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    assert {r.body.get("max_tokens") for r in llm.server.requests} == {sent}
+
+    llm.server.reset()
+    options = llm.options(cache=False, max_tokens=300)
+    cassia_sc.run_batch(EXAMPLE.head(1), tissue="blood", species="human", **options)
+    assert {r.body.get("max_tokens") for r in llm.server.requests} == {300}
+
+
+def test_a_bad_max_tokens_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["batch", "markers.csv", "--output-name", "run", "--max-tokens", "many"])
+    assert exited.value.code == 2
+    assert "'many' is not a number of tokens" in capsys.readouterr().err
 
 
 def test_a_model_the_server_does_not_list_is_warned_about_once(scripted_llm, caplog):

@@ -78,7 +78,7 @@ class Annotator:
         else:
             revision = render(
                 "annotator_revision",
-                feedback=result.validation_feedback,
+                feedback=context.implausible or result.validation_feedback,
                 unsupported=result.unsupported_markers,
             )
             messages = [
@@ -103,13 +103,12 @@ class Annotator:
         result.possible_tissues = list(answer.possible_tissues)
         result.key_markers = list(answer.key_markers)
         result.unsupported_markers = find_unsupported(answer.key_markers, context.task.markers)
-        # An answer that is no cell type goes back with the reason before any review.
+        # An answer that is no cell type goes back with the reason before any review (the
+        # pipeline sees it rejected), and no validator is asked about it.
         task = context.task
-        reason = implausibility(answer.main_cell_type, tissue=task.tissue, species=task.species)
-        context.implausible = reason
-        if reason is not None:
-            result.validation_passed = False
-            result.validation_feedback = reason
+        context.implausible = implausibility(
+            answer.main_cell_type, tissue=task.tissue, species=task.species
+        )
 
 
 def _read_annotation(text: str, context: ClusterContext) -> Annotation | None:

@@ -137,6 +137,11 @@ class ClusterContext:
     _sent: dict[str, int] = field(default_factory=dict)
 
     @property
+    def rejected(self) -> bool:
+        """Whether the latest answer goes back to the annotator: no cell type, or refused."""
+        return self.implausible is not None or self.result.validation_passed is False
+
+    @property
     def data(self) -> DataHandle | None:
         """The expression data behind the markers, or None (a marker table, a file's markers)."""
         return self.task.data

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ..errors import CassiaError, FatalLLMError, LLMError
 from ..fields import keyed_text_schema
 from ..levels import LEVEL_FIELDS, LEVELS, is_answered, with_levels
-from ..llm import LLMClient, Reply
+from ..llm import LLMClient, Reply, reply_totals
 from ..prompts import render
 from ..replies import extract_json_object
 from ..results import BatchResult, ClusterResult
@@ -395,11 +395,4 @@ def grouping_usage(groupings: Mapping[str, Grouping]) -> dict[str, int]:
     dict
         ``calls``, ``cached_calls``, ``requests``, ``prompt_tokens``, ``completion_tokens``.
     """
-    replies = [reply for grouping in groupings.values() for reply in grouping.replies]
-    return {
-        "calls": len(replies),
-        "cached_calls": sum(reply.cached for reply in replies),
-        "requests": sum(reply.requests for reply in replies),
-        "prompt_tokens": sum(reply.prompt_tokens for reply in replies),
-        "completion_tokens": sum(reply.completion_tokens for reply in replies),
-    }
+    return reply_totals(reply for grouping in groupings.values() for reply in grouping.replies)

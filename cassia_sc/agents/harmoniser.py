@@ -30,7 +30,7 @@ from .._keys import Key
 from ..errors import CallCancelled, LLMError
 from ..fields import Field, keyed_text_schema
 from ..levels import is_answered
-from ..llm import LLMClient, Reply
+from ..llm import LLMClient, Reply, reply_totals
 from ..ontology import UNKNOWN
 from ..prompts import render
 from ..replies import extract_json_object
@@ -164,13 +164,7 @@ class Harmonisation:
 
     def usage(self) -> dict[str, int]:
         """Return the totals of the replies: calls, cached calls, requests and tokens."""
-        return {
-            "calls": len(self.replies),
-            "cached_calls": sum(reply.cached for reply in self.replies),
-            "requests": sum(reply.requests for reply in self.replies),
-            "prompt_tokens": sum(reply.prompt_tokens for reply in self.replies),
-            "completion_tokens": sum(reply.completion_tokens for reply in self.replies),
-        }
+        return reply_totals(self.replies)
 
 
 class Harmoniser:

@@ -80,10 +80,12 @@ class Pipeline:
             result.iterations = round_number
             for step in self.rounds:
                 step(context)
-                if result.validation_passed is False:
-                    break  # rejected: the round's other steps would review a dead answer
-            if result.validation_passed is not False:
+                if context.rejected:
+                    break  # the round's other steps would review a dead answer
+            if not context.rejected:
                 break
+        if context.implausible is not None:
+            return  # no cell type to score or boost: the cluster is marked so
         for step in self.after:
             step(context)
 
