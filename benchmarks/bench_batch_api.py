@@ -121,7 +121,8 @@ def main() -> None:
     correct = sum(c.main_cell_type == expected[c.cluster] for c in result.clusters)
 
     print(f"{args.clusters:,} clusters via the {args.api} batch API on 127.0.0.1: each batch")
-    print(f"ends {args.delay} s after it was made; first poll interval {args.poll} s (x1.5 a poll)")
+    print(f"ends {args.delay} s after it was made; first poll interval {args.poll} s (x1.5 a poll,")
+    print("sooner when the batch's count of requests done says it is due)")
     print(f"clusters             {ok:,} ok, {len(result.failed):,} failed; {correct:,} correct")
     print(f"batches              {len(batches)} (one per round: {verdict(one_per_round)})")
     for number, batch in enumerate(batches, start=1):

@@ -37,6 +37,8 @@ _CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u206
 # Spreadsheets run a cell that begins with these as a formula (or a DDE command).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# The random part of a temporary file's name (``.{name}.{random}.tmp``).
+_TEMPORARY_PART = re.compile(r"[A-Za-z0-9_]{6,16}")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
@@ -166,7 +168,9 @@ def remove_stale_temporaries(
         The number of files removed and their total size in bytes.
     """
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]{{6,16}}\.tmp")
+    # Matched piecewise: a pattern compiled for each name would cost more than the
+    # write (re's cache holds 512, and a batch writes thousands of names).
+    prefix, suffix = f".{path.name}.", ".tmp"
     deadline = time.time() - older_than
     removed, size = 0, 0
     try:
@@ -174,7 +178,12 @@ def remove_stale_temporaries(
     except OSError:
         return 0, 0
     for entry in entries:
-        if not pattern.fullmatch(entry.name):
+        name = entry.name
+        if not (
+            name.startswith(prefix)
+            and name.endswith(suffix)
+            and _TEMPORARY_PART.fullmatch(name, len(prefix), len(name) - len(suffix))
+        ):
             continue
         try:
             info = entry.stat(follow_symlinks=False)

@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ CACHE_DIR_ENV = "CASSIA_SC_CACHE_DIR"
 _FORMAT = 1
 # Characters of an error kept in the warning: never a whole entry.
 _SHOWN_ERROR = 200
+# Threads that write a batch's replies: creating a file is the kernel's work, done
+# outside the GIL, and it is most of a write.
+_WRITERS = min(4, os.cpu_count() or 1)
 
 
 def default_cache_dir() -> Path:
@@ -131,7 +135,7 @@ class ResponseCache:
             )
             return None
 
-    def put(self, key: str, request: Mapping[str, Any], reply: Mapping[str, Any]) -> None:
+    def put(self, key: str, request: Mapping[str, Any], reply: Mapping[str, Any]) -> bool:
         """Store ``reply`` for ``key``, with the request it answers for inspection.
 
         Parameters
@@ -158,6 +162,17 @@ class ResponseCache:
             self._warn_once("write", err)
             return False
         return True
+
+    def put_many(self, entries: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]]) -> None:
+        """Store many replies (a provider batch's results), each as :meth:`put` does.
+
+        Parameters
+        ----------
+        entries
+            The ``(key, request, reply)`` of each; all are stored when this returns.
+        """
+        with ThreadPoolExecutor(_WRITERS, thread_name_prefix="cassia-sc-cache") as pool:
+            list(pool.map(lambda entry: self.put(*entry), entries))
 
     def _warn_once(self, action: str, err: Exception) -> None:
         with self._warn_lock:

@@ -25,7 +25,7 @@ import re
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -211,11 +211,11 @@ def top_markers(
     chosen = select_markers(
         table, n_genes=n_genes, ranking_method=ranking_method, ascending=ascending
     )
-    genes = chosen["gene"].astype(str)
-    return {
-        str(cluster): genes[chosen["cluster"] == cluster].tolist()
-        for cluster in chosen["cluster"].cat.categories
-    }
+    # One pass over the rows: a mask per cluster would be quadratic in the clusters.
+    by_cluster: dict[Any, list[str]] = {c: [] for c in chosen["cluster"].cat.categories}
+    for cluster, gene in zip(chosen["cluster"], chosen["gene"].astype(str), strict=True):
+        by_cluster[cluster].append(gene)
+    return {str(cluster): listed for cluster, listed in by_cluster.items()}
 
 
 # --------------------------------------------------------------------------- reading

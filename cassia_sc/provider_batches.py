@@ -20,7 +20,7 @@ import json
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -398,7 +398,7 @@ class JobStore:
 
     def _write(self, job: Job) -> None:
         with self._lock:
-            record = asdict(job) | {"keys": list(job.keys)}
+            record = vars(job) | {"keys": list(job.keys)}  # asdict would copy every key
             atomic_write_text(self._path(job.id), json.dumps(record, indent=1))
 
     def jobs(self) -> list[Job]:

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -54,6 +53,11 @@ logger = logging.getLogger("cassia_sc")
 #: Longest wait between two polls of a batch.
 MAX_POLL_INTERVAL = 60.0
 _POLL_GROWTH = 1.5
+_DUE_MARGIN = 1.1
+# Seconds between two looks at the waiting callers' stop events: how soon a stopped
+# run's callers leave. One thread looks for all of them (thousands polling each their own
+# would keep the cores busy switching between them).
+_STOP_CHECK = 0.2
 
 
 class BatchingClient(Protocol):
@@ -76,7 +80,7 @@ class BatchingClient(Protocol):
         """Return the body of ``request``, with a reply of at most ``max_tokens``."""
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: kept in sets
 class _Waiting:
     """One request waiting for a round, and what its caller waits on."""
 
@@ -89,6 +93,11 @@ class _Waiting:
     spent: tuple[int, int] = (0, 0)
     future: Future = field(default_factory=Future)
     counted: bool = True  # among the callers the rounds count as waiting
+    # Set once the future is settled, or the caller's run stopped: what the caller waits on.
+    woken: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.future.add_done_callback(lambda _: self.woken.set())
 
 
 class BatchRounds:
@@ -114,6 +123,9 @@ class BatchRounds:
         self._closed = False
         self._on_batch = on_batch
         self._condition = threading.Condition()
+        # The callers waiting in ask, by their stop event, and whether a thread watches them.
+        self._asking: dict[threading.Event, set[_Waiting]] = {}
+        self._watching = False
         self._thread = threading.Thread(
             target=self._serve, name="cassia-sc-batch-rounds", daemon=True
         )
@@ -167,18 +179,43 @@ class BatchRounds:
         with self._condition:
             if self._closed:
                 raise CallCancelled("the batch rounds are over")
+            if not self._watching:  # first, so that a thread that fails to start leaves no trace
+                threading.Thread(
+                    target=self._watch_stops, name="cassia-sc-batch-stops", daemon=True
+                ).start()
+                self._watching = True
             self._pending[key] = waiting
             self._waiting += 1
+            self._asking.setdefault(stop, set()).add(waiting)
             self._condition.notify_all()
+        # Without a timeout in the main thread (a call outside a run), Windows would hold
+        # a Ctrl-C until the round is over.
+        timeout = _STOP_CHECK if threading.current_thread() is threading.main_thread() else None
         try:
-            while True:
-                try:
-                    return waiting.future.result(timeout=0.2)
-                except FutureTimeout:
-                    if stop.is_set():
-                        raise CallCancelled("stopped") from None
+            while not waiting.woken.wait(timeout):
+                pass
+            if not waiting.future.done():
+                raise CallCancelled("stopped")
+            return waiting.future.result()
         finally:
-            self._uncount(waiting)
+            with self._condition:
+                callers = self._asking[stop]
+                callers.discard(waiting)
+                if not callers:
+                    del self._asking[stop]
+                self._uncount(waiting)
+
+    def _watch_stops(self) -> None:
+        """Wake the callers whose run was stopped, while any caller waits in :meth:`ask`."""
+        while True:
+            time.sleep(_STOP_CHECK)
+            with self._condition:
+                if not self._asking:
+                    self._watching = False
+                    return
+                stopped = [w for stop, ws in self._asking.items() if stop.is_set() for w in ws]
+            for waiting in stopped:
+                waiting.woken.set()
 
     def _uncount(self, waiting: _Waiting) -> None:
         """Stop counting a caller as waiting: once its request is settled, or it left.
@@ -262,6 +299,7 @@ class BatchRounds:
             logger.info("Sent batch %s: %d requests to %s.", job.id, len(items), job.provider)
         interval = client.batch_poll_interval
         while jobs:
+            wait = interval
             for job in list(jobs.values()):
                 state = wire.state(job.id)
                 job = store.update(
@@ -277,12 +315,17 @@ class BatchRounds:
                     again, wake = _settle(job, wire.results(job.id), by_key, client.cache)
                     store.update(job, status="collected")  # before anyone learns of it
                     del jobs[job.id]
-                    for waiting, settle in wake:
-                        self._uncount(waiting)
+                    with self._condition:  # held once: the callers woken take it too
+                        for waiting, _ in wake:
+                            self._uncount(waiting)
+                    for _, settle in wake:
                         settle()
                     self._requeue(again)
+                elif (due := _until_over(job)) is not None:
+                    # Sooner when its pace says so; never more often than the first polls.
+                    wait = min(wait, max(due, client.batch_poll_interval))
             if jobs:
-                time.sleep(interval)
+                time.sleep(wait)
                 interval = min(interval * _POLL_GROWTH, MAX_POLL_INTERVAL)
 
     def _requeue(self, again: list[_Waiting]) -> None:
@@ -292,6 +335,17 @@ class BatchRounds:
                 for waiting in again:
                     self._pending[waiting.key] = waiting
                 self._condition.notify_all()
+
+
+def _until_over(job: Job) -> float | None:
+    """Seconds until ``job`` is likely over, at the pace of its requests done so far.
+
+    None when its provider tells no pace (Anthropic counts a batch's requests done only
+    once it is over). A tenth more, so that the poll finds it over rather than just short.
+    """
+    if not 0 < job.done < job.total:
+        return None
+    return _DUE_MARGIN * (time.time() - job.created) * (job.total - job.done) / job.done
 
 
 def _settle(
@@ -309,6 +363,7 @@ def _settle(
     """
     again: list[_Waiting] = []
     wake: list[tuple[_Waiting, Callable[[], object]]] = []
+    stored: list[tuple[str, Mapping[str, Any], dict[str, Any]]] = []
     for key in job.keys:
         result = results.get(key, ItemResult(None, error="not in the batch's results"))
         waiting = by_key.get(key)
@@ -320,7 +375,7 @@ def _settle(
                 "prompt_tokens": result.prompt_tokens + spent[0],
                 "completion_tokens": result.completion_tokens + spent[1],
             }
-            cache.put(key, request, reply)
+            stored.append((key, request, reply))
             if waiting is not None and not waiting.future.done():
                 answer = ItemResult(
                     result.content, reply["prompt_tokens"], reply["completion_tokens"]
@@ -360,6 +415,7 @@ def _settle(
             failure.requests = waiting.attempts
             failure.prompt_tokens, failure.completion_tokens = waiting.spent
             wake.append((waiting, partial(waiting.future.set_exception, failure)))
+    cache.put_many(stored)  # before anyone is woken
     return again, wake
 
 

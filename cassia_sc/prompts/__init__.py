@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from typing import Any
 
 import jinja2
+
+# Held while a template is compiled: clusters starting at once compile it once, not each.
+_compiling = threading.Lock()
 
 
 @cache
@@ -18,6 +22,12 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=False,
     )
+
+
+@cache  # the package's files: no look at the file at each render, as jinja2 would
+def _template(name: str) -> jinja2.Template:
+    with _compiling:
+        return _environment().get_template(f"{name}.j2")
 
 
 def render(name: str, **context: Any) -> str:
@@ -43,4 +53,4 @@ def render(name: str, **context: Any) -> str:
     >>> text.splitlines()[0]
     'Species: human'
     """
-    return _environment().get_template(f"{name}.j2").render(**context).strip()
+    return _template(name).render(**context).strip()
