@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib.pyplot as plt
 import pytest
 import scanpy as sc
@@ -115,14 +117,19 @@ def test_markers_rows_say_they_are_the_clusters(annotated):
     assert axes["mainplot_ax"].get_ylabel() == "cluster (louvain)"
 
 
-def test_review_saves_as_scanpy_does_and_explains_its_colours(annotated, tmp_path):
+def test_plots_save_as_scanpy_does_and_review_explains_its_colours(annotated, tmp_path):
     figdir = sc.settings.figdir  # a property of Scanpy's settings: set back by hand
     sc.settings.figdir = tmp_path
     try:
-        ax = cassia_sc.pl.review(annotated, save="_pbmc.png", show=False)
+        # Saved by cassia_sc itself: no warning of Scanpy 1.12's deprecated `save`.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            ax = cassia_sc.pl.review(annotated, save="_pbmc.png", show=False)
+            cassia_sc.pl.review(annotated, save=True, show=False)
+            cassia_sc.pl.markers(annotated, save="_pbmc.pdf", show=False)
         assert (tmp_path / "review_pbmc.png").stat().st_size > 0
-        cassia_sc.pl.review(annotated, save=True, show=False)
         assert (tmp_path / f"review.{sc.settings.file_format_figs}").stat().st_size > 0
+        assert (tmp_path / "dotplot__pbmc.pdf").read_bytes().startswith(b"%PDF")
     finally:
         sc.settings.figdir = figdir
     legend = [t.get_text() for t in ax.get_legend().get_texts()]

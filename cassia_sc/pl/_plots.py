@@ -6,7 +6,9 @@ Scanpy and pyplot are imported when a plot is drawn, not with the package: the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,34 +26,66 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+logger = logging.getLogger("cassia_sc")
+
 
 def _finish(
     fig: Figure,
-    ax: Axes,
+    drawn: Any,
     *,
     show: bool | None,
     return_fig: bool | None,
     save: bool | str | None = None,
     writekey: str | None = None,
 ):
+    """Return what a plot function returns, after showing or saving ``fig`` as Scanpy would.
+
+    With a ``writekey``, ``save`` (or Scanpy's ``autosave``) writes the figure where
+    Scanpy's own plots write theirs (see :func:`_save_as_scanpy`); a saved figure that is
+    not shown is closed, so that a notebook does not show it again.
+    """
     import matplotlib.pyplot as plt
     import scanpy as sc
-    from scanpy.pl._utils import savefig_or_show
 
     if return_fig:
         return fig
-    if show is None:
-        show = sc.settings.autoshow
-    if writekey is not None:
-        # Saved as Scanpy's plots save: sc.settings.figdir / f"{writekey}{save}", which
-        # writes the current figure.
-        plt.sca(ax)
-        savefig_or_show(writekey, show=show, save=save)
-        return None if show else ax
+    show = sc.settings.autoshow if show is None else show
+    save = sc.settings.autosave if save is None else save
+    if save and writekey is not None:
+        _save_as_scanpy(fig, writekey, save)
     if show:
         plt.show()
         return None
-    return ax
+    if save and writekey is not None:
+        plt.close(fig)
+    return drawn
+
+
+#: The formats a ``save`` name may end with (Scanpy's own list).
+_FIGURE_FORMATS = (".svg", ".pdf", ".png")
+
+
+def _save_as_scanpy(fig: Figure, writekey: str, save: bool | str) -> Path:
+    """Write ``fig`` to ``sc.settings.figdir / f"{writekey}{save}"``, as Scanpy's plots do.
+
+    ``save=True`` writes ``{writekey}.{file_format_figs}``; a ``save`` ending in a format's
+    extension keeps that format. Done here rather than through Scanpy's private helper,
+    which Scanpy 1.12 deprecates along with its plots' ``save``.
+    """
+    import scanpy as sc
+
+    name = "" if save is True else str(save)
+    ext = sc.settings.file_format_figs
+    for known in _FIGURE_FORMATS:
+        if name.endswith(known):
+            name, ext = name.removesuffix(known), known[1:]
+            break
+    figdir = Path(sc.settings.figdir)
+    figdir.mkdir(parents=True, exist_ok=True)
+    path = figdir / f"{writekey}{name}{sc.settings.plot_suffix}.{ext}"
+    logger.info("Saving the figure to %s.", path)
+    fig.savefig(path, bbox_inches="tight")
+    return path
 
 
 @fill_docs
@@ -168,7 +202,6 @@ def markers(
     >>> cassia_sc.pl.markers(adata, n_genes=2, show=False)  # doctest: +SKIP
     """
     import scanpy as sc
-    from scanpy.pl._utils import savefig_or_show
 
     record = annotation_record(adata, key)
     groupby = groupby or record[Key.uns.params]["groupby"]
@@ -215,9 +248,14 @@ def markers(
         axes["mainplot_ax"].set_xlabel(rows)
     else:
         axes["mainplot_ax"].set_ylabel(rows)
-    savefig_or_show(sc.pl.DotPlot.DEFAULT_SAVE_PREFIX, show=show, save=save)
-    show = sc.settings.autoshow if show is None else show
-    return None if show else axes
+    return _finish(
+        dot.fig,
+        axes,
+        show=show,
+        return_fig=False,
+        save=save,
+        writekey=sc.pl.DotPlot.DEFAULT_SAVE_PREFIX,
+    )
 
 
 def _gene_lookup(
