@@ -188,7 +188,9 @@ def markers(
         when this function draws the plot (not on a returned, undrawn
         :class:`~scanpy.pl.DotPlot`).
     **kwargs
-        Passed on to :func:`scanpy.pl.dotplot` (``save``, ``swap_axes``, ...).
+        Passed on to :func:`scanpy.pl.dotplot` (``swap_axes``, ``cmap``, ...), but
+        ``save``, which writes ``dotplot_{save}`` to ``sc.settings.figdir`` as Scanpy's
+        dotplot would (see :func:`review`).
 
     Returns
     -------
