@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -37,6 +36,7 @@ from urllib.parse import quote, quote_plus
 import openai
 
 from ._keys import Default
+from ._stops import STOPS
 from .api_keys import served_models
 from .cache import ResponseCache, default_cache_dir, request_key
 from .costs import Price
@@ -668,7 +668,7 @@ class LLMClient:
         if leader is not None:  # the same request is on its way for another cluster
             rounds = self._rounds() if self.batch_api else None
             with rounds.idle() if rounds else contextlib.nullcontext():
-                reply = replace(_wait_for(leader, stop), cached=True, requests=0)
+                reply = replace(STOPS.wait(leader, stop), cached=True, requests=0)
         else:
             try:
                 reply = self._cached_or_requested(key, request, stop)
@@ -1024,16 +1024,6 @@ class LLMClient:
                 rate_limited=status == 429,
             )
         return LLMError(f"The server answered HTTP {status}: {detail}.")
-
-
-def _wait_for(leader: Future, stop: threading.Event) -> Reply:
-    """Wait for the same request sent by another worker; ``stop`` cancels the wait."""
-    while True:
-        try:
-            return leader.result(timeout=0.2)
-        except FutureTimeout:
-            if stop.is_set():
-                raise CallCancelled("stopped") from None
 
 
 def clean_model_text(text: str) -> str:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import openai
 
 from ._keys import Default
+from ._stops import STOPS
 from .cache import ResponseCache
 from .errors import (
     AuthenticationFailed,
@@ -54,10 +55,6 @@ logger = logging.getLogger("cassia_sc")
 MAX_POLL_INTERVAL = 60.0
 _POLL_GROWTH = 1.5
 _DUE_MARGIN = 1.1
-# Seconds between two looks at the waiting callers' stop events: how soon a stopped
-# run's callers leave. One thread looks for all of them (thousands polling each their own
-# would keep the cores busy switching between them).
-_STOP_CHECK = 0.2
 
 
 class BatchingClient(Protocol):
@@ -80,7 +77,7 @@ class BatchingClient(Protocol):
         """Return the body of ``request``, with a reply of at most ``max_tokens``."""
 
 
-@dataclass(eq=False)  # by identity: kept in sets
+@dataclass
 class _Waiting:
     """One request waiting for a round, and what its caller waits on."""
 
@@ -93,11 +90,6 @@ class _Waiting:
     spent: tuple[int, int] = (0, 0)
     future: Future = field(default_factory=Future)
     counted: bool = True  # among the callers the rounds count as waiting
-    # Set once the future is settled, or the caller's run stopped: what the caller waits on.
-    woken: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.future.add_done_callback(lambda _: self.woken.set())
 
 
 class BatchRounds:
@@ -123,9 +115,6 @@ class BatchRounds:
         self._closed = False
         self._on_batch = on_batch
         self._condition = threading.Condition()
-        # The callers waiting in ask, by their stop event, and whether a thread watches them.
-        self._asking: dict[threading.Event, set[_Waiting]] = {}
-        self._watching = False
         self._thread = threading.Thread(
             target=self._serve, name="cassia-sc-batch-rounds", daemon=True
         )
@@ -179,43 +168,13 @@ class BatchRounds:
         with self._condition:
             if self._closed:
                 raise CallCancelled("the batch rounds are over")
-            if not self._watching:  # first, so that a thread that fails to start leaves no trace
-                threading.Thread(
-                    target=self._watch_stops, name="cassia-sc-batch-stops", daemon=True
-                ).start()
-                self._watching = True
             self._pending[key] = waiting
             self._waiting += 1
-            self._asking.setdefault(stop, set()).add(waiting)
             self._condition.notify_all()
-        # Without a timeout in the main thread (a call outside a run), Windows would hold
-        # a Ctrl-C until the round is over.
-        timeout = _STOP_CHECK if threading.current_thread() is threading.main_thread() else None
         try:
-            while not waiting.woken.wait(timeout):
-                pass
-            if not waiting.future.done():
-                raise CallCancelled("stopped")
-            return waiting.future.result()
+            return STOPS.wait(waiting.future, stop)
         finally:
-            with self._condition:
-                callers = self._asking[stop]
-                callers.discard(waiting)
-                if not callers:
-                    del self._asking[stop]
-                self._uncount(waiting)
-
-    def _watch_stops(self) -> None:
-        """Wake the callers whose run was stopped, while any caller waits in :meth:`ask`."""
-        while True:
-            time.sleep(_STOP_CHECK)
-            with self._condition:
-                if not self._asking:
-                    self._watching = False
-                    return
-                stopped = [w for stop, ws in self._asking.items() if stop.is_set() for w in ws]
-            for waiting in stopped:
-                waiting.woken.set()
+            self._uncount(waiting)
 
     def _uncount(self, waiting: _Waiting) -> None:
         """Stop counting a caller as waiting: once its request is settled, or it left.

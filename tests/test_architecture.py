@@ -24,7 +24,7 @@ PACKAGE = Path(cassia_sc.__file__).parent
 
 #: The rooms, bottom to top: a module may import from its own room and those below only.
 ROOMS: list[tuple[str, set[str]]] = [
-    ("foundation", {"_version", "_keys", "_io", "errors", "_docs"}),
+    ("foundation", {"_version", "_keys", "_io", "errors", "_docs", "_stops"}),
     (
         "inputs and parsing",
         {

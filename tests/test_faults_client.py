@@ -16,6 +16,7 @@ import re
 import select
 import socket
 import threading
+import time
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -686,3 +687,49 @@ def test_a_provider_reached_once_is_not_unreachable(scripted_llm):
     with pytest.raises(cassia_sc.LLMError) as raised:
         client.complete([{"role": "user", "content": "again"}])
     assert not isinstance(raised.value, cassia_sc.FatalLLMError)
+
+
+# ------------------------------------------------------------------ waiting for the same request
+
+
+def test_callers_waiting_for_the_same_request_leave_once_their_run_stops(scripted_llm):
+    """A request already on its way for one caller is not sent again for the others; they
+    wait for it, watched by one thread, and leave when their run stops."""
+    released = threading.Event()
+
+    def handler(request: RecordedRequest, index: int) -> Reply:
+        released.wait(HANG)
+        return Reply(content="T cell")
+
+    llm = scripted_llm(handler=handler)
+    client = llm.client(**(FAST | {"timeout": HANG}))
+    leader = threading.Thread(target=client.complete, args=(MESSAGES,))
+    leader.start()
+    while llm.server.request_count < 1:  # the leader's request is on its way
+        released.wait(0.01)
+    stop, left = threading.Event(), []
+
+    def follow() -> None:
+        try:
+            client.complete(MESSAGES, stop=stop)
+        except CallCancelled as err:
+            left.append(err)
+
+    followers = [threading.Thread(target=follow) for _ in range(20)]
+    for thread in followers:
+        thread.start()
+
+    def watchers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "cassia-sc-stops"]
+
+    deadline = time.monotonic() + HANG  # against a hang, not a speed limit
+    while not watchers() and time.monotonic() < deadline:  # the followers wait
+        released.wait(0.01)
+    assert len(watchers()) == 1  # one thread watches them all: none polls on its own
+    stop.set()
+    for thread in followers:
+        thread.join(HANG)
+    assert len(left) == 20
+    released.set()
+    leader.join(HANG)
+    assert llm.server.request_count == 1

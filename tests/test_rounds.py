@@ -34,7 +34,7 @@ def test_callers_waiting_for_a_round_leave_once_their_run_stops():
     while rounds._waiting < callers and time.monotonic() < deadline:
         time.sleep(0.01)
     # One thread watches every caller's stop: the callers themselves do not poll.
-    watchers = [t for t in threading.enumerate() if t.name == "cassia-sc-batch-stops"]
+    watchers = [t for t in threading.enumerate() if t.name == "cassia-sc-stops"]
     assert len(watchers) == 1
     stop.set()
     for thread in threads:
