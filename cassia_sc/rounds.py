@@ -8,9 +8,10 @@ one batch per provider, polls it, stores each result in the cache and wakes its 
 and the clusters advance to their next step. The agents do not know: to them it is a call
 that took a while. A request that failed or expired in a batch goes into the next round,
 up to the client's ``max_retries``; one cut off at its ``max_tokens`` goes again with twice
-the room. Before sending, the :class:`~cassia_sc.provider_batches.JobStore` is asked
-whether an open batch already holds a request (a run killed while waiting, run again):
-that batch is polled, nothing is sent twice.
+the room (one that the model's context stopped before does not). Before sending, the
+:class:`~cassia_sc.provider_batches.JobStore` is asked whether an open batch already holds
+a request (a run killed while waiting, run again): that batch is polled, nothing is sent
+twice.
 """
 
 from __future__ import annotations
