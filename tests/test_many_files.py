@@ -373,3 +373,19 @@ def test_a_dry_run_of_two_files_plans_each_and_calls_nothing(files, scripted_llm
     assert "1 clusters repeat a marker list planned before: it is asked once" in out
     assert "harmoniser  1 call" in out
     assert llm.server.request_count == 0 and digest(second) == before
+
+
+def test_a_failed_harmonisation_call_keeps_the_labels(samples, scripted_llm):
+    a, b, answers = samples
+
+    def refused(request: RecordedRequest) -> Reply:
+        return Reply(status=400, error_message="this model cannot do that")
+
+    llm = scripted_llm(handler=harmonising(ScriptedModel(answers), refused))
+    cassia_sc.annotate_many([a, b], harmonise=True, **BASE, **llm.options(max_retries=0))
+    for adata in (a, b):
+        kept = adata.obs["cassia_celltype_harmonised"].astype(str)
+        assert (kept == adata.obs["cassia_celltype"].astype(str)).all()
+        note = adata.uns["cassia"]["params"]["harmonise_note"]
+        assert note.startswith("labels kept: the harmonisation call failed (")
+        assert "this model cannot do that" in note

@@ -20,14 +20,14 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..errors import CassiaError, FatalLLMError, LLMError
-from ..fields import keyed_text_schema
+from ..errors import CallCancelled, CassiaError, FatalLLMError
 from ..levels import LEVEL_FIELDS, LEVELS, is_answered, with_levels
 from ..llm import LLMClient, Reply, reply_totals
 from ..prompts import render
 from ..replies import extract_json_object
 from ..results import BatchResult, ClusterResult
 from .context import Messages
+from .keyed import ask_for_names
 
 #: Replies asked for per level at most: the first, then one more per faulty reply.
 ATTEMPTS = 3
@@ -168,35 +168,31 @@ class Grouper:
         messages = self.messages(
             level, clusters, species=species, tissue=tissue, additional_info=additional_info
         )
-        schema = keyed_text_schema(names)
-        replies: list[Reply] = []
-        problems: list[str] = []
-        named: dict[str, str] = {}
-        for _ in range(self.attempts):
-            try:
-                reply = client.complete(messages, schema=schema, stop=stop)
-            except FatalLLMError:
-                raise
-            except LLMError as err:
-                if not replies:  # nothing to keep: every cluster says why
-                    note = f"{level}: the call failed ({err})"
-                    return Grouping(level, {}, dict.fromkeys(names, note), (), ())
-                break  # keep what the last reply named
-            replies.append(reply)
-            named, problem = read_names(reply.content, names)
-            if problem is None:
-                return Grouping(level, named, {}, tuple(replies), tuple(problems))
-            problems.append(problem)
-            retry = render("grouper_retry", problem=problem, keys=[_key(n) for n in names])
-            messages = [
-                *messages,
-                {"role": "assistant", "content": reply.content},
-                {"role": "user", "content": retry},
-            ]
-        left_out = [name for name in names if name not in named]
-        note = f"{level}: no name from the model in {len(replies)} replies ({problems[-1]})"
+        keys = [_key(n) for n in names]
+        answer = ask_for_names(
+            client,
+            messages,
+            names,
+            read=read_names,
+            retry=lambda problem: render("grouper_retry", problem=problem, keys=keys),
+            attempts=self.attempts,
+            stop=stop,
+        )
+        if isinstance(answer.failed, FatalLLMError | CallCancelled):
+            raise answer.failed
+        if answer.complete:
+            return Grouping(level, answer.named, {}, answer.replies, answer.problems)
+        if not answer.replies:  # the call failed, nothing to keep: every cluster says why
+            note = f"{level}: the call failed ({answer.failed})"
+            return Grouping(level, {}, dict.fromkeys(names, note), (), ())
+        # What the last reply named is kept.
+        left_out = [name for name in names if name not in answer.named]
+        note = (
+            f"{level}: no name from the model in {len(answer.replies)} replies "
+            f"({answer.problems[-1]})"
+        )
         return Grouping(
-            level, named, dict.fromkeys(left_out, note), tuple(replies), tuple(problems)
+            level, answer.named, dict.fromkeys(left_out, note), answer.replies, answer.problems
         )
 
 

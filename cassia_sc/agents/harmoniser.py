@@ -27,8 +27,7 @@ from typing import Any, Final
 import pandas as pd
 
 from .._keys import Key
-from ..errors import CallCancelled, LLMError
-from ..fields import Field, keyed_text_schema
+from ..fields import Field
 from ..levels import is_answered
 from ..llm import LLMClient, Reply, reply_totals
 from ..ontology import UNKNOWN
@@ -36,6 +35,7 @@ from ..prompts import render
 from ..replies import extract_json_object
 from ..results import BatchResult
 from .context import Messages
+from .keyed import ask_for_names
 
 logger = logging.getLogger("cassia_sc")
 
@@ -263,32 +263,29 @@ class Harmoniser:
         messages = self.messages(
             labels, species=species, tissue=tissue, additional_info=additional_info
         )
-        schema = keyed_text_schema(names)
-        replies: list[Reply] = []
-        problems: list[str] = []
-        for _ in range(self.attempts):
-            try:
-                reply = client.complete(messages, schema=schema, stop=stop)
-            except (LLMError, CallCancelled) as err:
-                note = f"labels kept: the harmonisation call failed ({err})"
-                return Harmonisation(kept, False, "model", note, tuple(replies), tuple(problems))
-            replies.append(reply)
-            named, problem = read_mapping(reply.content, names)
-            if problem is None:
-                changed = sum(named[label] != label for label in names)
-                note = f"{changed} of {len(names)} labels renamed"
-                return Harmonisation(named, True, "model", note, tuple(replies), tuple(problems))
-            problems.append(problem)
-            retry = render(
-                "harmoniser_retry", problem=problem, keys=[_quoted(label) for label in names]
-            )
-            messages = [
-                *messages,
-                {"role": "assistant", "content": reply.content},
-                {"role": "user", "content": retry},
-            ]
-        note = f"labels kept: no complete answer in {len(replies)} replies ({problems[-1]})"
-        return Harmonisation(kept, False, "model", note, tuple(replies), tuple(problems))
+        keys = [_quoted(label) for label in names]
+        answer = ask_for_names(
+            client,
+            messages,
+            names,
+            read=read_mapping,
+            retry=lambda problem: render("harmoniser_retry", problem=problem, keys=keys),
+            attempts=self.attempts,
+            stop=stop,
+        )
+        asked = (answer.replies, answer.problems)
+        if answer.failed is not None:
+            note = f"labels kept: the harmonisation call failed ({answer.failed})"
+            return Harmonisation(kept, False, "model", note, *asked)
+        if answer.complete:
+            changed = sum(answer.named[label] != label for label in names)
+            note = f"{changed} of {len(names)} labels renamed"
+            return Harmonisation(answer.named, True, "model", note, *asked)
+        note = (
+            f"labels kept: no complete answer in {len(answer.replies)} replies "
+            f"({answer.problems[-1]})"
+        )
+        return Harmonisation(kept, False, "model", note, *asked)
 
 
 def read_mapping(text: str, labels: Sequence[str]) -> tuple[dict[str, str], str | None]:
