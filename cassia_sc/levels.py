@@ -20,7 +20,7 @@ the ``uns`` table, the summary CSV, the report and ``obs``.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -391,18 +391,33 @@ def level_columns(
         ``{key_added}_celltype_broad``, ``_detailed`` and ``_very_detailed``; NaN for the
         cells of a cluster whose level is empty. Categories in cluster order.
     """
-    cells = pd.Series(clusters).astype(str)
-    columns = {}
-    for level, declared in LEVEL_FIELD.items():
-        named = {c.cluster: c.get(declared) for c in result.clusters if c.get(declared)}
-        values = cells.map(named).to_numpy(dtype=object)
-        present = pd.Index(_unique(named.values()), dtype=object)
-        columns[LEVEL_COLUMN[level](key_added)] = pd.Categorical(values, categories=present)
-    return columns
+    return {
+        LEVEL_COLUMN[level](key_added): cell_values(clusters, result, declared)
+        for level, declared in LEVEL_FIELD.items()
+    }
 
 
-def _unique(values: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(values))
+def cell_values(clusters: pd.Series, result: BatchResult, declared: Field) -> pd.Categorical:
+    """Return each cell's value of a cluster's field: its cluster's, NaN when it has none.
+
+    Parameters
+    ----------
+    clusters
+        Each cell's cluster (the ``groupby`` column).
+    result
+        The annotation.
+    declared
+        The field, a text of each cluster.
+
+    Returns
+    -------
+    pandas.Categorical
+        The values, with the categories in cluster order.
+    """
+    named = {c.cluster: c.get(declared) for c in result.clusters if c.get(declared)}
+    values = pd.Series(clusters).astype(str).map(named).to_numpy(dtype=object)
+    present = pd.Index(list(dict.fromkeys(named.values())), dtype=object)
+    return pd.Categorical(values, categories=present)
 
 
 def level_column_names(key_added: str) -> list[str]:

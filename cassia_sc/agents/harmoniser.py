@@ -28,7 +28,7 @@ import pandas as pd
 
 from .._keys import Key
 from ..fields import Field
-from ..levels import is_answered
+from ..levels import cell_values, is_answered
 from ..llm import LLMClient, Reply, reply_totals
 from ..ontology import UNKNOWN
 from ..prompts import render
@@ -483,10 +483,7 @@ def harmonised_columns(
     """
     if HARMONISED.name not in {f.name for f in result.fields}:
         return {}
-    names = {c.cluster: c.get(HARMONISED) for c in result.clusters if c.get(HARMONISED)}
-    values = pd.Series(clusters).astype(str).map(names).to_numpy(dtype=object)
-    categories = pd.Index(pd.unique(pd.Series(list(names.values()), dtype=object)), dtype=object)
-    return {Key.obs.celltype_harmonised(key_added): pd.Categorical(values, categories=categories)}
+    return {Key.obs.celltype_harmonised(key_added): cell_values(clusters, result, HARMONISED)}
 
 
 def _listed(labels: Sequence[str]) -> str:
